@@ -1,0 +1,208 @@
+"""The ASGI application: the proxied path plus the proxy's own endpoints.
+
+Requests under ``/_cacheproxy/`` (a prefix slurmrestd never uses) go to a
+small FastAPI app; everything else goes straight to the raw-ASGI
+:class:`~cacheproxy.proxy.Proxy`, without a framework in the way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from cacheproxy import settings as settings_mod
+from cacheproxy.identity import IdentityResolver
+from cacheproxy.proxy import Proxy, ProxyConfig, Receive, Scope, Send
+from cacheproxy.rules import RuleSet
+from cacheproxy.settings import Settings
+from cacheproxy.stats import Stats
+from cacheproxy.store.base import Store
+from cacheproxy.store.memory import MemoryStore
+from cacheproxy.upstream.base import Transport
+
+log = logging.getLogger("cacheproxy")
+
+OWN_PREFIX = "/_cacheproxy"
+SETTINGS_ENV = "CACHEPROXY__SETTINGS_JSON"
+"""How ``--workers N`` hands the parent's settings to each worker process."""
+
+
+def hmac_key_for(s: Settings) -> bytes:
+    """The key credentials are hashed with.
+
+    Replicas sharing Redis must agree on it, or an acceptance recorded by one
+    is unknown to the others; without a configured key they derive one from
+    the Redis URL and prefix (documented: set ``hmac_key`` in production).
+    """
+    if s.hmac_key:
+        return s.hmac_key.encode()
+    if s.redis_url:
+        return hashlib.sha256(b"cacheproxy-hmac\0" + (s.redis_url + s.redis_prefix).encode()).digest()
+    return secrets.token_bytes(32)
+
+
+def upstream_host(url: str) -> bytes:
+    if url.startswith("unix:"):
+        return b"localhost"
+    return (urlsplit(url).netloc or "localhost").encode()
+
+
+def build_store(s: Settings) -> tuple[Store, bool]:
+    """The configured store, and whether it is shared between processes."""
+    local = MemoryStore(max_bytes=s.max_bytes)
+    if not s.redis_url:
+        return local, False
+    from cacheproxy.store.redis import RedisStore
+
+    shared = RedisStore(s.redis_url, prefix=s.redis_prefix, timeout=s.redis_timeout)
+    if s.local_tier:
+        from cacheproxy.store.tiered import TieredStore
+
+        return TieredStore(local=local, shared=shared), True
+    return shared, True
+
+
+def build_transport(s: Settings) -> Transport:
+    from cacheproxy.upstream import create_transport  # type: ignore[attr-defined]
+
+    transport: Transport = create_transport(
+        s.upstream,
+        max_connections=s.upstream_connections,
+        connect_timeout=s.connect_timeout,
+        read_timeout=s.read_timeout,
+    )
+    return transport
+
+
+class CacheProxyApp:
+    """Dispatches between the proxy and its own endpoints; owns the lifespan."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        rules: RuleSet | None = None,
+        transport: Transport | None = None,
+        store: Store | None = None,
+        shared_store: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.rules = rules or (
+            RuleSet.from_file(settings.config) if settings.config else RuleSet.default()
+        )
+        self.stats = Stats()
+        self._transport = transport
+        self._store = store
+        self._shared = shared_store
+        self.proxy: Proxy | None = None
+        self.own = self._own_app()
+
+    async def startup(self) -> None:
+        if self.proxy is not None:
+            return
+        s = self.settings
+        transport = self._transport or build_transport(s)
+        if self._store is not None:
+            store, shared = self._store, self._shared
+        else:
+            store, shared = build_store(s)
+        self.proxy = Proxy(
+            rules=self.rules,
+            store=store,
+            transport=transport,
+            resolver=IdentityResolver(hmac_key_for(s)),
+            config=ProxyConfig(
+                upstream_host=upstream_host(s.upstream),
+                auth_ttl=s.auth_ttl,
+                max_entry_bytes=s.max_entry_bytes,
+                max_body_bytes=s.max_body_bytes,
+            ),
+            stats=self.stats,
+            shared_store=shared,
+        )
+
+    async def shutdown(self) -> None:
+        proxy, self.proxy = self.proxy, None
+        if proxy is None:
+            return
+        await proxy.aclose()
+        await proxy.transport.aclose()
+        await proxy.store.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if scope["path"].startswith(OWN_PREFIX):
+                await self.own(scope, receive, send)
+                return
+            proxy = self.proxy
+            if proxy is None:  # served without a lifespan (some test clients)
+                await self.startup()
+                proxy = self.proxy
+                assert proxy is not None
+            await proxy(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.error("startup failed: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _own_app(self) -> FastAPI:
+        app = FastAPI(
+            title="cacheproxy",
+            openapi_url=f"{OWN_PREFIX}/openapi.json",
+            docs_url=None,
+            redoc_url=None,
+        )
+
+        @app.get(f"{OWN_PREFIX}/health")
+        async def health() -> dict[str, str]:
+            """Liveness: the process serves requests."""
+            return {"status": "ok"}
+
+        @app.get(f"{OWN_PREFIX}/stats")
+        async def stats() -> JSONResponse:
+            """Counters since start (JSON)."""
+            snap: dict[str, Any] = self.stats.snapshot()
+            store = self.proxy.store if self.proxy else None
+            if isinstance(store, MemoryStore):
+                snap["entries"] = len(store)
+                snap["bytes"] = store.currsize
+                snap["evictions"] = store.evictions
+            return JSONResponse(snap)
+
+        return app
+
+
+def create_app(settings: Settings, **kw: Any) -> CacheProxyApp:
+    return CacheProxyApp(settings, **kw)
+
+
+def create_app_from_env() -> CacheProxyApp:
+    """uvicorn factory for ``--workers N``: settings come from the parent."""
+    raw = os.environ.get(SETTINGS_ENV)
+    if raw is None:
+        return CacheProxyApp(settings_mod.load())
+    import json
+
+    return CacheProxyApp(settings_mod.load(cli=json.loads(raw), env={}))

@@ -1,0 +1,122 @@
+"""``cacheproxy`` command line: serve, check-config, simulate, bench."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from cacheproxy import __version__
+from cacheproxy import settings as settings_mod
+from cacheproxy.rules import RuleError, RuleSet
+from cacheproxy.settings import ENV_PREFIX, Settings, SettingsError
+
+
+def _serve_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the proxy",
+        description="Run the caching proxy in front of slurmrestd. Every option can also be "
+        f"set as {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}UPSTREAM) or in --settings FILE.",
+    )
+    p.add_argument("--settings", help="settings file (TOML), see config/settings.example.toml")
+    for f in dataclasses.fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        env = ENV_PREFIX + f.name.upper()
+        help_text = f"{f.metadata.get('help', '')} [env {env}; default {f.default!r}]"
+        if f.type in (bool, "bool"):
+            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                           help=help_text)
+        else:
+            p.add_argument(flag, dest=f.name, default=None, help=help_text)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    cli = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
+    try:
+        s = settings_mod.load(cli=cli, settings_file=args.settings)
+        if not s.upstream:
+            raise SettingsError(f"--upstream (or {ENV_PREFIX}UPSTREAM) is required")
+        rules = RuleSet.from_file(s.config) if s.config else RuleSet.default()
+    except (SettingsError, RuleError) as exc:
+        print(f"cacheproxy: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    import uvicorn
+
+    from cacheproxy.app import SETTINGS_ENV, create_app
+
+    common: dict[str, Any] = {
+        "host": s.host,
+        "port": s.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": s.access_log,
+        "server_header": False,
+        "date_header": False,
+        "log_level": s.log_level.lower(),
+    }
+    if s.workers > 1:
+        if not s.redis_url:
+            logging.getLogger("cacheproxy").warning(
+                "%d workers without --redis-url: each worker caches alone", s.workers
+            )
+        os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(s))
+        uvicorn.run("cacheproxy.app:create_app_from_env", factory=True, workers=s.workers,
+                    **common)
+    else:
+        uvicorn.run(create_app(s, rules=rules), **common)
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        rules = RuleSet.from_file(args.file)
+    except RuleError as exc:
+        print(f"cacheproxy: invalid rules: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps([r.describe() for r in rules.rules], indent=2))
+    print(f"{args.file}: {len(rules.rules)} rules OK", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # simulate and bench own their options: hand them the rest untouched.
+    if argv and argv[0] == "simulate":
+        from cacheproxy.simulator.cli import main as simulate_main
+
+        return int(simulate_main(argv[1:]))
+    if argv and argv[0] == "bench":
+        from cacheproxy.bench.cli import main as bench_main
+
+        return int(bench_main(argv[1:]))
+    parser = argparse.ArgumentParser(
+        prog="cacheproxy", description="A caching read-through proxy for slurmrestd."
+    )
+    parser.add_argument("--version", action="version", version=f"cacheproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    c = sub.add_parser("check-config", help="validate a rules file and print the effective rules")
+    c.add_argument("file")
+    sub.add_parser("simulate", help="run the slurmrestd simulator (see: simulate --help)")
+    sub.add_parser("bench", help="run the benchmark (see: bench --help)")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _cmd_serve(args)
+    if args.command == "check-config":
+        return _cmd_check_config(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

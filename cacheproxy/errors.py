@@ -1,0 +1,86 @@
+"""The proxy's own error responses, in slurmrestd's JSON error shape.
+
+Clients written for slurmrestd parse ``errors[].error``/``error_number``/
+``description``; answering in that shape (with ``source: "cacheproxy"``) lets
+them show a useful message instead of a decoding failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from cacheproxy import __version__
+from cacheproxy.upstream.base import Headers
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyError:
+    status: int
+    error: str
+    description: str
+    error_number: int = -1
+
+
+BAD_REQUEST = 400
+PAYLOAD_TOO_LARGE = 413
+URI_TOO_LONG = 414
+METHOD_NOT_ALLOWED = 405
+BAD_GATEWAY = 502
+SERVICE_UNAVAILABLE = 503
+GATEWAY_TIMEOUT = 504
+
+_META = {
+    "plugin": {"type": "cacheproxy", "name": "cacheproxy", "data_parser": "", "accounting_storage": ""},
+    "client": {"source": "", "user": "", "group": ""},
+    "command": [],
+    "slurm": {"version": {"major": "", "micro": "", "minor": ""}, "release": "", "cluster": ""},
+    "cacheproxy": {"version": __version__},
+}
+
+
+def error_body(err: ProxyError) -> bytes:
+    """Serialise ``err`` like slurmrestd does (2-space indented JSON)."""
+    doc = {
+        "errors": [
+            {
+                "description": err.description,
+                "error_number": err.error_number,
+                "error": err.error,
+                "source": "cacheproxy",
+            }
+        ],
+        "warnings": [],
+        "meta": _META,
+    }
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+
+
+def error_response(err: ProxyError, extra: Headers | None = None) -> tuple[int, Headers, bytes]:
+    body = error_body(err)
+    headers: Headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if extra:
+        headers.extend(extra)
+    return err.status, headers, body
+
+
+def bad_request(description: str) -> ProxyError:
+    return ProxyError(BAD_REQUEST, "Malformed request", description)
+
+
+UPSTREAM_UNREACHABLE = ProxyError(
+    BAD_GATEWAY, "Unable to contact slurmrestd", "cacheproxy could not connect to slurmrestd"
+)
+UPSTREAM_BROKEN = ProxyError(
+    BAD_GATEWAY, "Invalid response from slurmrestd", "slurmrestd closed or broke the connection"
+)
+UPSTREAM_TIMEOUT = ProxyError(
+    GATEWAY_TIMEOUT, "slurmrestd timed out", "slurmrestd did not answer in time"
+)
+BODY_TOO_LARGE = ProxyError(
+    PAYLOAD_TOO_LARGE, "Request body too large", "the request body exceeds the proxy's limit"
+)

@@ -1,0 +1,126 @@
+"""Who is asking, as a cache key part, and a keyed hash of their credential.
+
+slurmrestd authenticates ``X-SLURM-USER-NAME`` + ``X-SLURM-USER-TOKEN`` (all
+versions) or ``Authorization: Bearer`` (23.11+).  The proxy cannot verify a
+token itself, so it only ever trusts a credential that slurmrestd has
+accepted; this module just says which user a request claims to be and turns
+the credential into an HMAC, so no token is ever kept or logged in clear.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from cacheproxy.upstream.base import Headers
+
+USER_NAME = b"x-slurm-user-name"
+USER_TOKEN = b"x-slurm-user-token"
+AUTHORIZATION = b"authorization"
+
+_EXP_CACHE_MAX = 65_536
+
+
+@dataclass(slots=True, frozen=True)
+class Identity:
+    kind: str
+    """``token`` (X-SLURM-USER-TOKEN) or ``bearer`` (Authorization)."""
+    user: str
+    """The user the cache keys on: the user-name header, else the JWT's
+    ``sun`` claim, else a hash of the token (one entry set per token)."""
+    credential: bytes
+    """HMAC of everything slurmrestd authenticates: kind, name and token."""
+    expires_at: float | None
+    """The JWT's ``exp`` claim, when the token is a JWT that has one."""
+
+
+def _length_prefixed(parts: Sequence[bytes]) -> bytes:
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def jwt_claims(token: bytes) -> dict[str, object] | None:
+    """The unverified payload of a JWT, or None.
+
+    Unverified is enough: it is used only to shorten trust (``exp``) and to name
+    a user whose credential must still be accepted by slurmrestd.
+    """
+    parts = token.split(b".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1]
+    try:
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+class IdentityResolver:
+    """Extracts identities; holds the HMAC key and a memo of token expiries."""
+
+    def __init__(self, hmac_key: bytes) -> None:
+        self._key = hmac_key
+        # credential hash -> (exp, sun); keyed by the hash, never by the token.
+        self._claims: dict[bytes, tuple[float | None, str | None]] = {}
+
+    def credential_hash(self, parts: Sequence[bytes]) -> bytes:
+        return hmac.new(self._key, _length_prefixed(parts), hashlib.sha256).digest()
+
+    def resolve(self, headers: Headers) -> Identity | None:
+        """The request's identity; None when it carries no usable credential
+        (such a request is never answered from the cache)."""
+        name: bytes | None = None
+        token: bytes | None = None
+        auth: bytes | None = None
+        for k, v in headers:
+            if k == USER_NAME:
+                if name is not None:
+                    return None  # repeated: ambiguous, never cache
+                name = v
+            elif k == USER_TOKEN:
+                if token is not None:
+                    return None
+                token = v
+            elif k == AUTHORIZATION:
+                if auth is not None:
+                    return None
+                auth = v
+        if token is not None and token:
+            kind = "token"
+        elif auth is not None and auth[:7].lower() == b"bearer " and auth[7:].strip():
+            kind = "bearer"
+            token = auth[7:].strip()
+        else:
+            return None
+        assert token is not None
+        credential = self.credential_hash(
+            [kind.encode(), name if name is not None else b"\x00none", token]
+        )
+        exp, sun = self._token_facts(credential, token)
+        if name is not None:
+            user = "name:" + name.decode("latin-1")
+        elif sun is not None:
+            user = "sun:" + sun
+        else:
+            user = "cred:" + credential.hex()
+        return Identity(kind=kind, user=user, credential=credential, expires_at=exp)
+
+    def _token_facts(self, credential: bytes, token: bytes) -> tuple[float | None, str | None]:
+        facts = self._claims.get(credential)
+        if facts is None:
+            claims = jwt_claims(token) or {}
+            exp = claims.get("exp")
+            sun = claims.get("sun")
+            facts = (
+                float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None,
+                sun if isinstance(sun, str) else None,
+            )
+            if len(self._claims) >= _EXP_CACHE_MAX:
+                self._claims.clear()
+            self._claims[credential] = facts
+        return facts

@@ -1,0 +1,515 @@
+"""The proxied path, as a raw ASGI app.
+
+request -> identity -> rule -> key -> store -> coalescing -> upstream -> response
+
+Raw ASGI rather than a framework route: a framework's routing, request and
+response objects cost about three quarters of the hit path's throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cacheproxy import errors, headers, policy
+from cacheproxy.coalesce import Coalescer, Flight
+from cacheproxy.identity import Identity, IdentityResolver
+from cacheproxy.keys import cache_key
+from cacheproxy.request import BadRequest, ProxyRequest, from_scope
+from cacheproxy.rules import Match, RuleSet
+from cacheproxy.stats import Stats
+from cacheproxy.store.base import Entry, Store, StoreError
+from cacheproxy.upstream.base import (
+    Headers,
+    Transport,
+    UpstreamError,
+    UpstreamRequest,
+    UpstreamTimeout,
+)
+
+log = logging.getLogger("cacheproxy.proxy")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
+"""CONNECT makes no sense to slurmrestd and TRACE reflects credentials."""
+_BUFFER_BODY_BELOW = 1024 * 1024
+"""Responses smaller than this are sent in one piece once complete (accurate
+Cache-Status, one write); larger ones stream as they arrive."""
+_READ_REQUEST_BELOW = 1024 * 1024
+
+
+class _AbortResponse(Exception):
+    """The upstream body broke after the head was sent: drop the connection
+    so the client sees a truncated response, never a complete-looking one."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """The proxy's tunables (a subset of :class:`cacheproxy.settings.Settings`)."""
+
+    upstream_host: bytes = b"localhost"
+    auth_ttl: float = policy.DEFAULT_AUTH_TTL
+    max_entry_bytes: int = policy.DEFAULT_MAX_ENTRY_BYTES
+    max_body_bytes: int = 16 * 1024 * 1024
+    lease_seconds: float = 5.0
+    """How long one replica may hold the right to fetch a key."""
+    lease_wait: float = 2.0
+    """How long other replicas wait for that fetch before fetching themselves."""
+
+
+class Proxy:
+    """Serves GETs from the cache, coalesces misses, forwards everything else."""
+
+    def __init__(
+        self,
+        *,
+        rules: RuleSet,
+        store: Store,
+        transport: Transport,
+        resolver: IdentityResolver,
+        config: ProxyConfig | None = None,
+        stats: Stats | None = None,
+        clock: Callable[[], float] = time.time,
+        shared_store: bool = False,
+    ) -> None:
+        self.rules = rules
+        self.store = store
+        self.transport = transport
+        self.resolver = resolver
+        self.config = config or ProxyConfig()
+        self.stats = stats or Stats()
+        self.clock = clock
+        self.coalescer = Coalescer()
+        self._shared = shared_store
+        self._store_fault_logged = False
+
+    async def aclose(self) -> None:
+        await self.coalescer.aclose()
+
+    # -- entry point --------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            req = from_scope(scope)
+        except BadRequest as exc:
+            self.stats.bad_requests += 1
+            await self._error(send, errors.bad_request(str(exc)), "fwd=request; detail=bad-request")
+            return
+        method = req.method
+        if method in REFUSED_METHODS:
+            err = errors.ProxyError(
+                errors.METHOD_NOT_ALLOWED, "Method not allowed", f"{method} is not proxied"
+            )
+            await self._error(send, err, "fwd=request; detail=method")
+            return
+        match = self.rules.match(method, req.segments)
+        if match.cache:
+            identity = self.resolver.resolve(req.headers)
+            if identity is not None and policy.request_storable(req):
+                await self._cached_get(req, match, identity, send)
+                return
+            await self._forward(req, match, receive, send, "fwd=request")
+            return
+        if match.invalidates or method not in ("GET", "HEAD", "OPTIONS"):
+            await self._forward(req, match, receive, send, "fwd=method")
+            return
+        await self._forward(
+            req, match, receive, send, "fwd=bypass" if match.rule is not None else "fwd=uri-miss"
+        )
+
+    # -- the cached GET -----------------------------------------------------
+    async def _cached_get(
+        self, req: ProxyRequest, match: Match, identity: Identity, send: Send
+    ) -> None:
+        accept = b", ".join(v for k, v in req.headers if k == b"accept")
+        key = cache_key(identity.user, req.method, req.segments, req.query, accept)
+        try:
+            found = await self.store.lookup(key, match.tags, identity.credential)
+        except StoreError:
+            self._store_fault()
+            await self._forward(req, match, None, send, "fwd=miss; detail=store-unavailable")
+            return
+        if self._store_fault_logged:
+            self._store_fault_logged = False
+            log.warning("cache store available again")
+        now = self.clock()
+        accepted = found.accepted_until > now
+        entry = found.entry
+        if (
+            entry is not None
+            and accepted
+            and entry.is_fresh(now)
+            and entry.is_valid(match.tags, found.generations)
+        ):
+            self.stats.requests[(match.name, "hit")] += 1
+            await self._send_entry(send, entry, now)
+            return
+        # Unaccepted credentials coalesce only with the very same credential:
+        # slurmrestd must judge them before anything is shared.
+        flight_key = key if accepted else key + identity.credential
+        flight = self.coalescer.join(flight_key, found.generations)
+        outcome = "fwd=miss; collapsed"
+        if flight is None:
+            outcome = "fwd=miss"
+            flight = self.coalescer.start(
+                flight_key,
+                found.generations,
+                identity.credential,
+                lambda f: self._fetch(f, req, match, identity, key, accepted),
+            )
+        else:
+            self.stats.coalesced += 1
+        try:
+            await flight.wait_head()
+        except UpstreamError as exc:
+            self.stats.requests[(match.name, "error")] += 1
+            await self._upstream_error(send, exc, outcome)
+            return
+        if (
+            flight.credential != identity.credential
+            and policy.credential_refused(flight.status, b"")
+        ):
+            # The leader's credential was refused; ours may not be.
+            await self._forward(req, match, None, send, "fwd=miss")
+            return
+        await self._send_flight(send, flight, match, outcome)
+
+    async def _fetch(
+        self,
+        flight: Flight,
+        req: ProxyRequest,
+        match: Match,
+        identity: Identity,
+        key: bytes,
+        accepted: bool,
+    ) -> None:
+        """The body of a flight: fetch once, share with every consumer, store."""
+        lease = False
+        if self._shared and accepted:
+            lease = await self._acquire_lease(key)
+            if not lease and await self._wait_for_peer(flight, match, identity, key):
+                return
+        try:
+            await self._fetch_upstream(flight, req, match, identity, key)
+        finally:
+            if lease:
+                try:
+                    await self.store.release_lease(key)
+                except StoreError:
+                    self._store_fault()
+
+    async def _fetch_upstream(
+        self, flight: Flight, req: ProxyRequest, match: Match, identity: Identity, key: bytes
+    ) -> None:
+        up = UpstreamRequest(
+            method=req.method,
+            target=req.raw_target,
+            headers=self._upstream_headers(req, None),
+            retry_on_stale_connection=True,
+        )
+        self.stats.upstream_requests[match.name] += 1
+        resp = await self.transport.send(up)
+        limit = self.config.max_entry_bytes
+        try:
+            status = resp.status
+            resp_headers = headers.response_headers(resp.headers)
+            flight.set_head(status, resp_headers)
+            length = policy.header_value(resp_headers, b"content-length")
+            if status != 200 or (length is not None and length.isdigit() and int(length) > limit):
+                flight.stop_sharing()
+            size = 0
+            async for chunk in resp.aiter_body():
+                size += len(chunk)
+                flight.push(chunk)
+                if flight.shareable and size > limit:
+                    flight.stop_sharing()
+        finally:
+            await resp.aclose()
+        body = flight.body() if flight.shareable or status != 200 else b""
+        await self._judge_credential(identity, status, body)
+        if flight.shareable and policy.response_storable(status, resp_headers, body, limit):
+            entry = Entry(
+                status=status,
+                headers=_with_length(resp_headers, len(body)),
+                body=body,
+                stored_at=self.clock(),
+                ttl=match.ttl,
+                tags=match.tags,
+                generations=flight.generations,
+                stale_for=match.rule.stale_if_error if match.rule is not None else 0.0,
+            )
+            try:
+                await self.store.put(key, entry)
+                flight.stored = True
+            except StoreError:
+                self._store_fault()
+        flight.finish()
+
+    async def _acquire_lease(self, key: bytes) -> bool:
+        try:
+            return await self.store.acquire_lease(key, self.config.lease_seconds)
+        except StoreError:
+            self._store_fault()
+            return True
+
+    async def _wait_for_peer(
+        self, flight: Flight, match: Match, identity: Identity, key: bytes
+    ) -> bool:
+        """Another replica is fetching ``key``: wait (bounded) for its entry.
+
+        True when the flight was completed from the peer's entry.
+        """
+        deadline = time.monotonic() + self.config.lease_wait
+        delay = 0.005
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            try:
+                found = await self.store.lookup(key, match.tags, identity.credential)
+            except StoreError:
+                self._store_fault()
+                return False
+            entry = found.entry
+            if (
+                entry is not None
+                and entry.is_fresh(self.clock())
+                and entry.is_valid(match.tags, found.generations)
+                and entry.generations == flight.generations
+            ):
+                flight.from_peer = True
+                flight.stored = True
+                flight.set_head(entry.status, entry.headers)
+                flight.push(entry.body)
+                flight.finish()
+                return True
+        return False
+
+    async def _judge_credential(self, identity: Identity, status: int, body: bytes) -> None:
+        """Trust a credential slurmrestd accepted; forget one it refused."""
+        try:
+            if 200 <= status < 300:
+                now = self.clock()
+                until = policy.accepted_until(identity, now, self.config.auth_ttl)
+                if until > now:
+                    await self.store.accept(identity.credential, until)
+                    self.stats.auth_accepted += 1
+            elif policy.credential_refused(status, body):
+                self.stats.auth_refused += 1
+                await self.store.revoke(identity.credential)
+        except StoreError:
+            self._store_fault()
+
+    # -- pass-through and writes ---------------------------------------------
+    async def _forward(
+        self,
+        req: ProxyRequest,
+        match: Match,
+        receive: Receive | None,
+        send: Send,
+        outcome: str,
+    ) -> None:
+        """Forward as is; for writes, invalidate before and after upstream."""
+        tags = match.invalidates
+        if tags:
+            # Before: narrows the window in which a reader refills the cache
+            # with pre-write data.  After (below): closes it.
+            await self._bump(tags)
+        try:
+            body, length = await self._request_body(req, receive)
+        except _BodyTooLarge:
+            self.stats.requests[(match.name, "error")] += 1
+            await self._error(send, errors.BODY_TOO_LARGE, outcome)
+            return
+        up = UpstreamRequest(
+            method=req.method,
+            target=req.raw_target,
+            headers=self._upstream_headers(req, length),
+            body=body,
+            retry_on_stale_connection=req.method in ("GET", "HEAD", "OPTIONS"),
+        )
+        self.stats.upstream_requests[match.name] += 1
+        try:
+            resp = await self.transport.send(up)
+        except UpstreamError as exc:
+            if tags and exc.sent:
+                await self._bump(tags)
+            self.stats.requests[(match.name, "error")] += 1
+            await self._upstream_error(send, exc, outcome)
+            return
+        try:
+            if tags:
+                await self._bump(tags)
+            resp_headers = headers.response_headers(resp.headers)
+            identity = self.resolver.resolve(req.headers)
+            if identity is not None and 200 <= resp.status < 300:
+                await self._judge_credential(identity, resp.status, b"")
+            resp_headers.append(headers.cache_status(outcome))
+            await send(
+                {"type": "http.response.start", "status": resp.status, "headers": resp_headers}
+            )
+            self.stats.requests[(match.name, outcome.split(";", 1)[0])] += 1
+            try:
+                async for chunk in resp.aiter_body():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except UpstreamError as exc:
+                self.stats.upstream_errors += 1
+                raise _AbortResponse(str(exc)) from exc
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await resp.aclose()
+
+    async def _request_body(
+        self, req: ProxyRequest, receive: Receive | None
+    ) -> tuple[bytes | AsyncIterator[bytes], int | None]:
+        """The request body, and its length when it is known up front.
+
+        A body with a Content-Length is streamed when large; one without is
+        read (bounded) so slurmrestd always gets a Content-Length.
+        """
+        if receive is None:
+            return b"", None
+        limit = self.config.max_body_bytes
+        raw_length = req.header(b"content-length")
+        if raw_length is not None:
+            if not raw_length.isdigit():
+                raise _BodyTooLarge  # uvicorn rejects these before us; belt and braces
+            length = int(raw_length)
+            if length > limit:
+                raise _BodyTooLarge
+            if length >= _READ_REQUEST_BELOW:
+                return _stream_body(receive, length), length
+        chunks = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if not body and raw_length is None:
+            return b"", None
+        return body, len(body)
+
+    async def _bump(self, tags: Sequence[str]) -> None:
+        try:
+            await self.store.bump(tags)
+        except StoreError:
+            self._store_fault()
+            return
+        for tag in tags:
+            self.stats.invalidations[tag] += 1
+
+    # -- responses ----------------------------------------------------------
+    def _upstream_headers(self, req: ProxyRequest, length: int | None) -> Headers:
+        return headers.upstream_request_headers(
+            req.headers,
+            upstream_host=self.config.upstream_host,
+            client=req.client,
+            scheme=req.scheme,
+            body_length=length,
+        )
+
+    async def _send_entry(self, send: Send, entry: Entry, now: float) -> None:
+        ttl = max(0, int(entry.stored_at + entry.ttl - now))
+        age = max(0, int(now - entry.stored_at))
+        out = [
+            *entry.headers,
+            (headers.CACHE_STATUS, b"cacheproxy; hit; ttl=%d" % ttl),
+            (headers.AGE, b"%d" % age),
+        ]
+        await send({"type": "http.response.start", "status": entry.status, "headers": out})
+        await send({"type": "http.response.body", "body": entry.body})
+
+    async def _send_flight(self, send: Send, flight: Flight, match: Match, outcome: str) -> None:
+        length = policy.header_value(flight.headers, b"content-length")
+        small = length is not None and length.isdigit() and int(length) < _BUFFER_BODY_BELOW
+        if small or flight.done:
+            await flight.wait_done()
+            if flight.error is not None:
+                self.stats.requests[(match.name, "error")] += 1
+                if isinstance(flight.error, UpstreamError):
+                    await self._upstream_error(send, flight.error, outcome)
+                    return
+                raise flight.error
+            if flight.from_peer:
+                outcome = "hit; detail=peer"
+            elif flight.stored:
+                outcome += "; stored"
+            body = flight.body()
+            self.stats.requests[(match.name, outcome.split(";", 1)[0])] += 1
+            out = [*flight.headers, headers.cache_status(outcome)]
+            await send({"type": "http.response.start", "status": flight.status, "headers": out})
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.stats.requests[(match.name, outcome.split(";", 1)[0])] += 1
+        out = [*flight.headers, headers.cache_status(outcome)]
+        await send({"type": "http.response.start", "status": flight.status, "headers": out})
+        try:
+            async for chunk in flight.stream():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except Exception as exc:
+            self.stats.upstream_errors += 1
+            raise _AbortResponse(str(exc)) from exc
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _upstream_error(self, send: Send, exc: BaseException, outcome: str) -> None:
+        self.stats.upstream_errors += 1
+        log.warning("upstream error: %s: %s", type(exc).__name__, exc)
+        err = errors.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeout) else (
+            errors.UPSTREAM_UNREACHABLE
+            if isinstance(exc, UpstreamError) and not exc.sent
+            else errors.UPSTREAM_BROKEN
+        )
+        await self._error(send, err, outcome)
+
+    async def _error(self, send: Send, err: errors.ProxyError, outcome: str) -> None:
+        status, hdrs, body = errors.error_response(err, [headers.cache_status(outcome)])
+        await send({"type": "http.response.start", "status": status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": body})
+
+    def _store_fault(self) -> None:
+        self.stats.store_errors += 1
+        if not self._store_fault_logged:
+            self._store_fault_logged = True
+            log.warning("cache store unavailable: serving from upstream until it recovers")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _stream_body(receive: Receive, length: int) -> AsyncIterator[bytes]:
+    """Yield a request body from ASGI ``receive`` without holding it whole."""
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise UpstreamError("client disconnected while sending the body")
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > length:
+            raise UpstreamError("request body longer than its Content-Length")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+def _with_length(resp_headers: Headers, length: int) -> Headers:
+    out = [(k, v) for k, v in resp_headers if k != b"content-length"]
+    out.append((b"content-length", b"%d" % length))
+    return out
+

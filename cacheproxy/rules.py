@@ -1,0 +1,345 @@
+"""Rules: which requests are cached, for how long, under which tags, and which
+tags each write invalidates.
+
+Rules live in a TOML file, an ordered first-match list::
+
+    [[rule]]
+    name = "job"
+    methods = ["GET"]
+    path = "/slurm/{v}/job/{job_id}"
+    ttl = 5
+    tags = ["job:{job_id:base}", "jobs.each"]
+
+    [[rule]]
+    name = "job-cancel"
+    methods = ["DELETE"]
+    path = "/slurm/{v}/job/{job_id}"
+    invalidates = ["jobs", "job:{job_id:base}"]
+
+``{v}`` matches a data-parser version segment (``v0.0.38`` … ``v0.0.45``), so
+one rule serves every version and tags never name a version: a write under
+v0.0.38 invalidates what was cached under v0.0.44.  Any other ``{name}``
+matches one segment.  In tags, ``{name:base}`` is a job id stripped of its
+array or het suffix (``123_4`` and ``123+1`` -> ``123``).
+
+Every entry also carries two implicit tags: ``@<family>`` (``@slurm``,
+``@slurmdb``, ...) and ``@all``, so "everything under /slurm" is one bump.
+
+Requests that match no rule: a GET or HEAD passes through uncached (new
+versions add GETs with side effects); any other method passes through and
+invalidates everything (``@all``) — when in doubt, invalidate more.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+VERSION_RE = re.compile(r"v\d+\.\d+\.\d+\Z")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([a-z]+))?\}")
+_FILTERS = {"base"}
+_CACHEABLE_METHODS = frozenset({"GET"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+ALL_TAG = "@all"
+_MEMO_MAX = 8192
+
+RULE_KEYS = {
+    "name",
+    "methods",
+    "path",
+    "ttl",
+    "cache",
+    "tags",
+    "invalidates",
+    "stale_if_error",
+    "stale_while_revalidate",
+    "revalidate",
+}
+
+
+class RuleError(ValueError):
+    """A rules file is invalid; the message names the line and the reason."""
+
+
+def base_job_id(value: str) -> str:
+    """``123_4`` / ``123+1`` / ``123`` -> ``123`` (array task or het component)."""
+    for sep in ("_", "+"):
+        value = value.split(sep, 1)[0]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    literal: str | None
+    var: str | None
+
+    def matches(self, seg: str) -> bool:
+        if self.literal is not None:
+            return seg == self.literal
+        if self.var == "v":
+            return VERSION_RE.match(seg) is not None
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class _TagTemplate:
+    text: str
+    parts: tuple[tuple[str, str | None, str | None], ...]
+    """(literal prefix, variable, filter) triples."""
+
+    def render(self, params: Mapping[str, str]) -> str:
+        out = []
+        for literal, var, filt in self.parts:
+            out.append(literal)
+            if var is not None:
+                value = params[var]
+                out.append(base_job_id(value) if filt == "base" else value)
+        return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    methods: frozenset[str]
+    path: str
+    segments: tuple[_Segment, ...]
+    ttl: float = 0.0
+    cache: bool = False
+    tags: tuple[_TagTemplate, ...] = ()
+    invalidates: tuple[_TagTemplate, ...] = ()
+    stale_if_error: float = 0.0
+    stale_while_revalidate: float = 0.0
+    revalidate: str | None = None
+    line: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        """The effective rule, as ``check-config`` prints it."""
+        return {
+            "name": self.name,
+            "methods": sorted(self.methods),
+            "path": self.path,
+            "action": "cache" if self.cache else ("invalidate" if self.invalidates else "pass"),
+            "ttl": self.ttl,
+            "tags": [t.text for t in self.tags],
+            "invalidates": [t.text for t in self.invalidates],
+            "stale_if_error": self.stale_if_error,
+            "stale_while_revalidate": self.stale_while_revalidate,
+            "revalidate": self.revalidate,
+            "line": self.line,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """What the rules say about one request.  Side-effect free."""
+
+    rule: Rule | None
+    family: str
+    cache: bool
+    ttl: float
+    tags: tuple[str, ...]
+    """Tags an entry for this request carries (implicit ones included)."""
+    invalidates: tuple[str, ...]
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.rule.name if self.rule is not None else "-"
+
+
+def _compile_template(path: str, where: str) -> tuple[_Segment, ...]:
+    if not path.startswith("/"):
+        raise RuleError(f"{where}: path must start with '/': {path!r}")
+    segs = []
+    seen: set[str] = set()
+    for part in path.strip("/").split("/"):
+        if not part:
+            continue
+        m = re.fullmatch(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", part)
+        if m:
+            var = m.group(1)
+            if var in seen:
+                raise RuleError(f"{where}: variable {{{var}}} appears twice in {path!r}")
+            seen.add(var)
+            segs.append(_Segment(None, var))
+        elif "{" in part or "}" in part:
+            raise RuleError(f"{where}: a variable must be a whole segment: {part!r}")
+        else:
+            segs.append(_Segment(part, None))
+    if not segs or segs[0].literal is None:
+        raise RuleError(f"{where}: the first segment must be literal (the family): {path!r}")
+    return tuple(segs)
+
+
+def _compile_tag(text: str, variables: set[str], where: str) -> _TagTemplate:
+    if not isinstance(text, str) or not text:
+        raise RuleError(f"{where}: a tag must be a non-empty string")
+    parts: list[tuple[str, str | None, str | None]] = []
+    pos = 0
+    for m in _PLACEHOLDER.finditer(text):
+        var, filt = m.group(1), m.group(2)
+        if var not in variables:
+            raise RuleError(f"{where}: tag {text!r} uses {{{var}}}, which the path does not bind")
+        if filt is not None and filt not in _FILTERS:
+            raise RuleError(f"{where}: unknown tag filter {filt!r} in {text!r}")
+        parts.append((text[pos : m.start()], var, filt))
+        pos = m.end()
+    rest = text[pos:]
+    if "{" in rest or "}" in rest:
+        raise RuleError(f"{where}: malformed placeholder in tag {text!r}")
+    parts.append((rest, None, None))
+    return _TagTemplate(text, tuple(parts))
+
+
+def _number(raw: Mapping[str, Any], key: str, where: str) -> float:
+    value = raw.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise RuleError(f"{where}: {key} must be a number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+def _compile_rule(raw: Any, index: int, line: int) -> Rule:
+    where = f"line {line} (rule #{index + 1})"
+    if not isinstance(raw, dict):
+        raise RuleError(f"{where}: a rule must be a table")
+    unknown = set(raw) - RULE_KEYS
+    if unknown:
+        raise RuleError(f"{where}: unknown key(s) {sorted(unknown)}")
+    name = raw.get("name", f"rule-{index + 1}")
+    methods_raw = raw.get("methods", ["GET"])
+    if (
+        not isinstance(methods_raw, list)
+        or not methods_raw
+        or not all(isinstance(m, str) and m.isalpha() for m in methods_raw)
+    ):
+        raise RuleError(f"{where}: methods must be a non-empty list of HTTP methods")
+    methods = frozenset(m.upper() for m in methods_raw)
+    path = raw.get("path")
+    if not isinstance(path, str):
+        raise RuleError(f"{where}: path is required")
+    segments = _compile_template(path, where)
+    variables = {s.var for s in segments if s.var is not None}
+    ttl = _number(raw, "ttl", where)
+    cache = raw.get("cache", ttl > 0)
+    if not isinstance(cache, bool):
+        raise RuleError(f"{where}: cache must be true or false")
+    if cache and not methods <= _CACHEABLE_METHODS:
+        raise RuleError(f"{where}: only GET can be cached, not {sorted(methods)}")
+    if cache and ttl <= 0:
+        raise RuleError(f"{where}: a cached rule needs ttl > 0")
+    tags_raw = raw.get("tags", [])
+    inval_raw = raw.get("invalidates", [])
+    if not isinstance(tags_raw, list) or not isinstance(inval_raw, list):
+        raise RuleError(f"{where}: tags and invalidates must be lists")
+    if cache and inval_raw:
+        raise RuleError(f"{where}: a cached rule cannot invalidate")
+    revalidate = raw.get("revalidate")
+    if revalidate not in (None, "update_time"):
+        raise RuleError(f"{where}: revalidate must be 'update_time' if given")
+    return Rule(
+        name=str(name),
+        methods=methods,
+        path=path,
+        segments=segments,
+        ttl=ttl,
+        cache=cache,
+        tags=tuple(_compile_tag(t, variables, where) for t in tags_raw),
+        invalidates=tuple(_compile_tag(t, variables, where) for t in inval_raw),
+        stale_if_error=_number(raw, "stale_if_error", where),
+        stale_while_revalidate=_number(raw, "stale_while_revalidate", where),
+        revalidate=revalidate,
+        line=line,
+    )
+
+
+def _rule_lines(text: str) -> list[int]:
+    return [i + 1 for i, line in enumerate(text.splitlines()) if line.strip() == "[[rule]]"]
+
+
+class RuleSet:
+    """An ordered first-match rule list, indexed for the hot path."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules = tuple(rules)
+        self._index: dict[tuple[str, int, str], list[Rule]] = {}
+        for rule in self.rules:
+            family = rule.segments[0].literal
+            assert family is not None
+            for method in rule.methods:
+                self._index.setdefault((method, len(rule.segments), family), []).append(rule)
+        self._memo: dict[tuple[str, tuple[str, ...]], Match] = {}
+
+    @classmethod
+    def from_toml(cls, text: str, source: str = "<rules>") -> RuleSet:
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise RuleError(f"{source}: {exc}") from None
+        unknown = set(doc) - {"rule"}
+        if unknown:
+            raise RuleError(f"{source}: unknown top-level key(s) {sorted(unknown)}")
+        raw_rules = doc.get("rule", [])
+        if not isinstance(raw_rules, list):
+            raise RuleError(f"{source}: 'rule' must be an array of tables ([[rule]])")
+        lines = _rule_lines(text)
+        rules = []
+        for i, raw in enumerate(raw_rules):
+            try:
+                rules.append(_compile_rule(raw, i, lines[i] if i < len(lines) else 0))
+            except RuleError as exc:
+                raise RuleError(f"{source}: {exc}") from None
+        return cls(rules)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RuleSet:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RuleError(f"{p}: cannot read: {exc.strerror}") from None
+        return cls.from_toml(text, str(p))
+
+    @classmethod
+    def default(cls) -> RuleSet:
+        return cls.from_file(DEFAULT_RULES_PATH)
+
+    def match(self, method: str, segments: tuple[str, ...]) -> Match:
+        memo_key = (method, segments)
+        found = self._memo.get(memo_key)
+        if found is None:
+            found = self._match(method, segments)
+            if len(self._memo) >= _MEMO_MAX:
+                self._memo.clear()
+            self._memo[memo_key] = found
+        return found
+
+    def _match(self, method: str, segments: tuple[str, ...]) -> Match:
+        family = segments[0] if segments else ""
+        implicit = ("@" + family, ALL_TAG) if family else (ALL_TAG,)
+        for rule in self._index.get((method, len(segments), family), ()):
+            if all(s.matches(seg) for s, seg in zip(rule.segments, segments, strict=True)):
+                params = {
+                    s.var: seg
+                    for s, seg in zip(rule.segments, segments, strict=True)
+                    if s.var is not None
+                }
+                return Match(
+                    rule=rule,
+                    family=family,
+                    cache=rule.cache,
+                    ttl=rule.ttl,
+                    tags=tuple(t.render(params) for t in rule.tags) + implicit,
+                    invalidates=tuple(t.render(params) for t in rule.invalidates),
+                    params=params,
+                )
+        if method in _SAFE_METHODS:
+            return Match(None, family, False, 0.0, implicit, ())
+        # An unknown write may change anything (a slurmdb write can move
+        # fair-share or job limits): invalidate every entry.
+        return Match(None, family, False, 0.0, implicit, (ALL_TAG,))
+
+DEFAULT_RULES_PATH = Path(__file__).resolve().parent / "default_rules.toml"

@@ -1,0 +1,128 @@
+"""What a cache store holds and the small interface every store implements.
+
+A store keeps three kinds of state, all of which a shared tier must share:
+
+* **entries**: a stored upstream response under an opaque key;
+* **tag generations**: one counter per tag, bumped by every write that
+  invalidates the tag.  An entry remembers the generations of its tags as they
+  were when its fetch *started*; it is valid only while they are unchanged.
+  That makes invalidation O(1) and closes the race where a fetch that began
+  before a write finishes after it;
+* **credential acceptances**: the keyed hash of a (user, token) pair that
+  slurmrestd answered with a 2xx, until when it may be trusted.
+
+The proxy needs one round trip on the hit path, so :meth:`Store.lookup`
+returns the entry, the current generations of the rule's tags and the
+credential's acceptance together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from cacheproxy.upstream.base import Headers
+
+Generations = tuple[int, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class Entry:
+    """A stored 200 response, as bytes: nothing is parsed on the hit path."""
+
+    status: int
+    headers: Headers
+    """End-to-end headers as upstream sent them (hop-by-hop ones removed)."""
+    body: bytes
+    stored_at: float
+    """Wall-clock seconds when upstream's answer arrived (for Age and TTL)."""
+    ttl: float
+    tags: tuple[str, ...]
+    generations: Generations
+    """Generations of ``tags`` captured when the fetch started."""
+    stale_for: float = 0.0
+    """Seconds past ``ttl`` the entry may still be served stale (on errors)."""
+
+    @property
+    def size(self) -> int:
+        """Bytes charged against the store's bound."""
+        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + 128
+
+    def expires_at(self) -> float:
+        return self.stored_at + self.ttl
+
+    def is_fresh(self, now: float) -> bool:
+        return now < self.stored_at + self.ttl
+
+    def is_valid(self, tags: Sequence[str], generations: Generations) -> bool:
+        """True when no write has invalidated the entry since its fetch began."""
+        return self.generations == generations and self.tags == tuple(tags)
+
+
+@dataclass(slots=True, frozen=True)
+class Lookup:
+    """What the hit path needs, fetched together."""
+
+    entry: Entry | None
+    generations: Generations
+    accepted_until: float
+    """Until when the credential is trusted (0.0: never accepted)."""
+
+
+class StoreError(Exception):
+    """The store could not answer (e.g. Redis down or slow).
+
+    The proxy treats it as a miss and goes upstream: a store fault must never
+    be the reason a request fails.
+    """
+
+
+class Store(Protocol):
+    """Entries, tag generations and credential acceptances."""
+
+    async def lookup(self, key: bytes, tags: Sequence[str], credential: bytes) -> Lookup:
+        """The entry under ``key``, the current generations of ``tags`` and
+        until when ``credential`` is accepted, in one round trip."""
+        ...
+
+    async def generations(self, tags: Sequence[str]) -> Generations:
+        """Current generations of ``tags``, in order (0 for a tag never bumped)."""
+        ...
+
+    async def put(self, key: bytes, entry: Entry) -> None:
+        """Store ``entry`` unless a tag was bumped since its generations were
+        captured (a store may also refuse it for size)."""
+        ...
+
+    async def remove(self, key: bytes) -> None: ...
+
+    async def bump(self, tags: Sequence[str]) -> None:
+        """Invalidate every entry carrying any of ``tags``.  Must be done, on
+        every replica's view, when this returns (read-your-writes)."""
+        ...
+
+    async def accept(self, credential: bytes, until: float) -> None:
+        """Record that slurmrestd accepted ``credential``, trusted until ``until``."""
+        ...
+
+    async def revoke(self, credential: bytes) -> None:
+        """Forget an acceptance (slurmrestd refused the credential)."""
+        ...
+
+    async def acquire_lease(self, key: bytes, seconds: float) -> bool:
+        """Ask to be the one replica fetching ``key`` for the next ``seconds``.
+
+        False means another replica holds the lease: the caller waits (bounded)
+        for the entry to appear via :meth:`lookup`, then fetches itself.  A
+        store with a single process behind it always answers True.
+        """
+        ...
+
+    async def release_lease(self, key: bytes) -> None: ...
+
+    async def clear(self) -> None:
+        """Drop every entry (generations are bumped so nothing in flight lands)."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,119 @@
+"""The seam between the proxy and slurmrestd.
+
+A transport has one job: send one HTTP request upstream and hand back the
+status, the headers and the body as a stream.  Everything else (what to cache,
+what to retry, what error to show a client) is decided above it.
+
+Exception tree (all derive from :class:`UpstreamError`)::
+
+    UpstreamError                 any failure talking to slurmrestd
+    ├── UpstreamConnectError      the request was never sent (refused, DNS,
+    │                             socket missing): safe to retry any method
+    ├── UpstreamTimeout           connect or read took too long
+    └── UpstreamProtocolError     the peer broke the exchange after the request
+                                  was (maybe) sent: reset, truncated body,
+                                  malformed response; a GET may be retried, a
+                                  write never
+
+``UpstreamError.sent`` tells whether the request may have reached slurmrestd,
+which is what decides both retries and invalidation of a failed write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Headers = list[tuple[bytes, bytes]]
+"""Header pairs as on the wire: lower-cased names, raw values, order kept."""
+
+
+class UpstreamError(Exception):
+    """Any failure talking to slurmrestd."""
+
+    sent: bool = True
+
+
+class UpstreamConnectError(UpstreamError):
+    """The request never left this process: retrying cannot duplicate a write."""
+
+    sent = False
+
+
+class UpstreamTimeout(UpstreamError):
+    """Connect or read exceeded its deadline."""
+
+    def __init__(self, message: str = "upstream timed out", *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The exchange broke after the request may have been sent."""
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    """One request to forward.
+
+    ``target`` is the request-target exactly as it goes on the wire (path and
+    query, already percent-encoded); transports must not re-encode it.
+    ``body`` is either complete bytes or an async stream of chunks (a large
+    POST is forwarded without being held whole).
+    """
+
+    method: str
+    target: str
+    headers: Headers
+    body: bytes | AsyncIterator[bytes] = b""
+    # Whether the transport may retry once on a pooled connection that turned
+    # out to be dead.  Only idempotent reads set it.
+    retry_on_stale_connection: bool = False
+
+
+class UpstreamResponse(Protocol):
+    """A response whose head has arrived; the body is read on demand."""
+
+    status: int
+    headers: Headers
+
+    def aiter_body(self) -> AsyncIterator[bytes]:
+        """Yield the body chunks; raises UpstreamError if it breaks mid-way."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connection (back to the pool if the body was drained)."""
+        ...
+
+
+class Transport(Protocol):
+    """Sends requests to one upstream.  Implementations keep their own pool."""
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Send ``request``; return once the response head has arrived."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        ...
+
+
+@dataclass(slots=True)
+class BufferedResponse:
+    """An UpstreamResponse over bytes already in memory (tests, fakes)."""
+
+    status: int
+    headers: Headers
+    body: bytes = b""
+    chunks: list[bytes] = field(default_factory=list)
+
+    async def aiter_body(self) -> AsyncIterator[bytes]:
+        if self.chunks:
+            for chunk in self.chunks:
+                yield chunk
+        elif self.body:
+            yield self.body
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,149 @@
+"""A small fake slurmrestd for the core tests: counts what it serves, names
+the requester in ``meta.client`` like v0.0.40+, and can be held mid-request
+to stage races.  The full simulator lives in ``cacheproxy.simulator``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+Scope = dict[str, Any]
+
+AUTH_FAILURE = b"Authentication failure"
+
+
+@dataclass
+class Job:
+    job_id: int
+    user: str
+    state: str = "PENDING"
+
+
+@dataclass
+class FakeSlurmrestd:
+    tokens: dict[str, str] = field(
+        default_factory=lambda: {"root": "tok-root", "alice": "tok-alice", "bob": "tok-bob"}
+    )
+    private_jobs: bool = True
+    jobs: dict[int, Job] = field(default_factory=dict)
+    next_id: int = 1000
+    hits: Counter[str] = field(default_factory=Counter)
+    """'METHOD /path' -> requests served."""
+    bodies: list[bytes] = field(default_factory=list)
+    gate: asyncio.Event | None = None
+    """When set, GET /jobs waits on it (to hold a fetch in flight)."""
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    fail_next: int = 0
+    """Answer this many requests with a 500 error body."""
+
+    def total(self, method: str = "GET", suffix: str = "") -> int:
+        return sum(n for k, n in self.hits.items() if k.startswith(method) and k.endswith(suffix))
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        method = scope["method"]
+        parts = [p for p in scope["path"].split("/") if p]
+        self.hits[f"{method} /{'/'.join(parts)}"] += 1
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        status, ctype, payload, close = await self._handle(method, parts, headers, body, scope)
+        out = [(b"content-type", ctype), (b"content-length", str(len(payload)).encode())]
+        if close:
+            out.append((b"connection", b"Close"))
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": payload})
+
+    def _error(self, number: int, text: str) -> bytes:
+        return orjson.dumps(
+            {"errors": [{"error_number": number, "error": text, "description": text}],
+             "warnings": [], "meta": {}},
+            option=orjson.OPT_INDENT_2,
+        )
+
+    async def _handle(
+        self, method: str, parts: list[str], headers: dict[str, str], body: bytes, scope: Scope
+    ) -> tuple[int, bytes, bytes, bool]:
+        if len(parts) < 2 or parts[0] not in ("slurm", "slurmdb"):
+            return 404, b"text/plain", b"Unable find requested URL.", True
+        name = headers.get("x-slurm-user-name")
+        token = headers.get("x-slurm-user-token")
+        if not name or not token:
+            return 401, b"text/plain", AUTH_FAILURE, True
+        if self.tokens.get(name) != token and self.tokens.get("root") != token:
+            return 500, b"application/json", self._error(-1, "Unspecified error"), True
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return 500, b"application/json", self._error(1, "Transient failure"), True
+        rest = parts[2:]
+        accept = headers.get("accept", "")
+
+        def ok(doc: dict[str, Any]) -> tuple[int, bytes, bytes, bool]:
+            doc.setdefault("errors", [])
+            doc.setdefault("warnings", [])
+            doc["meta"] = {"client": {"user": name, "source": str(scope.get("client"))}}
+            if "yaml" in accept:
+                text = "\n".join(f"{k}: {orjson.dumps(v).decode()}" for k, v in doc.items())
+                return 200, b"application/x-yaml", text.encode(), False
+            return 200, b"application/json", orjson.dumps(doc, option=orjson.OPT_INDENT_2), False
+
+        def visible() -> list[dict[str, Any]]:
+            return [
+                {"job_id": j.job_id, "user_name": j.user, "job_state": j.state}
+                for j in self.jobs.values()
+                if not self.private_jobs or name == "root" or j.user == name
+            ]
+
+        if method == "GET" and rest == ["jobs"]:
+            snapshot = visible()  # the answer is decided now, sent later
+            self.entered.set()
+            if self.gate is not None:
+                await self.gate.wait()
+            return ok({"jobs": snapshot})
+        if method == "GET" and rest == ["ping"]:
+            return ok({"pings": [{"hostname": "localhost", "pinged": "UP"}]})
+        if method == "GET" and rest == ["partitions"]:
+            return ok({"partitions": [{"name": "debug"}]})
+        if method == "GET" and rest == ["nodes"]:
+            return ok({"nodes": [{"name": "n1", "state": "idle"}]})
+        if method == "GET" and rest == ["big"]:
+            return ok({"blob": "x" * int(headers.get("x-size", "1000"))})
+        if method == "GET" and rest == ["witherrors"]:
+            return ok({"errors": [{"error": "partial"}], "nodes": []})
+        if method == "GET" and len(rest) == 2 and rest[0] == "job":
+            job = self.jobs.get(int(rest[1].split("_")[0])) if rest[1].split("_")[0].isdigit() else None
+            if job is None or job.job_id not in {j["job_id"] for j in visible()}:
+                return 500, b"application/json", self._error(2017, "Invalid job id specified"), True
+            return ok({"jobs": [{"job_id": job.job_id, "job_state": job.state}]})
+        if method == "POST" and rest == ["job", "submit"]:
+            self.bodies.append(body)
+            self.next_id += 1
+            self.jobs[self.next_id] = Job(self.next_id, name)
+            return ok({"job_id": self.next_id, "step_id": "batch",
+                       "sha256": hashlib.sha256(body).hexdigest()})
+        if method == "DELETE" and len(rest) == 2 and rest[0] == "job":
+            job = self.jobs.get(int(rest[1]))
+            if job is None:
+                return 500, b"application/json", self._error(2017, "Invalid job id specified"), True
+            job.state = "CANCELLED"
+            return ok({})
+        if method == "POST" and len(rest) == 2 and rest[0] == "echo":
+            self.bodies.append(body)
+            return 200, b"application/octet-stream", body, False
+        return 404, b"text/plain", b"Unable find requested URL.", True

@@ -1,0 +1,356 @@
+"""The proxied path end to end, in-process: hits, misses, isolation, writes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import orjson
+
+from cacheproxy.app import CacheProxyApp
+from tests.core.conftest import Clock, auth
+from tests.core.fake_slurmrestd import FakeSlurmrestd
+
+JOBS = "/slurm/v0.0.43/jobs"
+
+
+async def test_miss_then_hit(client: httpx.AsyncClient, upstream: FakeSlurmrestd) -> None:
+    r1 = await client.get(JOBS, headers=auth("alice"))
+    assert r1.status_code == 200
+    assert r1.headers["cache-status"] == "cacheproxy; fwd=miss; stored"
+    r2 = await client.get(JOBS, headers=auth("alice"))
+    assert r2.status_code == 200
+    assert r2.headers["cache-status"].startswith("cacheproxy; hit; ttl=")
+    assert r2.headers["age"] == "0"
+    assert r2.content == r1.content
+    assert upstream.total("GET", "/jobs") == 1
+
+
+async def test_equivalent_paths_share_an_entry(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    await client.get(JOBS, headers=auth("alice"))
+    for path in ("/slurm/v0.0.43/jobs/", "//slurm/v0.0.43//jobs", "/slurm/v0.0.43/%6Aobs"):
+        r = await client.get("http://proxy.test" + path, headers=auth("alice"))
+        assert r.headers["cache-status"].startswith("cacheproxy; hit"), path
+    assert upstream.total("GET", "/jobs") == 1
+
+
+async def test_ttl_expiry_with_injected_clock(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd, clock: Clock
+) -> None:
+    await client.get(JOBS, headers=auth("alice"))
+    clock.advance(4.9)
+    assert (await client.get(JOBS, headers=auth("alice"))).headers["cache-status"].startswith(
+        "cacheproxy; hit"
+    )
+    clock.advance(0.2)
+    r = await client.get(JOBS, headers=auth("alice"))
+    assert r.headers["cache-status"] == "cacheproxy; fwd=miss; stored"
+    assert upstream.total("GET", "/jobs") == 2
+
+
+async def test_entry_never_served_to_another_user(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    await client.post("/slurm/v0.0.43/job/submit", headers=auth("alice"), content=b"{}")
+    a = await client.get(JOBS, headers=auth("alice"))
+    b = await client.get(JOBS, headers=auth("bob"))
+    assert orjson.loads(a.content)["meta"]["client"]["user"] == "alice"
+    assert orjson.loads(b.content)["meta"]["client"]["user"] == "bob"
+    assert orjson.loads(b.content)["jobs"] == []
+    assert b.headers["cache-status"].startswith("cacheproxy; fwd=miss")
+
+
+async def test_wrong_or_missing_token_never_gets_cached_data(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    ok = await client.get(JOBS, headers=auth("alice"))
+    assert ok.status_code == 200
+    wrong = await client.get(JOBS, headers=auth("alice", "tok-guess"))
+    assert wrong.status_code == 500
+    assert wrong.headers["cache-status"].startswith("cacheproxy; fwd=miss")
+    missing = await client.get(JOBS, headers={"X-SLURM-USER-NAME": "alice"})
+    assert missing.status_code == 401
+    assert missing.content == b"Authentication failure"
+    assert missing.headers["cache-status"] == "cacheproxy; fwd=request"
+    bobs_token = await client.get(JOBS, headers=auth("alice", "tok-bob"))
+    assert bobs_token.status_code == 500
+    # and the accepted credential still hits
+    again = await client.get(JOBS, headers=auth("alice"))
+    assert again.headers["cache-status"].startswith("cacheproxy; hit")
+
+
+async def test_new_token_for_same_user_must_be_accepted_first(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    await client.get(JOBS, headers=auth("alice"))
+    # root's token acting as alice is accepted upstream (as slurmrestd does)
+    r = await client.get(JOBS, headers=auth("alice", "tok-root"))
+    assert r.headers["cache-status"].startswith("cacheproxy; fwd=miss")
+    r = await client.get(JOBS, headers=auth("alice", "tok-root"))
+    assert r.headers["cache-status"].startswith("cacheproxy; hit")
+
+
+async def test_acceptance_expires_after_auth_ttl(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd, clock: Clock, app: CacheProxyApp
+) -> None:
+    assert app.proxy is not None
+    await client.get("/slurm/v0.0.43/partitions", headers=auth("alice"))
+    clock.advance(59)
+    r = await client.get("/slurm/v0.0.43/partitions", headers=auth("alice"))
+    assert r.headers["cache-status"].startswith("cacheproxy; hit")
+    clock.advance(2)  # partitions ttl is 60 s, but acceptance (60 s) lapsed
+    r = await client.get("/slurm/v0.0.43/partitions", headers=auth("alice"))
+    assert r.headers["cache-status"].startswith("cacheproxy; fwd=miss")
+
+
+async def test_accept_header_is_part_of_the_key(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    j = await client.get(JOBS, headers=auth("alice"))
+    y = await client.get(JOBS, headers={**auth("alice"), "Accept": "application/x-yaml"})
+    assert j.headers["content-type"] == "application/json"
+    assert y.headers["content-type"] == "application/x-yaml"
+    assert upstream.total("GET", "/jobs") == 2
+
+
+async def test_query_is_part_of_the_key_in_any_order(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    await client.get(JOBS + "?flags=DETAIL&b=2", headers=auth("alice"))
+    r = await client.get(JOBS + "?b=2&flags=DETAIL", headers=auth("alice"))
+    assert r.headers["cache-status"].startswith("cacheproxy; hit")
+    r = await client.get(JOBS + "?flags=ALL", headers=auth("alice"))
+    assert r.headers["cache-status"].startswith("cacheproxy; fwd=miss")
+
+
+async def test_submit_then_get_shows_the_job(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    await client.get(JOBS, headers=auth("alice"))
+    for _ in range(100):
+        r = await client.post("/slurm/v0.0.43/job/submit", headers=auth("alice"), content=b"{}")
+        job_id = r.json()["job_id"]
+        assert r.headers["cache-status"] == "cacheproxy; fwd=method"
+        listed = await client.get(JOBS, headers=auth("alice"))
+        assert job_id in [j["job_id"] for j in listed.json()["jobs"]]
+
+
+async def test_write_invalidates_across_versions(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    await client.get("/slurm/v0.0.38/jobs", headers=auth("alice"))
+    r = await client.post("/slurm/v0.0.43/job/submit", headers=auth("alice"), content=b"{}")
+    job_id = r.json()["job_id"]
+    listed = await client.get("/slurm/v0.0.38/jobs", headers=auth("alice"))
+    assert job_id in [j["job_id"] for j in listed.json()["jobs"]]
+
+
+async def test_cancel_invalidates_the_job(client: httpx.AsyncClient) -> None:
+    r = await client.post("/slurm/v0.0.43/job/submit", headers=auth("alice"), content=b"{}")
+    job_id = r.json()["job_id"]
+    first = await client.get(f"/slurm/v0.0.43/job/{job_id}", headers=auth("alice"))
+    assert first.json()["jobs"][0]["job_state"] == "PENDING"
+    await client.delete(f"/slurm/v0.0.43/job/{job_id}", headers=auth("alice"))
+    after = await client.get(f"/slurm/v0.0.43/job/{job_id}", headers=auth("alice"))
+    assert after.json()["jobs"][0]["job_state"] == "CANCELLED"
+
+
+async def test_write_body_arrives_byte_exact(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    body = bytes(range(256)) * 64 + b'{"job": {"script": "#!/bin/sh\\nsrun true"}}'
+    r = await client.post(
+        "/slurm/v0.0.43/job/submit",
+        headers={**auth("alice"), "Content-Type": "application/json"},
+        content=body,
+    )
+    assert r.status_code == 200
+    assert upstream.bodies[-1] == body
+
+
+async def test_unmatched_get_passes_through_every_time(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    for _ in range(3):
+        r = await client.get("/slurm/v0.0.43/nodes-unknown-path", headers=auth("alice"))
+        assert r.status_code == 404
+        assert r.headers["cache-status"] == "cacheproxy; fwd=uri-miss"
+    assert upstream.total("GET", "/nodes-unknown-path") == 3
+
+
+async def test_never_cached_rules_pass_through(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    for _ in range(3):
+        r = await client.get("/slurm/v0.0.43/ping", headers=auth("alice"))
+        assert r.headers["cache-status"] == "cacheproxy; fwd=bypass"
+    assert upstream.total("GET", "/ping") == 3
+
+
+async def test_errors_are_not_cached(client: httpx.AsyncClient, upstream: FakeSlurmrestd) -> None:
+    upstream.fail_next = 1
+    r = await client.get(JOBS, headers=auth("alice"))
+    assert r.status_code == 500
+    r = await client.get(JOBS, headers=auth("alice"))
+    assert r.status_code == 200
+    assert r.headers["cache-status"] == "cacheproxy; fwd=miss; stored"
+
+
+async def test_errors_array_not_empty_is_not_stored(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd, app: CacheProxyApp
+) -> None:
+    # witherrors answers 200 with a non-empty errors array: use a rule for it
+    from cacheproxy.rules import RuleSet
+
+    assert app.proxy is not None
+    app.proxy.rules = RuleSet.from_toml(
+        '[[rule]]\nname="w"\npath="/slurm/{v}/witherrors"\nttl=30\ntags=["w"]\n'
+    )
+    for _ in range(2):
+        r = await client.get("/slurm/v0.0.43/witherrors", headers=auth("alice"))
+        assert r.status_code == 200
+        assert r.headers["cache-status"] == "cacheproxy; fwd=miss"
+    assert upstream.total("GET", "/witherrors") == 2
+
+
+async def test_update_time_requests_are_never_stored(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    for _ in range(2):
+        r = await client.get(JOBS + "?update_time=1", headers=auth("alice"))
+        assert r.headers["cache-status"] == "cacheproxy; fwd=request"
+    r = await client.get(JOBS, headers=auth("alice"))
+    assert r.headers["cache-status"] == "cacheproxy; fwd=miss; stored"
+
+
+async def test_upstream_down_gives_502_in_slurm_error_shape(
+    client: httpx.AsyncClient, transport: object
+) -> None:
+    transport.down = True  # type: ignore[attr-defined]
+    r = await client.get(JOBS, headers=auth("alice"))
+    assert r.status_code == 502
+    assert r.headers["content-type"] == "application/json"
+    doc = r.json()
+    assert doc["errors"][0]["source"] == "cacheproxy"
+    assert {"error", "error_number", "description"} <= set(doc["errors"][0])
+    assert doc["warnings"] == []
+    assert "meta" in doc
+
+
+async def raw_call(app: CacheProxyApp, method: str, raw_path: bytes) -> tuple[int, bytes]:
+    """Call the ASGI app with a raw path no HTTP client would send."""
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": method, "path": raw_path.decode("latin-1"),
+        "raw_path": raw_path, "query_string": b"", "client": ("127.0.0.1", 5),
+        "headers": [(b"x-slurm-user-name", b"alice"), (b"x-slurm-user-token", b"tok-alice")],
+    }
+    await app(scope, receive, send)
+    return int(sent[0]["status"]), b"".join(m.get("body", b"") for m in sent[1:])  # type: ignore[misc]
+
+
+async def test_bad_input_gets_400_not_500(app: CacheProxyApp) -> None:
+    for path in (b"/slurm/v0.0.43/%zz", b"/slurm/v0.0.43/../jobs", b"/slurm/%ff%fe/jobs",
+                 b"/slurm/v0.0.43/./jobs", b"/slurm/v0.0.43/j%00obs", b"/" + b"a" * 9000):
+        status, body = await raw_call(app, "GET", path)
+        assert status in (400, 414), path
+        assert orjson.loads(body)["errors"][0]["source"] == "cacheproxy"
+
+
+async def test_trace_is_refused(client: httpx.AsyncClient) -> None:
+    r = await client.request("TRACE", JOBS, headers=auth("alice"))
+    assert r.status_code == 405
+
+
+async def test_health(client: httpx.AsyncClient) -> None:
+    r = await client.get("/_cacheproxy/health")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok"}
+
+
+async def test_concurrent_identical_gets_coalesce(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    await client.get("/slurm/v0.0.43/ping", headers=auth("alice"))  # accept the credential
+    upstream.gate = asyncio.Event()
+    tasks = [asyncio.create_task(client.get(JOBS, headers=auth("alice"))) for _ in range(200)]
+    await upstream.entered.wait()
+    await asyncio.sleep(0.05)
+    upstream.gate.set()
+    responses = await asyncio.gather(*tasks)
+    assert {r.status_code for r in responses} == {200}
+    assert len({r.content for r in responses}) == 1
+    assert upstream.total("GET", "/jobs") == 1
+    collapsed = [r for r in responses if "collapsed" in r.headers["cache-status"]]
+    assert len(collapsed) == 199
+
+
+async def test_fetch_started_before_write_is_not_served_after_it(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    """The race: a GET's answer is decided upstream before a submit, and
+    reaches the proxy after the submit's response went out."""
+    await client.get("/slurm/v0.0.43/ping", headers=auth("alice"))
+    gate = upstream.gate = asyncio.Event()
+    early = asyncio.create_task(client.get(JOBS, headers=auth("alice")))
+    await upstream.entered.wait()
+    upstream.gate = None
+    r = await client.post("/slurm/v0.0.43/job/submit", headers=auth("alice"), content=b"{}")
+    job_id = r.json()["job_id"]
+    # A request arriving after the write must not join the pre-write fetch.
+    late_task = asyncio.create_task(client.get(JOBS, headers=auth("alice")))
+    await asyncio.sleep(0.05)
+    gate.set()
+    early_r = await early
+    assert job_id not in [j["job_id"] for j in early_r.json()["jobs"]]  # it was concurrent
+    late = await late_task
+    assert "collapsed" not in late.headers["cache-status"]
+    assert job_id in [j["job_id"] for j in late.json()["jobs"]]
+    # and the pre-write answer was not stored over it
+    again = await client.get(JOBS, headers=auth("alice"))
+    assert job_id in [j["job_id"] for j in again.json()["jobs"]]
+
+
+async def test_client_disconnect_does_not_cancel_shared_fetch(
+    app: CacheProxyApp, client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    await client.get("/slurm/v0.0.43/ping", headers=auth("alice"))
+    upstream.gate = asyncio.Event()
+    first = asyncio.create_task(client.get(JOBS, headers=auth("alice")))
+    await upstream.entered.wait()
+    second = asyncio.create_task(client.get(JOBS, headers=auth("alice")))
+    await asyncio.sleep(0.02)
+    first.cancel()  # the leader's client goes away
+    upstream.gate.set()
+    r = await second
+    assert r.status_code == 200
+    assert upstream.total("GET", "/jobs") == 1
+    third = await client.get(JOBS, headers=auth("alice"))
+    assert third.headers["cache-status"].startswith("cacheproxy; hit")
+
+
+async def test_failed_fetch_fails_all_waiters_and_stores_nothing(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    await client.get("/slurm/v0.0.43/ping", headers=auth("alice"))
+    upstream.fail_next = 1
+    upstream.gate = asyncio.Event()
+    tasks = [asyncio.create_task(client.get(JOBS, headers=auth("alice"))) for _ in range(20)]
+    await asyncio.sleep(0.05)
+    upstream.gate.set()
+    rs = await asyncio.gather(*tasks)
+    assert {r.status_code for r in rs} == {500}
+    assert len({r.content for r in rs}) == 1
+    assert upstream.total("GET", "/jobs") == 1
+    ok = await client.get(JOBS, headers=auth("alice"))
+    assert ok.status_code == 200
+    assert ok.headers["cache-status"] == "cacheproxy; fwd=miss; stored"
