@@ -14,10 +14,8 @@ import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
-
 from cacheproxy import settings as settings_mod
+from cacheproxy.endpoints import OWN_PREFIX, own_endpoints
 from cacheproxy.identity import IdentityResolver
 from cacheproxy.proxy import Proxy, ProxyConfig, Receive, Scope, Send
 from cacheproxy.rules import RuleSet
@@ -29,7 +27,6 @@ from cacheproxy.upstream.base import Transport
 
 log = logging.getLogger("cacheproxy")
 
-OWN_PREFIX = "/_cacheproxy"
 SETTINGS_ENV = "CACHEPROXY__SETTINGS_JSON"
 """How ``--workers N`` hands the parent's settings to each worker process."""
 
@@ -44,7 +41,9 @@ def hmac_key_for(s: Settings) -> bytes:
     if s.hmac_key:
         return s.hmac_key.encode()
     if s.redis_url:
-        return hashlib.sha256(b"cacheproxy-hmac\0" + (s.redis_url + s.redis_prefix).encode()).digest()
+        return hashlib.sha256(
+            b"cacheproxy-hmac\0" + (s.redis_url + s.redis_prefix).encode()
+        ).digest()
     return secrets.token_bytes(32)
 
 
@@ -102,7 +101,7 @@ class CacheProxyApp:
         self._store = store
         self._shared = shared_store
         self.proxy: Proxy | None = None
-        self.own = self._own_app()
+        self.own = own_endpoints(self)
 
     async def startup(self) -> None:
         if self.proxy is not None:
@@ -166,32 +165,6 @@ class CacheProxyApp:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-    def _own_app(self) -> FastAPI:
-        app = FastAPI(
-            title="cacheproxy",
-            openapi_url=f"{OWN_PREFIX}/openapi.json",
-            docs_url=None,
-            redoc_url=None,
-        )
-
-        @app.get(f"{OWN_PREFIX}/health")
-        async def health() -> dict[str, str]:
-            """Liveness: the process serves requests."""
-            return {"status": "ok"}
-
-        @app.get(f"{OWN_PREFIX}/stats")
-        async def stats() -> JSONResponse:
-            """Counters since start (JSON)."""
-            snap: dict[str, Any] = self.stats.snapshot()
-            store = self.proxy.store if self.proxy else None
-            if isinstance(store, MemoryStore):
-                snap["entries"] = len(store)
-                snap["bytes"] = store.currsize
-                snap["evictions"] = store.evictions
-            return JSONResponse(snap)
-
-        return app
 
 
 def create_app(settings: Settings, **kw: Any) -> CacheProxyApp:

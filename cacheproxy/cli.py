@@ -30,8 +30,13 @@ def _serve_parser(sub: Any) -> None:
         env = ENV_PREFIX + f.name.upper()
         help_text = f"{f.metadata.get('help', '')} [env {env}; default {f.default!r}]"
         if f.type in (bool, "bool"):
-            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                           help=help_text)
+            p.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
         else:
             p.add_argument(flag, dest=f.name, default=None, help=help_text)
 
@@ -70,8 +75,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 "%d workers without --redis-url: each worker caches alone", s.workers
             )
         os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(s))
-        uvicorn.run("cacheproxy.app:create_app_from_env", factory=True, workers=s.workers,
-                    **common)
+        uvicorn.run("cacheproxy.app:create_app_from_env", factory=True, workers=s.workers, **common)
     else:
         uvicorn.run(create_app(s, rules=rules), **common)
     return 0

@@ -32,7 +32,12 @@ SERVICE_UNAVAILABLE = 503
 GATEWAY_TIMEOUT = 504
 
 _META = {
-    "plugin": {"type": "cacheproxy", "name": "cacheproxy", "data_parser": "", "accounting_storage": ""},
+    "plugin": {
+        "type": "cacheproxy",
+        "name": "cacheproxy",
+        "data_parser": "",
+        "accounting_storage": "",
+    },
     "client": {"source": "", "user": "", "group": ""},
     "command": [],
     "slurm": {"version": {"major": "", "micro": "", "minor": ""}, "release": "", "cluster": ""},

@@ -40,7 +40,9 @@ def cache_key(
     h.update(
         _lp(
             _encode(
-                _encode((k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")))
+                _encode(
+                    (k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+                )
                 for k, v in query
             )
         )

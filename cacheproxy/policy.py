@@ -44,10 +44,7 @@ def errors_empty(body: bytes, content_type: bytes | None) -> bool:
     """
     ct = (content_type or b"").split(b";", 1)[0].strip().lower()
     if ct == b"application/json" or ct.endswith(b"+json"):
-        for m in _JSON_ERRORS_KEY.finditer(body):
-            if not _JSON_EMPTY_LIST.match(body, m.end()):
-                return False
-        return True
+        return all(_JSON_EMPTY_LIST.match(body, m.end()) for m in _JSON_ERRORS_KEY.finditer(body))
     if b"yaml" in ct:
         total = len(_YAML_ANY_ERRORS.findall(body))
         return total == len(_YAML_EMPTY_ERRORS.findall(body))

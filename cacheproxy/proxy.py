@@ -172,9 +172,8 @@ class Proxy:
             self.stats.requests[(match.name, "error")] += 1
             await self._upstream_error(send, exc, outcome)
             return
-        if (
-            flight.credential != identity.credential
-            and policy.credential_refused(flight.status, b"")
+        if flight.credential != identity.credential and policy.credential_refused(
+            flight.status, b""
         ):
             # The leader's credential was refused; ours may not be.
             await self._forward(req, match, None, send, "fwd=miss")
@@ -468,10 +467,14 @@ class Proxy:
     async def _upstream_error(self, send: Send, exc: BaseException, outcome: str) -> None:
         self.stats.upstream_errors += 1
         log.warning("upstream error: %s: %s", type(exc).__name__, exc)
-        err = errors.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeout) else (
-            errors.UPSTREAM_UNREACHABLE
-            if isinstance(exc, UpstreamError) and not exc.sent
-            else errors.UPSTREAM_BROKEN
+        err = (
+            errors.UPSTREAM_TIMEOUT
+            if isinstance(exc, UpstreamTimeout)
+            else (
+                errors.UPSTREAM_UNREACHABLE
+                if isinstance(exc, UpstreamError) and not exc.sent
+                else errors.UPSTREAM_BROKEN
+            )
         )
         await self._error(send, err, outcome)
 
@@ -512,4 +515,3 @@ def _with_length(resp_headers: Headers, length: int) -> Headers:
     out = [(k, v) for k, v in resp_headers if k != b"content-length"]
     out.append((b"content-length", b"%d" % length))
     return out
-

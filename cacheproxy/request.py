@@ -9,8 +9,8 @@ string: a decoded segment may itself contain ``/``).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -58,7 +58,7 @@ def _decode(part: bytes, what: str) -> str:
         text = unquote_to_bytes(part).decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest(f"the {what} is not valid UTF-8") from None
-    if any(ord(c) < 0x20 or c == "\x7f" for c in text):
+    if what == "path" and any(ord(c) < 0x20 or c == "\x7f" for c in text):
         raise BadRequest(f"control character in the {what}")
     return text
 

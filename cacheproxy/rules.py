@@ -342,4 +342,5 @@ class RuleSet:
         # fair-share or job limits): invalidate every entry.
         return Match(None, family, False, 0.0, implicit, (ALL_TAG,))
 
+
 DEFAULT_RULES_PATH = Path(__file__).resolve().parent / "default_rules.toml"

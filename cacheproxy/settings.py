@@ -128,7 +128,13 @@ def validate(s: Settings) -> None:
         raise SettingsError(f"upstream must be http://host:port or unix:/path, not {s.upstream!r}")
     if not 0 < s.port < 65536:
         raise SettingsError(f"port out of range: {s.port}")
-    for name in ("max_bytes", "max_entry_bytes", "max_body_bytes", "workers", "upstream_connections"):
+    for name in (
+        "max_bytes",
+        "max_entry_bytes",
+        "max_body_bytes",
+        "workers",
+        "upstream_connections",
+    ):
         if getattr(s, name) <= 0:
             raise SettingsError(f"{name} must be > 0")
     if s.max_entry_bytes > s.max_bytes:

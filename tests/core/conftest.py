@@ -8,7 +8,6 @@ import pytest
 from cacheproxy.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from cacheproxy.store.memory import MemoryStore
-
 from tests.core.asgi_transport import ASGITransport
 from tests.core.fake_slurmrestd import FakeSlurmrestd
 

@@ -72,8 +72,11 @@ class FakeSlurmrestd:
 
     def _error(self, number: int, text: str) -> bytes:
         return orjson.dumps(
-            {"errors": [{"error_number": number, "error": text, "description": text}],
-             "warnings": [], "meta": {}},
+            {
+                "errors": [{"error_number": number, "error": text, "description": text}],
+                "warnings": [],
+                "meta": {},
+            },
             option=orjson.OPT_INDENT_2,
         )
 
@@ -127,7 +130,11 @@ class FakeSlurmrestd:
         if method == "GET" and rest == ["witherrors"]:
             return ok({"errors": [{"error": "partial"}], "nodes": []})
         if method == "GET" and len(rest) == 2 and rest[0] == "job":
-            job = self.jobs.get(int(rest[1].split("_")[0])) if rest[1].split("_")[0].isdigit() else None
+            job = (
+                self.jobs.get(int(rest[1].split("_")[0]))
+                if rest[1].split("_")[0].isdigit()
+                else None
+            )
             if job is None or job.job_id not in {j["job_id"] for j in visible()}:
                 return 500, b"application/json", self._error(2017, "Invalid job id specified"), True
             return ok({"jobs": [{"job_id": job.job_id, "job_state": job.state}]})
@@ -135,8 +142,13 @@ class FakeSlurmrestd:
             self.bodies.append(body)
             self.next_id += 1
             self.jobs[self.next_id] = Job(self.next_id, name)
-            return ok({"job_id": self.next_id, "step_id": "batch",
-                       "sha256": hashlib.sha256(body).hexdigest()})
+            return ok(
+                {
+                    "job_id": self.next_id,
+                    "step_id": "batch",
+                    "sha256": hashlib.sha256(body).hexdigest(),
+                }
+            )
         if method == "DELETE" and len(rest) == 2 and rest[0] == "job":
             job = self.jobs.get(int(rest[1]))
             if job is None:

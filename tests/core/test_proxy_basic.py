@@ -41,8 +41,10 @@ async def test_ttl_expiry_with_injected_clock(
 ) -> None:
     await client.get(JOBS, headers=auth("alice"))
     clock.advance(4.9)
-    assert (await client.get(JOBS, headers=auth("alice"))).headers["cache-status"].startswith(
-        "cacheproxy; hit"
+    assert (
+        (await client.get(JOBS, headers=auth("alice")))
+        .headers["cache-status"]
+        .startswith("cacheproxy; hit")
     )
     clock.advance(0.2)
     r = await client.get(JOBS, headers=auth("alice"))
@@ -250,8 +252,12 @@ async def raw_call(app: CacheProxyApp, method: str, raw_path: bytes) -> tuple[in
         sent.append(message)
 
     scope = {
-        "type": "http", "method": method, "path": raw_path.decode("latin-1"),
-        "raw_path": raw_path, "query_string": b"", "client": ("127.0.0.1", 5),
+        "type": "http",
+        "method": method,
+        "path": raw_path.decode("latin-1"),
+        "raw_path": raw_path,
+        "query_string": b"",
+        "client": ("127.0.0.1", 5),
         "headers": [(b"x-slurm-user-name", b"alice"), (b"x-slurm-user-token", b"tok-alice")],
     }
     await app(scope, receive, send)
@@ -259,8 +265,14 @@ async def raw_call(app: CacheProxyApp, method: str, raw_path: bytes) -> tuple[in
 
 
 async def test_bad_input_gets_400_not_500(app: CacheProxyApp) -> None:
-    for path in (b"/slurm/v0.0.43/%zz", b"/slurm/v0.0.43/../jobs", b"/slurm/%ff%fe/jobs",
-                 b"/slurm/v0.0.43/./jobs", b"/slurm/v0.0.43/j%00obs", b"/" + b"a" * 9000):
+    for path in (
+        b"/slurm/v0.0.43/%zz",
+        b"/slurm/v0.0.43/../jobs",
+        b"/slurm/%ff%fe/jobs",
+        b"/slurm/v0.0.43/./jobs",
+        b"/slurm/v0.0.43/j%00obs",
+        b"/" + b"a" * 9000,
+    ):
         status, body = await raw_call(app, "GET", path)
         assert status in (400, 414), path
         assert orjson.loads(body)["errors"][0]["source"] == "cacheproxy"
