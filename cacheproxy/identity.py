@@ -10,7 +10,6 @@ the credential into an HMAC, so no token is ever kept or logged in clear.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,9 +67,6 @@ class IdentityResolver:
         # credential hash -> (exp, sun); keyed by the hash, never by the token.
         self._claims: dict[bytes, tuple[float | None, str | None]] = {}
 
-    def credential_hash(self, parts: Sequence[bytes]) -> bytes:
-        return hmac.new(self._key, _length_prefixed(parts), hashlib.sha256).digest()
-
     def resolve(self, headers: Headers) -> Identity | None:
         """The request's identity; None when it carries no usable credential
         (such a request is never answered from the cache)."""
@@ -90,16 +86,25 @@ class IdentityResolver:
                 if auth is not None:
                     return None
                 auth = v
-        if token is not None and token:
-            kind = "token"
+        return self.resolve_values(name, token, auth)
+
+    def resolve_values(
+        self, name: bytes | None, token: bytes | None, auth: bytes | None
+    ) -> Identity | None:
+        """As :meth:`resolve`, from header values already picked out (the hit
+        path scans the headers once for everything it needs)."""
+        if token:
+            kind = b"token"
         elif auth is not None and auth[:7].lower() == b"bearer " and auth[7:].strip():
-            kind = "bearer"
+            kind = b"bearer"
             token = auth[7:].strip()
         else:
             return None
         assert token is not None
-        credential = self.credential_hash(
-            [kind.encode(), name if name is not None else b"\x00none", token]
+        credential = hmac.digest(
+            self._key,
+            _length_prefixed((kind, name if name is not None else b"\x00none", token)),
+            "sha256",
         )
         exp, sun = self._token_facts(credential, token)
         if name is not None:
@@ -108,7 +113,7 @@ class IdentityResolver:
             user = "sun:" + sun
         else:
             user = "cred:" + credential.hex()
-        return Identity(kind=kind, user=user, credential=credential, expires_at=exp)
+        return Identity(kind=kind.decode(), user=user, credential=credential, expires_at=exp)
 
     def _token_facts(self, credential: bytes, token: bytes) -> tuple[float | None, str | None]:
         facts = self._claims.get(credential)

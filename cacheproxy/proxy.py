@@ -19,7 +19,14 @@ from cacheproxy import errors, headers, policy
 from cacheproxy.coalesce import Coalescer, Flight
 from cacheproxy.identity import Identity, IdentityResolver
 from cacheproxy.keys import cache_key
-from cacheproxy.request import BadRequest, ProxyRequest, from_scope
+from cacheproxy.request import (
+    MAX_URL_BYTES,
+    BadRequest,
+    ProxyRequest,
+    from_scope,
+    parse_query,
+    split_path,
+)
 from cacheproxy.rules import Match, RuleSet
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry, Store, StoreError
@@ -44,6 +51,20 @@ _BUFFER_BODY_BELOW = 1024 * 1024
 """Responses smaller than this are sent in one piece once complete (accurate
 Cache-Status, one write); larger ones stream as they arrive."""
 _READ_REQUEST_BELOW = 1024 * 1024
+
+
+_MEMO_MAX = 16_384
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """A parsed, matched GET target (memoised by raw path and query)."""
+
+    segments: tuple[str, ...]
+    query: tuple[tuple[str, str], ...]
+    match: Match
+    cacheable: bool
+    """The rule caches it and the query is not a delta (``update_time``)."""
 
 
 class _AbortResponse(Exception):
@@ -90,12 +111,76 @@ class Proxy:
         self.coalescer = Coalescer()
         self._shared = shared_store
         self._store_fault_logged = False
+        self._routes: dict[tuple[bytes, bytes], _Route] = {}
+        self._keys: dict[tuple[bytes, bytes, bytes, str], bytes] = {}
 
     async def aclose(self) -> None:
         await self.coalescer.aclose()
 
     # -- entry point --------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        if method != "GET":
+            await self._not_cached(scope, receive, send)
+            return
+        # The hit path: one scan of the headers, memoised parsing and keys.
+        name = token = auth = None
+        accept = b""
+        repeated = False
+        for k, v in scope["headers"]:
+            if k == b"x-slurm-user-name":
+                repeated |= name is not None
+                name = v
+            elif k == b"x-slurm-user-token":
+                repeated |= token is not None
+                token = v
+            elif k == b"authorization":
+                repeated |= auth is not None
+                auth = v
+            elif k == b"accept":
+                accept = v if not accept else accept + b", " + v
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        route = self._routes.get((raw_path, scope["query_string"]))
+        if route is None:
+            try:
+                route = self._route(raw_path, scope["query_string"])
+            except BadRequest:
+                await self._not_cached(scope, receive, send)
+                return
+        if not route.cacheable:
+            await self._not_cached(scope, receive, send, route.match)
+            return
+        identity = None if repeated else self.resolver.resolve_values(name, token, auth)
+        if identity is None:
+            await self._forward(from_scope(scope), route.match, receive, send, "fwd=request")
+            return
+        key_id = (raw_path, scope["query_string"], accept, identity.user)
+        key = self._keys.get(key_id)
+        if key is None:
+            key = cache_key(identity.user, method, route.segments, route.query, accept)
+            if len(self._keys) >= _MEMO_MAX:
+                self._keys.clear()
+            self._keys[key_id] = key
+        await self._cached_get(scope, route.match, identity, key, send)
+
+    def _route(self, raw_path: bytes, raw_query: bytes) -> _Route:
+        """Parse and match a GET target once; later requests reuse it."""
+        if len(raw_path) + len(raw_query) + 1 > MAX_URL_BYTES or not raw_path.startswith(b"/"):
+            raise BadRequest("bad request target")
+        segments = split_path(raw_path)
+        query = parse_query(raw_query)
+        match = self.rules.match("GET", segments)
+        cacheable = match.cache and not any(k == "update_time" for k, _ in query)
+        route = _Route(segments, query, match, cacheable)
+        if len(self._routes) >= _MEMO_MAX:
+            self._routes.clear()
+        self._routes[(raw_path, raw_query)] = route
+        return route
+
+    async def _not_cached(
+        self, scope: Scope, receive: Receive, send: Send, match: Match | None = None
+    ) -> None:
+        """Everything but a cacheable GET with credentials: validate, forward."""
         try:
             req = from_scope(scope)
         except BadRequest as exc:
@@ -109,32 +194,27 @@ class Proxy:
             )
             await self._error(send, err, "fwd=request; detail=method")
             return
-        match = self.rules.match(method, req.segments)
-        if match.cache:
-            identity = self.resolver.resolve(req.headers)
-            if identity is not None and policy.request_storable(req):
-                await self._cached_get(req, match, identity, send)
-                return
-            await self._forward(req, match, receive, send, "fwd=request")
-            return
-        if match.invalidates or method not in ("GET", "HEAD", "OPTIONS"):
-            await self._forward(req, match, receive, send, "fwd=method")
-            return
-        await self._forward(
-            req, match, receive, send, "fwd=bypass" if match.rule is not None else "fwd=uri-miss"
-        )
+        if match is None:
+            match = self.rules.match(method, req.segments)
+        if match.cache:  # a cacheable path, but this request may not use the cache
+            outcome = "fwd=request"
+        elif match.invalidates or method not in ("GET", "HEAD", "OPTIONS"):
+            outcome = "fwd=method"
+        else:
+            outcome = "fwd=bypass" if match.rule is not None else "fwd=uri-miss"
+        await self._forward(req, match, receive, send, outcome)
 
     # -- the cached GET -----------------------------------------------------
     async def _cached_get(
-        self, req: ProxyRequest, match: Match, identity: Identity, send: Send
+        self, scope: Scope, match: Match, identity: Identity, key: bytes, send: Send
     ) -> None:
-        accept = b", ".join(v for k, v in req.headers if k == b"accept")
-        key = cache_key(identity.user, req.method, req.segments, req.query, accept)
         try:
             found = await self.store.lookup(key, match.tags, identity.credential)
         except StoreError:
             self._store_fault()
-            await self._forward(req, match, None, send, "fwd=miss; detail=store-unavailable")
+            await self._forward(
+                from_scope(scope), match, None, send, "fwd=miss; detail=store-unavailable"
+            )
             return
         if self._store_fault_logged:
             self._store_fault_logged = False
@@ -145,8 +225,9 @@ class Proxy:
         if (
             entry is not None
             and accepted
-            and entry.is_fresh(now)
-            and entry.is_valid(match.tags, found.generations)
+            and entry.stored_at + entry.ttl > now
+            and entry.generations == found.generations
+            and entry.tags == match.tags
         ):
             self.stats.requests[(match.name, "hit")] += 1
             await self._send_entry(send, entry, now)
@@ -158,6 +239,7 @@ class Proxy:
         outcome = "fwd=miss; collapsed"
         if flight is None:
             outcome = "fwd=miss"
+            req = from_scope(scope)
             flight = self.coalescer.start(
                 flight_key,
                 found.generations,
@@ -176,7 +258,7 @@ class Proxy:
             flight.status, b""
         ):
             # The leader's credential was refused; ours may not be.
-            await self._forward(req, match, None, send, "fwd=miss")
+            await self._forward(from_scope(scope), match, None, send, "fwd=miss")
             return
         await self._send_flight(send, flight, match, outcome)
 
