@@ -36,6 +36,8 @@ class Flight:
         self.shareable = True
         """False once the body is too large to keep for late joiners."""
         self.consumers = 0
+        self.revalidated = False
+        """True when slurmrestd confirmed a cached copy (update_time)."""
         self.from_peer = False
         """True when another replica fetched it and this one read the entry."""
         self._head = asyncio.Event()

@@ -80,3 +80,12 @@ def accepted_until(identity: Identity, now: float, auth_ttl: float) -> float:
     if identity.expires_at is not None:
         until = min(until, identity.expires_at)
     return until
+
+
+_NO_JOB_CHANGES = re.compile(rb'"jobs"\s*:\s*\[\s*\]')
+
+
+def no_changes(body: bytes) -> bool:
+    """slurmrestd 25.x's answer to ``/jobs?update_time=`` when nothing
+    changed: a 200 with an empty list and a "No job changes" warning."""
+    return b"No job changes" in body and _NO_JOB_CHANGES.search(body) is not None

@@ -9,13 +9,14 @@ response objects cost about three quarters of the hit path's throughput.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cacheproxy import errors, headers, policy
+from cacheproxy import compress, errors, headers, policy
 from cacheproxy.coalesce import Coalescer, Flight
 from cacheproxy.identity import Identity, IdentityResolver
 from cacheproxy.keys import cache_key
@@ -35,6 +36,7 @@ from cacheproxy.upstream.base import (
     Transport,
     UpstreamError,
     UpstreamRequest,
+    UpstreamResponse,
     UpstreamTimeout,
 )
 
@@ -54,6 +56,12 @@ _READ_REQUEST_BELOW = 1024 * 1024
 
 
 _MEMO_MAX = 16_384
+UPDATE_TIME_MARGIN = 2
+"""Seconds subtracted from the cached copy's time when revalidating: covers
+clock skew with slurmctld (an earlier update_time only costs a full list)."""
+_NO_CHANGE_MAX = 64 * 1024
+"""A 25.x "No job changes" answer is small; larger 200s are full lists."""
+_COMPRESS_INLINE_BELOW = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +134,7 @@ class Proxy:
         # The hit path: one scan of the headers, memoised parsing and keys.
         name = token = auth = None
         accept = b""
+        accept_encoding = b""
         repeated = False
         for k, v in scope["headers"]:
             if k == b"x-slurm-user-name":
@@ -139,6 +148,8 @@ class Proxy:
                 auth = v
             elif k == b"accept":
                 accept = v if not accept else accept + b", " + v
+            elif k == b"accept-encoding":
+                accept_encoding = v
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         route = self._routes.get((raw_path, scope["query_string"]))
         if route is None:
@@ -161,7 +172,7 @@ class Proxy:
             if len(self._keys) >= _MEMO_MAX:
                 self._keys.clear()
             self._keys[key_id] = key
-        await self._cached_get(scope, route.match, identity, key, send)
+        await self._cached_get(scope, route.match, identity, key, send, accept_encoding)
 
     def _route(self, raw_path: bytes, raw_query: bytes) -> _Route:
         """Parse and match a GET target once; later requests reuse it."""
@@ -206,7 +217,13 @@ class Proxy:
 
     # -- the cached GET -----------------------------------------------------
     async def _cached_get(
-        self, scope: Scope, match: Match, identity: Identity, key: bytes, send: Send
+        self,
+        scope: Scope,
+        match: Match,
+        identity: Identity,
+        key: bytes,
+        send: Send,
+        accept_encoding: bytes = b"",
     ) -> None:
         try:
             found = await self.store.lookup(key, match.tags, identity.credential)
@@ -230,8 +247,18 @@ class Proxy:
             and entry.tags == match.tags
         ):
             self.stats.requests[(match.name, "hit")] += 1
-            await self._send_entry(send, entry, now)
+            await self._send_entry(send, entry, now, accept_encoding)
             return
+        stale = None
+        if (
+            entry is not None
+            and accepted
+            and match.rule is not None
+            and match.rule.revalidate is not None
+            and entry.generations == found.generations
+            and entry.tags == match.tags
+        ):
+            stale = entry  # expired, but no write touched it: revalidate
         # Unaccepted credentials coalesce only with the very same credential:
         # slurmrestd must judge them before anything is shared.
         flight_key = key if accepted else key + identity.credential
@@ -244,7 +271,7 @@ class Proxy:
                 flight_key,
                 found.generations,
                 identity.credential,
-                lambda f: self._fetch(f, req, match, identity, key, accepted),
+                lambda f: self._fetch(f, req, match, identity, key, accepted, stale),
             )
         else:
             self.stats.coalesced += 1
@@ -270,21 +297,81 @@ class Proxy:
         identity: Identity,
         key: bytes,
         accepted: bool,
+        stale: Entry | None = None,
     ) -> None:
-        """The body of a flight: fetch once, share with every consumer, store."""
+        """The body of a flight: fetch once, share with every consumer, store.
+
+        ``stale`` is an expired but still valid entry of a rule that
+        revalidates with ``update_time``: slurmctld then only says whether the
+        list changed, instead of building and sending it again.
+        """
         lease = False
         if self._shared and accepted:
             lease = await self._acquire_lease(key)
             if not lease and await self._wait_for_peer(flight, match, identity, key):
                 return
         try:
-            await self._fetch_upstream(flight, req, match, identity, key)
+            if stale is None or not await self._revalidate(flight, req, match, key, stale):
+                await self._fetch_upstream(flight, req, match, identity, key)
         finally:
             if lease:
                 try:
                     await self.store.release_lease(key)
                 except StoreError:
                     self._store_fault()
+
+    async def _revalidate(
+        self, flight: Flight, req: ProxyRequest, match: Match, key: bytes, stale: Entry
+    ) -> bool:
+        """Ask slurmrestd whether ``stale`` is still current.
+
+        True when the flight was completed (renewed, or replaced by the full
+        list slurmrestd sent instead); False when the answer was neither
+        (e.g. an error some versions give for ``update_time``): the caller
+        then fetches the plain resource, so the client never sees an answer
+        to a question it did not ask.
+        """
+        since = int(stale.origin or stale.stored_at) - UPDATE_TIME_MARGIN
+        sep = "&" if "?" in req.raw_target else "?"
+        up = UpstreamRequest(
+            method="GET",
+            target=f"{req.raw_target}{sep}update_time={since}",
+            headers=self._upstream_headers(req, None),
+            retry_on_stale_connection=True,
+        )
+        self.stats.upstream_requests[match.name] += 1
+        sent_at = self.clock()
+        resp = await self.transport.send(up)
+        try:
+            status = resp.status
+            resp_headers = headers.response_headers(resp.headers)
+            length = policy.header_value(resp_headers, b"content-length")
+            small = length is not None and length.isdigit() and int(length) <= _NO_CHANGE_MAX
+            if status == 304 or (status == 200 and small):
+                body = b"".join([c async for c in resp.aiter_body()])
+            elif status == 200:
+                # A full list: share and store it as any fetch would.
+                await self._fill_flight(flight, resp, resp_headers, match, key, sent_at)
+                return True
+            else:
+                return False
+        finally:
+            await resp.aclose()
+        if status == 304 or policy.no_changes(body):
+            renewed = dataclasses.replace(
+                stale, stored_at=self.clock(), origin=sent_at, generations=flight.generations
+            )
+            await self._put(flight, key, renewed)
+            flight.revalidated = True
+            flight.set_head(renewed.status, renewed.headers)
+            flight.push(renewed.body)
+            flight.finish()
+            return True
+        # A small full list: complete the flight with it.
+        flight.set_head(status, resp_headers)
+        flight.push(body)
+        await self._complete(flight, status, resp_headers, body, match, key, sent_at)
+        return True
 
     async def _fetch_upstream(
         self, flight: Flight, req: ProxyRequest, match: Match, identity: Identity, key: bytes
@@ -296,26 +383,67 @@ class Proxy:
             retry_on_stale_connection=True,
         )
         self.stats.upstream_requests[match.name] += 1
+        sent_at = self.clock()
         resp = await self.transport.send(up)
-        limit = self.config.max_entry_bytes
         try:
-            status = resp.status
+            if 200 <= resp.status < 300:  # trusted before anyone sees the answer
+                await self._judge_credential(identity, resp.status, b"")
             resp_headers = headers.response_headers(resp.headers)
-            flight.set_head(status, resp_headers)
-            length = policy.header_value(resp_headers, b"content-length")
-            if status != 200 or (length is not None and length.isdigit() and int(length) > limit):
-                flight.stop_sharing()
-            size = 0
-            async for chunk in resp.aiter_body():
-                size += len(chunk)
-                flight.push(chunk)
-                if flight.shareable and size > limit:
-                    flight.stop_sharing()
+            head = await self._fill_flight(flight, resp, resp_headers, match, key, sent_at)
         finally:
             await resp.aclose()
-        body = flight.body() if flight.shareable or status != 200 else b""
-        await self._judge_credential(identity, status, body)
+        if not 200 <= resp.status < 300:
+            await self._judge_credential(identity, resp.status, head)
+
+    async def _fill_flight(
+        self,
+        flight: Flight,
+        resp: UpstreamResponse,
+        resp_headers: Headers,
+        match: Match,
+        key: bytes,
+        sent_at: float,
+    ) -> bytes:
+        """Stream ``resp`` to the flight's consumers, then store it if it may
+        be.  Returns the first bytes of the body (to judge error answers)."""
+        limit = self.config.max_entry_bytes
+        status = resp.status
+        flight.set_head(status, resp_headers)
+        length = policy.header_value(resp_headers, b"content-length")
+        if status != 200 or (length is not None and length.isdigit() and int(length) > limit):
+            flight.stop_sharing()
+        size = 0
+        head = b""
+        async for chunk in resp.aiter_body():
+            if len(head) < 4096:
+                head += chunk[: 4096 - len(head)]
+            size += len(chunk)
+            flight.push(chunk)
+            if flight.shareable and size > limit:
+                flight.stop_sharing()
+        body = flight.body() if flight.shareable else b""
+        await self._complete(flight, status, resp_headers, body, match, key, sent_at)
+        return head
+
+    async def _complete(
+        self,
+        flight: Flight,
+        status: int,
+        resp_headers: Headers,
+        body: bytes,
+        match: Match,
+        key: bytes,
+        sent_at: float,
+    ) -> None:
+        """Store the flight's response if policy allows, then end the flight."""
+        limit = self.config.max_entry_bytes
         if flight.shareable and policy.response_storable(status, resp_headers, body, limit):
+            variants: tuple[tuple[bytes, bytes], ...] = ()
+            if compress.compressible(policy.header_value(resp_headers, b"content-type")):
+                if len(body) < _COMPRESS_INLINE_BELOW:
+                    variants = compress.make_variants(body)
+                else:  # don't stall every other request on the loop
+                    variants = await asyncio.to_thread(compress.make_variants, body)
             entry = Entry(
                 status=status,
                 headers=_with_length(resp_headers, len(body)),
@@ -324,14 +452,19 @@ class Proxy:
                 ttl=match.ttl,
                 tags=match.tags,
                 generations=flight.generations,
-                stale_for=match.rule.stale_if_error if match.rule is not None else 0.0,
+                stale_for=_keep_after_expiry(match),
+                variants=variants,
+                origin=sent_at,
             )
-            try:
-                await self.store.put(key, entry)
-                flight.stored = True
-            except StoreError:
-                self._store_fault()
+            await self._put(flight, key, entry)
         flight.finish()
+
+    async def _put(self, flight: Flight, key: bytes, entry: Entry) -> None:
+        try:
+            await self.store.put(key, entry)
+            flight.stored = True
+        except StoreError:
+            self._store_fault()
 
     async def _acquire_lease(self, key: bytes) -> bool:
         try:
@@ -503,16 +636,29 @@ class Proxy:
             body_length=length,
         )
 
-    async def _send_entry(self, send: Send, entry: Entry, now: float) -> None:
+    async def _send_entry(
+        self, send: Send, entry: Entry, now: float, accept_encoding: bytes = b""
+    ) -> None:
         ttl = max(0, int(entry.stored_at + entry.ttl - now))
         age = max(0, int(now - entry.stored_at))
-        out = [
-            *entry.headers,
+        body = entry.body
+        variant = compress.choose(accept_encoding, entry.variants) if entry.variants else None
+        if variant is None:
+            out = [*entry.headers]
+        else:
+            encoding, body = variant
+            out = [(k, v) for k, v in entry.headers if k != b"content-length"]
+            out += [
+                (b"content-length", b"%d" % len(body)),
+                (b"content-encoding", encoding),
+                (b"vary", b"accept-encoding"),
+            ]
+        out += [
             (headers.CACHE_STATUS, b"cacheproxy; hit; ttl=%d" % ttl),
             (headers.AGE, b"%d" % age),
         ]
         await send({"type": "http.response.start", "status": entry.status, "headers": out})
-        await send({"type": "http.response.body", "body": entry.body})
+        await send({"type": "http.response.body", "body": body})
 
     async def _send_flight(self, send: Send, flight: Flight, match: Match, outcome: str) -> None:
         length = policy.header_value(flight.headers, b"content-length")
@@ -527,6 +673,8 @@ class Proxy:
                 raise flight.error
             if flight.from_peer:
                 outcome = "hit; detail=peer"
+            elif flight.revalidated:
+                outcome = outcome.replace("fwd=miss", "fwd=stale", 1) + "; fwd-status=304; stored"
             elif flight.stored:
                 outcome += "; stored"
             body = flight.body()
@@ -591,6 +739,22 @@ async def _stream_body(receive: Receive, length: int) -> AsyncIterator[bytes]:
             yield chunk
         if not message.get("more_body", False):
             return
+
+
+def _keep_after_expiry(match: Match) -> float:
+    """How long an expired entry is kept: to serve it stale on upstream
+    errors, or to revalidate it with ``update_time`` instead of a full fetch."""
+    rule = match.rule
+    if rule is None:
+        return 0.0
+    keep = max(rule.stale_if_error, rule.stale_while_revalidate)
+    if rule.revalidate is not None:
+        keep = max(keep, REVALIDATE_KEEP_TTLS * rule.ttl)
+    return keep
+
+
+REVALIDATE_KEEP_TTLS = 12
+"""Expired revalidatable entries are kept this many TTLs (a minute for /jobs)."""
 
 
 def _with_length(resp_headers: Headers, length: int) -> Headers:

@@ -42,12 +42,24 @@ class Entry:
     generations: Generations
     """Generations of ``tags`` captured when the fetch started."""
     stale_for: float = 0.0
-    """Seconds past ``ttl`` the entry may still be served stale (on errors)."""
+    """Seconds past ``ttl`` the entry is kept: to be served stale on upstream
+    errors (per rule) or revalidated cheaply with ``update_time``."""
+    variants: tuple[tuple[bytes, bytes], ...] = ()
+    """Compressed copies of ``body``, made once when stored:
+    ``((b"gzip", ...), (b"zstd", ...))``.  Stores must keep them."""
+    origin: float = 0.0
+    """Wall-clock seconds when the upstream request was sent: the data is at
+    least this recent (what an ``update_time`` revalidation asks from)."""
 
     @property
     def size(self) -> int:
         """Bytes charged against the store's bound."""
-        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + 128
+        return (
+            len(self.body)
+            + sum(len(v) for _, v in self.variants)
+            + sum(len(k) + len(v) for k, v in self.headers)
+            + 128
+        )
 
     def expires_at(self) -> float:
         return self.stored_at + self.ttl

@@ -40,6 +40,15 @@ class FakeSlurmrestd:
     entered: asyncio.Event = field(default_factory=asyncio.Event)
     fail_next: int = 0
     """Answer this many requests with a 500 error body."""
+    clock: Any = None
+    """Wall clock shared with the proxy under test (for update_time)."""
+    last_change: float = 0.0
+    queries: list[bytes] = field(default_factory=list)
+
+    def _now(self) -> float:
+        import time
+
+        return float(self.clock()) if self.clock is not None else time.time()
 
     def total(self, method: str = "GET", suffix: str = "") -> int:
         return sum(n for k, n in self.hits.items() if k.startswith(method) and k.endswith(suffix))
@@ -60,6 +69,7 @@ class FakeSlurmrestd:
             if not msg.get("more_body"):
                 break
         method = scope["method"]
+        self.queries.append(scope.get("query_string", b""))
         parts = [p for p in scope["path"].split("/") if p]
         self.hits[f"{method} /{'/'.join(parts)}"] += 1
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
@@ -113,6 +123,18 @@ class FakeSlurmrestd:
                 if not self.private_jobs or name == "root" or j.user == name
             ]
 
+        query = dict(
+            p.split("=", 1) for p in scope.get("query_string", b"").decode().split("&") if "=" in p
+        )
+        if method == "GET" and rest == ["jobs"] and "update_time" in query:
+            if float(query["update_time"]) >= self.last_change:
+                if parts[1] == "v0.0.38":
+                    return 304, b"", b"", False
+                doc = {
+                    "jobs": [],
+                    "warnings": [{"description": "No job changes since update_time"}],
+                }
+                return ok(doc)
         if method == "GET" and rest == ["jobs"]:
             snapshot = visible()  # the answer is decided now, sent later
             self.entered.set()
@@ -142,6 +164,7 @@ class FakeSlurmrestd:
             self.bodies.append(body)
             self.next_id += 1
             self.jobs[self.next_id] = Job(self.next_id, name)
+            self.last_change = self._now()
             return ok(
                 {
                     "job_id": self.next_id,
@@ -154,6 +177,7 @@ class FakeSlurmrestd:
             if job is None:
                 return 500, b"application/json", self._error(2017, "Invalid job id specified"), True
             job.state = "CANCELLED"
+            self.last_change = self._now()
             return ok({})
         if method == "POST" and len(rest) == 2 and rest[0] == "echo":
             self.bodies.append(body)

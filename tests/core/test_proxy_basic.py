@@ -48,7 +48,8 @@ async def test_ttl_expiry_with_injected_clock(
     )
     clock.advance(0.2)
     r = await client.get(JOBS, headers=auth("alice"))
-    assert r.headers["cache-status"] == "cacheproxy; fwd=miss; stored"
+    # expired: slurmrestd is asked again (cheaply, with update_time)
+    assert r.headers["cache-status"] == "cacheproxy; fwd=stale; fwd-status=304; stored"
     assert upstream.total("GET", "/jobs") == 2
 
 
@@ -366,3 +367,69 @@ async def test_failed_fetch_fails_all_waiters_and_stores_nothing(
     ok = await client.get(JOBS, headers=auth("alice"))
     assert ok.status_code == 200
     assert ok.headers["cache-status"] == "cacheproxy; fwd=miss; stored"
+
+
+async def test_hits_are_served_compressed_to_clients_that_accept_it(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    for i in range(50):
+        await client.post("/slurm/v0.0.43/job/submit", headers=auth("root"), content=b"%d" % i)
+    plain = await client.get(JOBS, headers={**auth("root"), "Accept-Encoding": "identity"})
+    assert plain.headers["cache-status"].endswith("stored")
+    assert "content-encoding" not in plain.headers
+    gz = await client.get(JOBS, headers={**auth("root"), "Accept-Encoding": "gzip"})
+    assert gz.headers["content-encoding"] == "gzip"
+    assert gz.headers["vary"] == "accept-encoding"
+    assert gz.content == plain.content  # httpx decoded it: same bytes
+    raw = await client.get(JOBS, headers={**auth("root"), "Accept-Encoding": "zstd, gzip;q=0.5"})
+    assert raw.headers["content-encoding"] == "zstd"
+    assert int(raw.headers["content-length"]) < len(plain.content)
+    assert raw.content == plain.content  # decoded by httpx: the same bytes
+    refused = await client.get(JOBS, headers={**auth("root"), "Accept-Encoding": "gzip;q=0"})
+    assert "content-encoding" not in refused.headers
+
+
+async def test_expired_list_is_revalidated_with_update_time(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd, clock: Clock
+) -> None:
+    upstream.clock = clock
+    for version in ("v0.0.38", "v0.0.43"):  # 22.05 bare 304, 25.x "No job changes"
+        path = f"/slurm/{version}/jobs"
+        first = await client.get(path, headers=auth("root"))
+        clock.advance(6)  # past the 5 s ttl
+        again = await client.get(path, headers=auth("root"))
+        assert again.status_code == 200
+        assert again.headers["cache-status"] == "cacheproxy; fwd=stale; fwd-status=304; stored"
+        assert again.content == first.content
+        assert upstream.queries[-1].startswith(b"update_time=")
+        hit = await client.get(path, headers=auth("root"))
+        assert hit.headers["cache-status"].startswith("cacheproxy; hit")
+
+
+async def test_revalidation_after_a_change_replaces_the_list(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd, clock: Clock
+) -> None:
+    upstream.clock = clock
+    await client.get(JOBS, headers=auth("root"))
+    clock.advance(3)
+    # A change the proxy did not see (sbatch on a login node)
+    upstream.next_id += 1
+    from tests.core.fake_slurmrestd import Job
+
+    upstream.jobs[upstream.next_id] = Job(upstream.next_id, "alice")
+    upstream.last_change = clock()
+    clock.advance(3)
+    r = await client.get(JOBS, headers=auth("root"))
+    assert upstream.next_id in [j["job_id"] for j in r.json()["jobs"]]
+    assert r.headers["cache-status"] == "cacheproxy; fwd=miss; stored"
+
+
+async def test_clients_own_update_time_never_fills_the_cache(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd, clock: Clock
+) -> None:
+    upstream.clock = clock
+    r = await client.get("/slurm/v0.0.38/jobs?update_time=99999999999", headers=auth("root"))
+    assert r.status_code == 304
+    assert r.content == b""
+    r = await client.get("/slurm/v0.0.38/jobs", headers=auth("root"))
+    assert r.headers["cache-status"] == "cacheproxy; fwd=miss; stored"
