@@ -126,15 +126,12 @@ class FakeSlurmrestd:
         query = dict(
             p.split("=", 1) for p in scope.get("query_string", b"").decode().split("&") if "=" in p
         )
-        if method == "GET" and rest == ["jobs"] and "update_time" in query:
-            if float(query["update_time"]) >= self.last_change:
-                if parts[1] == "v0.0.38":
-                    return 304, b"", b"", False
-                doc = {
-                    "jobs": [],
-                    "warnings": [{"description": "No job changes since update_time"}],
-                }
-                return ok(doc)
+        unchanged = "update_time" in query and float(query["update_time"]) >= self.last_change
+        if method == "GET" and rest == ["jobs"] and unchanged:
+            if parts[1] == "v0.0.38":
+                return 304, b"", b"", False
+            warning = {"description": "No job changes since update_time"}
+            return ok({"jobs": [], "warnings": [warning]})
         if method == "GET" and rest == ["jobs"]:
             snapshot = visible()  # the answer is decided now, sent later
             self.entered.set()
