@@ -1,0 +1,44 @@
+"""Serve ASGI apps on free loopback ports inside the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+
+
+@asynccontextmanager
+async def serve(app: Any, *, lifespan: str = "on", uds: str | None = None) -> AsyncIterator[str]:
+    """Run ``app`` under uvicorn (httptools) on 127.0.0.1:<free port>, or on
+    the UNIX socket ``uds``; yields its URL (``unix:<path>`` for a socket)."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        uds=uds,
+        loop="none",
+        http="httptools",
+        lifespan=lifespan,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.005)
+        if uds is not None:
+            yield f"unix:{uds}"
+        else:
+            port = server.servers[0].sockets[0].getsockname()[1]
+            yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
