@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from cacheproxy.upstream.base import Headers
 
@@ -72,9 +72,8 @@ class Entry:
         return self.generations == generations and self.tags == tuple(tags)
 
 
-@dataclass(slots=True, frozen=True)
-class Lookup:
-    """What the hit path needs, fetched together."""
+class Lookup(NamedTuple):
+    """What the hit path needs, fetched together (a tuple: built per hit)."""
 
     entry: Entry | None
     generations: Generations
