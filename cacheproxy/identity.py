@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -40,11 +39,6 @@ class Identity:
     """Keyed hash of everything slurmrestd authenticates: kind, name, token."""
     expires_at: float | None
     """The JWT's ``exp`` claim, when the token is a JWT that has one."""
-
-
-def _length_prefixed(parts: Sequence[bytes]) -> bytes:
-    """Netstring-style framing: no part can pass for another."""
-    return b"".join(b"%d:%s," % (len(p), p) for p in parts)
 
 
 def jwt_claims(token: bytes) -> dict[str, object] | None:
