@@ -68,8 +68,11 @@ def build_store(s: Settings) -> tuple[Store, bool]:
     return shared, True
 
 
-def build_transport(s: Settings) -> Transport:
-    from cacheproxy.upstream import create_transport  # type: ignore[attr-defined]
+def build_transport(s: Settings, stats: Stats | None = None) -> Transport:
+    """The upstream transport, behind the concurrency limit and circuit
+    breaker of :mod:`cacheproxy.upstream.protect`."""
+    from cacheproxy.upstream import create_transport
+    from cacheproxy.upstream.protect import from_settings
 
     transport: Transport = create_transport(
         s.upstream,
@@ -77,7 +80,7 @@ def build_transport(s: Settings) -> Transport:
         connect_timeout=s.connect_timeout,
         read_timeout=s.read_timeout,
     )
-    return transport
+    return from_settings(transport, s, stats)
 
 
 class CacheProxyApp:
@@ -107,7 +110,7 @@ class CacheProxyApp:
         if self.proxy is not None:
             return
         s = self.settings
-        transport = self._transport or build_transport(s)
+        transport = self._transport or build_transport(s, self.stats)
         if self._store is not None:
             store, shared = self._store, self._shared
         else:
