@@ -7,6 +7,7 @@ encoding gets the compressed bytes as they are: a hit never compresses.
 
 from __future__ import annotations
 
+import functools
 import gzip
 
 import zstandard
@@ -45,14 +46,10 @@ def make_variants(body: bytes) -> tuple[tuple[bytes, bytes], ...]:
     return tuple(out)
 
 
-_accepted_memo: dict[bytes, frozenset[bytes]] = {}
-
-
+@functools.lru_cache(maxsize=_MEMO_MAX)
 def accepted(accept_encoding: bytes) -> frozenset[bytes]:
-    """The codings a client accepts (q > 0), from its Accept-Encoding value."""
-    found = _accepted_memo.get(accept_encoding)
-    if found is not None:
-        return found
+    """The codings a client accepts (q > 0), from its Accept-Encoding value
+    (memoised: clients send a handful of distinct values)."""
     codings = set()
     for item in accept_encoding.lower().split(b","):
         name, _, params = item.strip().partition(b";")
@@ -68,11 +65,7 @@ def accepted(accept_encoding: bytes) -> frozenset[bytes]:
             codings.add(name)
     if b"*" in codings:
         codings.update(PREFERENCE)
-    result = frozenset(codings)
-    if len(_accepted_memo) >= _MEMO_MAX:
-        _accepted_memo.clear()
-    _accepted_memo[accept_encoding] = result
-    return result
+    return frozenset(codings)
 
 
 def choose(
