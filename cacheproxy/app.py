@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cacheproxy import settings as settings_mod
-from cacheproxy.endpoints import OWN_PREFIX, own_endpoints
+from cacheproxy.endpoints import OWN_PREFIX, own_endpoints, start_background, stop_background
 from cacheproxy.identity import IdentityResolver
 from cacheproxy.proxy import Proxy, ProxyConfig, Receive, Scope, Send
 from cacheproxy.rules import RuleSet
@@ -129,11 +129,13 @@ class CacheProxyApp:
             stats=self.stats,
             shared_store=shared,
         )
+        await start_background(self.own)
 
     async def shutdown(self) -> None:
         proxy, self.proxy = self.proxy, None
         if proxy is None:
             return
+        await stop_background(self.own)
         await proxy.aclose()
         await proxy.transport.aclose()
         await proxy.store.aclose()

@@ -48,6 +48,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if not s.upstream:
             raise SettingsError(f"--upstream (or {ENV_PREFIX}UPSTREAM) is required")
         rules = RuleSet.from_file(s.config) if s.config else RuleSet.default()
+        _check_hardening_files(s)
     except (SettingsError, RuleError) as exc:
         print(f"cacheproxy: {exc}", file=sys.stderr)
         return 2
@@ -56,6 +57,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     import uvicorn
 
+    from cacheproxy import hardening
     from cacheproxy.app import SETTINGS_ENV, create_app
 
     common: dict[str, Any] = {
@@ -69,16 +71,39 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "date_header": False,
         "log_level": s.log_level.lower(),
     }
+    common.update(hardening.uvicorn_options(s))  # limits, TLS, our access log
+    hardening.configure_access_log(s)
     if s.workers > 1:
         if not s.redis_url:
             logging.getLogger("cacheproxy").warning(
                 "%d workers without --redis-url: each worker caches alone", s.workers
             )
         os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(s))
-        uvicorn.run("cacheproxy.app:create_app_from_env", factory=True, workers=s.workers, **common)
+        uvicorn.run(
+            "cacheproxy.hardening:create_app_from_env", factory=True, workers=s.workers, **common
+        )
     else:
-        uvicorn.run(create_app(s, rules=rules), **common)
+        uvicorn.run(hardening.wrap(create_app(s, rules=rules)), **common)
     return 0
+
+
+def _check_hardening_files(s: Settings) -> None:
+    """Fail at start, with a clear message, on unusable TLS or JWT key files."""
+    import ssl
+
+    from cacheproxy import tls
+    from cacheproxy.hardening import token_verifier
+    from cacheproxy.jwtcheck import JwtConfigError
+
+    if s.tls_cert:
+        try:
+            tls.server_context(s.tls_cert, s.tls_key or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(f"tls_cert/tls_key: {exc}") from None
+    try:
+        token_verifier(s)
+    except JwtConfigError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

@@ -1,19 +1,71 @@
 """The proxy's own endpoints, under ``/_cacheproxy/`` (a prefix slurmrestd
-never uses): health, stats.  A small FastAPI app: these are not hot paths."""
+never uses).  A small FastAPI app: these are not hot paths.
+
+==============================  =============================================
+``GET /_cacheproxy/``           status page (HTML; reads ``stats``)
+``GET /_cacheproxy/health``     liveness: the process serves requests
+``GET /_cacheproxy/ready``      readiness: upstream (and shared store) answer
+``GET /_cacheproxy/stats``      counters as JSON (public; tags folded)
+``GET /_cacheproxy/metrics``    Prometheus exposition
+``/_cacheproxy/admin/...``      purge and detailed stats (``admin_token``)
+==============================  =============================================
+
+Handlers are ``async def`` on purpose: they then run on the event loop, the
+only thread that touches the counters, so a scrape never reads a dict while
+the hot path changes it.
+"""
 
 from __future__ import annotations
 
+from functools import cache
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from cacheproxy.store.memory import MemoryStore
+from cacheproxy import introspect
+from cacheproxy.admin import admin_router
+from cacheproxy.metrics import Exporter
+from cacheproxy.readiness import Readiness
 
 if TYPE_CHECKING:
     from cacheproxy.app import CacheProxyApp
 
 OWN_PREFIX = "/_cacheproxy"
+
+_PAGE_HEADERS = {
+    # Inline script and style only; it may fetch from this origin, nothing else.
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+@cache
+def status_page() -> str:
+    """The status page, shipped inside the package (``cacheproxy/static``)."""
+    return resources.files("cacheproxy").joinpath("static/status.html").read_text("utf-8")
+
+
+def public_stats(root: CacheProxyApp) -> dict[str, Any]:
+    """The JSON of ``/_cacheproxy/stats`` (and what the status page shows)."""
+    snap: dict[str, Any] = root.stats.snapshot()
+    proxy = root.proxy
+    if proxy is not None:
+        store = introspect.store_info(proxy.store)
+        for name in ("entries", "bytes", "evictions"):  # top-level, as before
+            if name in store:
+                snap[name] = int(store[name])
+        snap["store"] = store
+        snap["transport"] = introspect.transport_info(proxy.transport)
+        snap["upstream_fetches_in_flight"] = len(proxy.coalescer)
+    return snap
 
 
 def own_endpoints(root: CacheProxyApp) -> FastAPI:
@@ -23,21 +75,54 @@ def own_endpoints(root: CacheProxyApp) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    readiness = Readiness(root)
+    exporter = Exporter(root)
+    app.state.readiness = readiness
+    app.state.exporter = exporter
 
     @app.get(f"{OWN_PREFIX}/health")
     async def health() -> dict[str, str]:
-        """Liveness: the process serves requests."""
+        """Liveness: the process serves requests (no upstream or store call)."""
         return {"status": "ok"}
+
+    @app.get(f"{OWN_PREFIX}/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: 200 when slurmrestd answers (and the shared store), else 503."""
+        verdict = await readiness.check()
+        return JSONResponse(verdict.to_json(), status_code=200 if verdict.ready else 503)
 
     @app.get(f"{OWN_PREFIX}/stats")
     async def stats() -> JSONResponse:
         """Counters since start (JSON)."""
-        snap: dict[str, Any] = root.stats.snapshot()
-        store = root.proxy.store if root.proxy else None
-        if isinstance(store, MemoryStore):
-            snap["entries"] = len(store)
-            snap["bytes"] = store.currsize
-            snap["evictions"] = store.evictions
-        return JSONResponse(snap)
+        return JSONResponse(public_stats(root), headers={"Cache-Control": "no-store"})
 
+    @app.get(f"{OWN_PREFIX}/metrics")
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format (OpenMetrics if the scraper asks for it)."""
+        body, content_type = exporter.render(request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
+
+    @app.get(OWN_PREFIX, include_in_schema=False)
+    async def status_redirect() -> RedirectResponse:
+        # The page fetches "stats" relative to itself: it must end in "/".
+        return RedirectResponse(f"{OWN_PREFIX}/", status_code=308)
+
+    @app.get(f"{OWN_PREFIX}/", include_in_schema=False)
+    async def status() -> HTMLResponse:
+        """The status page: hit ratio, upstream load saved, per-route table."""
+        return HTMLResponse(status_page(), headers=_PAGE_HEADERS)
+
+    app.include_router(admin_router(root, OWN_PREFIX, readiness))
     return app
+
+
+async def start_background(own: FastAPI) -> None:
+    """Start the own endpoints' background work: with several workers, each
+    writes its metrics for the others' scrapes (see :mod:`cacheproxy.metrics`)."""
+    exporter: Exporter = own.state.exporter
+    await exporter.start()
+
+
+async def stop_background(own: FastAPI) -> None:
+    exporter: Exporter = own.state.exporter
+    await exporter.stop()

@@ -30,6 +30,9 @@ METHOD_NOT_ALLOWED = 405
 BAD_GATEWAY = 502
 SERVICE_UNAVAILABLE = 503
 GATEWAY_TIMEOUT = 504
+TOO_MANY_REQUESTS = 429
+HEADERS_TOO_LARGE = 431
+REQUEST_TIMEOUT = 408
 
 _META = {
     "plugin": {
@@ -88,4 +91,31 @@ UPSTREAM_TIMEOUT = ProxyError(
 )
 BODY_TOO_LARGE = ProxyError(
     PAYLOAD_TOO_LARGE, "Request body too large", "the request body exceeds the proxy's limit"
+)
+UPSTREAM_BUSY = ProxyError(
+    SERVICE_UNAVAILABLE,
+    "slurmrestd busy",
+    "too many requests are in flight to slurmrestd; retry later",
+)
+UPSTREAM_CIRCUIT_OPEN = ProxyError(
+    SERVICE_UNAVAILABLE,
+    "slurmrestd unavailable",
+    "slurmrestd failed repeatedly; cacheproxy holds requests back for a while",
+)
+# Deliberately terse: says neither which limit was hit nor whether the user exists.
+AUTH_BLOCKED = ProxyError(TOO_MANY_REQUESTS, "Too many requests", "Authentication failure")
+RATE_LIMITED = ProxyError(TOO_MANY_REQUESTS, "Too many requests", "request rate limit exceeded")
+URL_TOO_LONG = ProxyError(
+    URI_TOO_LONG, "URI too long", "the request target exceeds the proxy's limit"
+)
+HEAD_TOO_LARGE = ProxyError(
+    HEADERS_TOO_LARGE,
+    "Request header fields too large",
+    "the request head exceeds the proxy's limit",
+)
+HEAD_TIMEOUT = ProxyError(
+    REQUEST_TIMEOUT, "Request timeout", "the request head did not arrive in time"
+)
+INTERNAL = ProxyError(
+    SERVICE_UNAVAILABLE, "cacheproxy internal error", "cacheproxy failed handling the request"
 )

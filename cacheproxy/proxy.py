@@ -34,10 +34,12 @@ from cacheproxy.store.base import Entry, Store, StoreError
 from cacheproxy.upstream.base import (
     Headers,
     Transport,
+    UpstreamBusy,
     UpstreamError,
     UpstreamRequest,
     UpstreamResponse,
     UpstreamTimeout,
+    UpstreamUnavailable,
 )
 
 log = logging.getLogger("cacheproxy.proxy")
@@ -62,6 +64,8 @@ clock skew with slurmctld (an earlier update_time only costs a full list)."""
 _NO_CHANGE_MAX = 64 * 1024
 """A 25.x "No job changes" answer is small; larger 200s are full lists."""
 _COMPRESS_INLINE_BELOW = 64 * 1024
+_STALE_ON_STATUS = frozenset({502, 503, 504})
+"""Upstream answers that let a stale entry stand in (``stale_if_error``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +263,11 @@ class Proxy:
             and entry.tags == match.tags
         ):
             stale = entry  # expired, but no write touched it: revalidate
+        fallback = self._stale_fallback(entry, accepted, match, found.generations, now)
+        if fallback is not None and await self._stale_while_revalidate(
+            scope, send, fallback, match, identity, key, found.generations, stale, accept_encoding
+        ):
+            return
         # Unaccepted credentials coalesce only with the very same credential:
         # slurmrestd must judge them before anything is shared.
         flight_key = key if accepted else key + identity.credential
@@ -278,6 +287,9 @@ class Proxy:
         try:
             await flight.wait_head()
         except UpstreamError as exc:
+            if fallback is not None:
+                await self._send_stale(send, fallback, match, "stale-if-error", accept_encoding)
+                return
             self.stats.requests[(match.name, "error")] += 1
             await self._upstream_error(send, exc, outcome)
             return
@@ -286,6 +298,9 @@ class Proxy:
         ):
             # The leader's credential was refused; ours may not be.
             await self._forward(from_scope(scope), match, None, send, "fwd=miss")
+            return
+        if fallback is not None and await self._flight_failed(flight):
+            await self._send_stale(send, fallback, match, "stale-if-error", accept_encoding)
             return
         await self._send_flight(send, flight, match, outcome)
 
@@ -341,7 +356,9 @@ class Proxy:
         )
         self.stats.upstream_requests[match.name] += 1
         sent_at = self.clock()
+        started = time.monotonic()
         resp = await self.transport.send(up)
+        self.stats.observe_upstream(match.name, time.monotonic() - started)
         try:
             status = resp.status
             resp_headers = headers.response_headers(resp.headers)
@@ -384,7 +401,9 @@ class Proxy:
         )
         self.stats.upstream_requests[match.name] += 1
         sent_at = self.clock()
+        started = time.monotonic()
         resp = await self.transport.send(up)
+        self.stats.observe_upstream(match.name, time.monotonic() - started)
         try:
             if 200 <= resp.status < 300:  # trusted before anyone sees the answer
                 await self._judge_credential(identity, resp.status, b"")
@@ -541,6 +560,8 @@ class Proxy:
             self.stats.requests[(match.name, "error")] += 1
             await self._error(send, errors.BODY_TOO_LARGE, outcome)
             return
+        except _ClientGone:
+            return  # nobody to answer, and a partial body must never go upstream
         up = UpstreamRequest(
             method=req.method,
             target=req.raw_target,
@@ -549,6 +570,7 @@ class Proxy:
             retry_on_stale_connection=req.method in ("GET", "HEAD", "OPTIONS"),
         )
         self.stats.upstream_requests[match.name] += 1
+        started = time.monotonic()
         try:
             resp = await self.transport.send(up)
         except UpstreamError as exc:
@@ -557,6 +579,7 @@ class Proxy:
             self.stats.requests[(match.name, "error")] += 1
             await self._upstream_error(send, exc, outcome)
             return
+        self.stats.observe_upstream(match.name, time.monotonic() - started)
         try:
             if tags:
                 await self._bump(tags)
@@ -604,7 +627,9 @@ class Proxy:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                break
+                # The client left (or uvicorn refused the rest of the request):
+                # forwarding what arrived would send slurmrestd a cut body.
+                raise _ClientGone
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > limit:
@@ -623,8 +648,7 @@ class Proxy:
         except StoreError:
             self._store_fault()
             return
-        for tag in tags:
-            self.stats.invalidations[tag] += 1
+        self.stats.invalidated(tags)
 
     # -- responses ----------------------------------------------------------
     def _upstream_headers(self, req: ProxyRequest, length: int | None) -> Headers:
@@ -696,6 +720,18 @@ class Proxy:
 
     async def _upstream_error(self, send: Send, exc: BaseException, outcome: str) -> None:
         self.stats.upstream_errors += 1
+        if isinstance(exc, UpstreamBusy | UpstreamUnavailable):
+            # The proxy's own protection (upstream/protect.py): one line per
+            # request would flood the log during an outage.
+            log.debug("upstream refused locally: %s", exc)
+            err = (
+                errors.UPSTREAM_BUSY
+                if isinstance(exc, UpstreamBusy)
+                else errors.UPSTREAM_CIRCUIT_OPEN
+            )
+            retry = b"%d" % max(1, int(exc.retry_after + 0.999))
+            await self._error(send, err, outcome, [(b"retry-after", retry)])
+            return
         log.warning("upstream error: %s: %s", type(exc).__name__, exc)
         err = (
             errors.UPSTREAM_TIMEOUT
@@ -708,8 +744,12 @@ class Proxy:
         )
         await self._error(send, err, outcome)
 
-    async def _error(self, send: Send, err: errors.ProxyError, outcome: str) -> None:
-        status, hdrs, body = errors.error_response(err, [headers.cache_status(outcome)])
+    async def _error(
+        self, send: Send, err: errors.ProxyError, outcome: str, extra: Headers | None = None
+    ) -> None:
+        status, hdrs, body = errors.error_response(
+            err, [headers.cache_status(outcome), *(extra or ())]
+        )
         await send({"type": "http.response.start", "status": status, "headers": hdrs})
         await send({"type": "http.response.body", "body": body})
 
@@ -719,9 +759,108 @@ class Proxy:
             self._store_fault_logged = True
             log.warning("cache store unavailable: serving from upstream until it recovers")
 
+    # -- stale serving (docs/hardening.md) ------------------------------------
+    def _stale_fallback(
+        self,
+        entry: Entry | None,
+        accepted: bool,
+        match: Match,
+        generations: Sequence[int],
+        now: float,
+    ) -> Entry | None:
+        """An expired entry that may stand in for upstream's answer, or None.
+
+        Only while the rule's ``stale_if_error`` (or ``stale_while_revalidate``)
+        window lasts, only to a credential slurmrestd accepted, and only if no
+        write invalidated it (its tag generations are unchanged): stale data
+        must never undo read-your-writes.
+        """
+        rule = match.rule
+        if (
+            entry is None
+            or rule is None
+            or not accepted
+            or entry.generations != tuple(generations)
+            or entry.tags != match.tags
+        ):
+            return None
+        window = max(rule.stale_if_error, rule.stale_while_revalidate)
+        if window <= 0 or now >= entry.stored_at + entry.ttl + window:
+            return None
+        return entry
+
+    async def _stale_while_revalidate(
+        self,
+        scope: Scope,
+        send: Send,
+        entry: Entry,
+        match: Match,
+        identity: Identity,
+        key: bytes,
+        generations: Sequence[int],
+        revalidate: Entry | None,
+        accept_encoding: bytes,
+    ) -> bool:
+        """Within ``stale_while_revalidate``: answer with ``entry`` now and
+        refresh it in the background (one flight per key).  False when the
+        window is over (the caller fetches as usual)."""
+        rule = match.rule
+        assert rule is not None
+        if self.clock() >= entry.stored_at + entry.ttl + rule.stale_while_revalidate:
+            return False
+        gens = tuple(generations)
+        if self.coalescer.join(key, gens) is None:
+            req = from_scope(scope)
+            self.coalescer.start(
+                key,
+                gens,
+                identity.credential,
+                lambda f: self._fetch(f, req, match, identity, key, True, revalidate),
+            )
+        await self._send_stale(send, entry, match, "stale-while-revalidate", accept_encoding)
+        return True
+
+    async def _flight_failed(self, flight: Flight) -> bool:
+        """Did upstream fail this fetch (a 502/503/504, or a small body that
+        broke)?  Only asked when a stale entry could stand in."""
+        if flight.status in _STALE_ON_STATUS:
+            return True
+        length = policy.header_value(flight.headers, b"content-length")
+        if flight.done or (
+            length is not None and length.isdigit() and int(length) < _BUFFER_BODY_BELOW
+        ):
+            await flight.wait_done()
+            return isinstance(flight.error, UpstreamError)
+        return False
+
+    async def _send_stale(
+        self, send: Send, entry: Entry, match: Match, reason: str, accept_encoding: bytes
+    ) -> None:
+        """Send ``entry`` marked stale in Cache-Status (RFC 9211), with Age."""
+        now = self.clock()
+        age = now - entry.stored_at
+        self.stats.observe_stale(match.name, age)
+        self.stats.requests[(match.name, "stale")] += 1
+        over = max(0, int(now - entry.stored_at - entry.ttl))
+        prefix = "hit; fwd=stale" if reason == "stale-while-revalidate" else "fwd=stale"
+        marked = headers.cache_status(f"{prefix}; detail={reason}; ttl=-{over}")
+
+        async def mark(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    marked if k == headers.CACHE_STATUS else (k, v) for k, v in message["headers"]
+                ]
+            await send(message)
+
+        await self._send_entry(mark, entry, now, accept_encoding)
+
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _ClientGone(Exception):
+    """The request body ended in a disconnect, not in its last chunk."""
 
 
 async def _stream_body(receive: Receive, length: int) -> AsyncIterator[bytes]:

@@ -48,9 +48,42 @@ class Settings:
         "(default: random per process, or derived from the Redis URL)",
         secret=True,
     )
+    admin_token: str = _opt(
+        "",
+        "bearer token of the admin API under /_cacheproxy/admin/ (off when empty); "
+        "prefer the environment or the settings file to the command line",
+        secret=True,
+    )
     workers: int = _opt(1, "uvicorn worker processes")
     log_level: str = _opt("info", "log level")
     access_log: bool = _opt(False, "log every request (never tokens)")
+    # -- hardening (docs/hardening.md) --------------------------------------
+    tls_cert: str = _opt("", "serve HTTPS with this certificate chain (PEM); TLS 1.2 minimum")
+    tls_key: str = _opt("", "private key of --tls-cert (PEM), if not in the same file")
+    auth_fail_limit: int = _opt(
+        30, "authentication failures per client address or user name before 429 (0: off)"
+    )
+    auth_fail_window: float = _opt(60.0, "seconds over which authentication failures count")
+    auth_fail_cooldown: float = _opt(120.0, "seconds a client or user name is refused (429)")
+    user_rate: float = _opt(0.0, "requests per second per user name (token bucket; 0: off)")
+    user_burst: int = _opt(20, "burst size of the per-user rate limit")
+    jwt_key: str = _opt("", "verify tokens locally with this HS256 key file (jwt_hs256.key)")
+    jwks_file: str = _opt("", "verify tokens locally with the RS256 keys in this JWKS file")
+    jwt_leeway: float = _opt(5.0, "seconds of clock skew allowed on a token's exp")
+    upstream_concurrency: int = _opt(
+        16, "requests in flight to slurmrestd at once (its default thread count)"
+    )
+    upstream_queue: int = _opt(128, "requests waiting for an upstream slot before 503")
+    upstream_queue_timeout: float = _opt(10.0, "seconds a request waits for an upstream slot")
+    breaker_failures: int = _opt(
+        5, "consecutive upstream failures that open the circuit breaker (0: off)"
+    )
+    breaker_cooldown: float = _opt(5.0, "seconds the breaker fails fast before probing")
+    max_url_bytes: int = _opt(8192, "longest request target accepted (414 above)")
+    max_header_bytes: int = _opt(32768, "largest request head accepted (431 above)")
+    header_timeout: float = _opt(10.0, "seconds a client has to send a request head (408)")
+    keep_alive_timeout: int = _opt(5, "seconds an idle client connection is kept open")
+    max_connections: int = _opt(1000, "open client connections/requests before 503 (0: no limit)")
 
     def public(self) -> dict[str, Any]:
         """Settings safe to print or log (secrets masked)."""
@@ -139,6 +172,32 @@ def validate(s: Settings) -> None:
             raise SettingsError(f"{name} must be > 0")
     if s.max_entry_bytes > s.max_bytes:
         raise SettingsError("max_entry_bytes cannot exceed max_bytes")
+    for name in (
+        "upstream_concurrency",
+        "max_url_bytes",
+        "max_header_bytes",
+        "keep_alive_timeout",
+        "user_burst",
+    ):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"{name} must be > 0")
+    for name in (
+        "auth_fail_limit",
+        "auth_fail_window",
+        "auth_fail_cooldown",
+        "user_rate",
+        "jwt_leeway",
+        "upstream_queue",
+        "upstream_queue_timeout",
+        "breaker_failures",
+        "breaker_cooldown",
+        "header_timeout",
+        "max_connections",
+    ):
+        if getattr(s, name) < 0:
+            raise SettingsError(f"{name} must be >= 0")
+    if s.tls_key and not s.tls_cert:
+        raise SettingsError("tls_key needs tls_cert")
     if s.workers > 1 and not s.redis_url:
         # Allowed, but every worker then caches alone: see the README.
         pass

@@ -10,10 +10,14 @@ Exception tree (all derive from :class:`UpstreamError`)::
     ├── UpstreamConnectError      the request was never sent (refused, DNS,
     │                             socket missing): safe to retry any method
     ├── UpstreamTimeout           connect or read took too long
-    └── UpstreamProtocolError     the peer broke the exchange after the request
-                                  was (maybe) sent: reset, truncated body,
-                                  malformed response; a GET may be retried, a
-                                  write never
+    ├── UpstreamProtocolError     the peer broke the exchange after the request
+    │                             was (maybe) sent: reset, truncated body,
+    │                             malformed response; a GET may be retried, a
+    │                             write never
+    ├── UpstreamBusy              never sent: the proxy's own limit on requests
+    │                             in flight to slurmrestd is reached (503)
+    └── UpstreamUnavailable       never sent: the circuit breaker is open after
+                                  repeated upstream failures (fail fast)
 
 ``UpstreamError.sent`` tells whether the request may have reached slurmrestd,
 which is what decides both retries and invalidation of a failed write.
@@ -51,6 +55,32 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     """The exchange broke after the request may have been sent."""
+
+
+class UpstreamBusy(UpstreamError):
+    """Refused before sending: too many requests are already in flight to
+    slurmrestd (``upstream/protect.py``).  Queueing more would only pile work
+    on slurmctld; the client is told to come back (503 + ``Retry-After``)."""
+
+    sent = False
+
+    def __init__(self, message: str = "upstream busy", *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Refused before sending: the circuit breaker is open because slurmrestd
+    failed repeatedly.  Failing fast spares a struggling controller (and lets
+    the proxy serve stale entries at once instead of after a timeout)."""
+
+    sent = False
+
+    def __init__(
+        self, message: str = "upstream unavailable (circuit open)", *, retry_after: float = 1.0
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(slots=True)

@@ -42,7 +42,10 @@ async def test_200_concurrent_identical_gets_cause_one_upstream_request(
         rs = await asyncio.gather(*tasks)
     assert {r.status_code for r in rs} == {200}
     assert len({r.content for r in rs}) == 1
-    assert upstream.total("GET", "/jobs") == 1
+    # On a loaded machine the last requests can arrive after the 5 s TTL: they
+    # may revalidate (update_time), but the list itself was fetched once.
+    revalidations = sum(1 for q in upstream.queries if q.startswith(b"update_time="))
+    assert upstream.total("GET", "/jobs") - revalidations == 1
 
 
 async def test_submit_then_get_while_others_poll(stack: tuple[FakeSlurmrestd, str]) -> None:

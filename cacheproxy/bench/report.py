@@ -1,0 +1,274 @@
+"""report.json and report.md: the numbers, and the same numbers for people."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+SCHEMA_ID = "cacheproxy-bench-report/1"
+
+
+def load_schema() -> dict[str, Any]:
+    text = resources.files("cacheproxy.bench").joinpath("report_schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def validate(report: dict[str, Any]) -> list[str]:
+    """Schema errors (empty when valid, or when jsonschema is not installed).
+
+    jsonschema is a test dependency, not a runtime one, hence the lazy import.
+    """
+    try:
+        jsonschema: Any = importlib.import_module("jsonschema")
+    except ImportError:
+        return []
+    validator = jsonschema.Draft202012Validator(load_schema())
+    return [
+        f"{'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+        for e in validator.iter_errors(report)
+    ]
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count() or 0,
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "hostname": platform.node(),
+    }
+
+
+def add_comparisons(runs: list[dict[str, Any]]) -> None:
+    """Each run's upstream load relative to the direct run at the same users."""
+    direct = {r["users"]: r for r in runs if r["target"] == "direct"}
+    for r in runs:
+        base = direct.get(r["users"])
+        if base is None or r["target"] == "direct":
+            r["reduction_factor"] = 1.0 if r["target"] == "direct" else None
+            r["upstream_pct_of_direct"] = 100.0 if r["target"] == "direct" else None
+            continue
+        up, base_up = r["upstream_requests"], base["upstream_requests"]
+        r["reduction_factor"] = round(base_up / up, 2) if up else None
+        r["upstream_pct_of_direct"] = round(100.0 * up / base_up, 2) if base_up else None
+
+
+UPSTREAM_TARGET_PCT = 5.0
+"""The project's target: through the proxy, at most 5% of direct's upstream requests."""
+
+
+def target_checks(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The project's targets, per caching run against the direct run at the same users."""
+    direct = {r["users"]: r for r in runs if r["target"] == "direct"}
+    out: list[dict[str, Any]] = []
+    for r in runs:
+        base = direct.get(r["users"])
+        if r["target"] == "direct" or base is None:
+            continue
+        pct = r.get("upstream_pct_of_direct")
+        where = {"target": r["target"], "users": r["users"]}
+        lat, base_lat = r["latency_ms"], base["latency_ms"]
+        out += [
+            {
+                **where,
+                "check": f"upstream <= {UPSTREAM_TARGET_PCT:g}% of direct",
+                "value": pct,
+                "pass": pct is not None and pct <= UPSTREAM_TARGET_PCT,
+            },
+            {
+                **where,
+                "check": "client p50 below direct",
+                "value": [lat["p50"], base_lat["p50"]],
+                "pass": lat["p50"] < base_lat["p50"],
+            },
+            {
+                **where,
+                "check": "client p99 below direct",
+                "value": [lat["p99"], base_lat["p99"]],
+                "pass": lat["p99"] < base_lat["p99"],
+            },
+            {
+                **where,
+                "check": "no read-your-writes violation",
+                "value": r["ryw_violations"],
+                "pass": r["ryw_violations"] == 0,
+            },
+            {**where, "check": "no errors", "value": r["errors"], "pass": r["errors"] == 0},
+        ]
+    return out
+
+
+def build(
+    *,
+    config: dict[str, Any],
+    runs: list[dict[str, Any]],
+    sweep: list[dict[str, Any]] | None = None,
+    capacity: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
+    add_comparisons(runs)
+    report: dict[str, Any] = {
+        "schema": SCHEMA_ID,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "config": config,
+        "runs": runs,
+        "targets_met": target_checks(runs),
+    }
+    if sweep:
+        report["sweep"] = sweep
+    if capacity:
+        report["capacity"] = capacity
+    report["notes"] = list(notes)
+    return report
+
+
+def _f(v: float | None, digits: int = 1) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+TABLE_HEAD = (
+    "| target | users | client req/s | p50 ms | p95 ms | p99 ms | upstream req | upstream req/s "
+    "| upstream vs direct | hit ratio | coalesced | RYW violations | errors |"
+)
+
+
+def table(runs: Sequence[dict[str, Any]]) -> str:
+    rows = [TABLE_HEAD, "|" + "---|" * 13]
+    for r in runs:
+        lat = r["latency_ms"]
+        pct = r.get("upstream_pct_of_direct")
+        factor = r.get("reduction_factor")
+        vs = "–" if pct is None else f"{pct:.1f}% (÷{_f(factor)})"
+        rows.append(
+            f"| {r['target']} | {r['users']} | {r['throughput_rps']:.1f} | {lat['p50']:.1f} "
+            f"| {lat['p95']:.1f} | {lat['p99']:.1f} | {r['upstream_requests']} "
+            f"| {r['upstream_rps']:.2f} | {vs} | {r['hit_ratio']:.3f} | {r.get('coalesced', 0)} "
+            f"| {r['ryw_violations']} / {r['ryw']['checks']} | {r['errors']} |"
+        )
+    return "\n".join(rows)
+
+
+def text_table(runs: Sequence[dict[str, Any]]) -> str:
+    """The terminal version of :func:`table`."""
+    head = (
+        f"{'target':<7} {'users':>5} {'req/s':>7} {'p50ms':>7} {'p95ms':>7} {'p99ms':>8} "
+        f"{'upstream':>8} {'up/s':>7} {'vs direct':>9} {'hit':>6} {'coal':>5} {'RYW':>7} {'err':>4}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in runs:
+        lat = r["latency_ms"]
+        pct = r.get("upstream_pct_of_direct")
+        lines.append(
+            f"{r['target']:<7} {r['users']:>5} {r['throughput_rps']:>7.1f} {lat['p50']:>7.1f} "
+            f"{lat['p95']:>7.1f} {lat['p99']:>8.1f} {r['upstream_requests']:>8} "
+            f"{r['upstream_rps']:>7.2f} {('–' if pct is None else f'{pct:.1f}%'):>9} "
+            f"{r['hit_ratio']:>6.3f} {r.get('coalesced', 0):>5} "
+            f"{str(r['ryw_violations']) + '/' + str(r['ryw']['checks']):>7} {r['errors']:>4}"
+        )
+    return "\n".join(lines)
+
+
+def _generator_lines(runs: Sequence[dict[str, Any]]) -> list[str]:
+    out = [
+        "| target | users | generator CPU | schedule lag p50 / p99 / max ms | late "
+        "| target CPU s | simulator CPU s | other processes (cores) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        g = r["generator"]
+        lag = g["lag_ms"]
+        cpu = r.get("process_cpu_seconds", {})
+        other = (r.get("machine") or {}).get("other_cores")
+        out.append(
+            f"| {r['target']} | {r['users']} | {g['cpu_util']:.0%} "
+            f"| {lag['p50']:.1f} / {lag['p99']:.1f} / {lag['max']:.1f} "
+            f"| {'**yes**: ' + g['why'] if g['saturated'] else 'no'} "
+            f"| {_f(cpu.get(r['target']), 2) if r['target'] != 'direct' else '–'} "
+            f"| {_f(cpu.get('simulator'), 2)} | {_f(other, 2)} |"
+        )
+    return out
+
+
+def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
+    cfg = report["config"]
+    wl = cfg["workload"]
+    m = report["machine"]
+    lines = [
+        "# cacheproxy bench report",
+        "",
+        f"{report['created']} on {m['hostname']}: {m['cpus']} CPUs ({m['cpu_model']}), "
+        f"{m['platform']}, Python {m['python']}.",
+        "",
+        f"Command: `{cfg.get('command', 'cacheproxy bench')}`",
+        "",
+        f"Mode: **{cfg['mode']}**; targets: {', '.join(cfg['targets'])}; "
+        f"{wl['users']} users, {wl['duration']:g} s of arrivals per run, API {wl['api_version']}.",
+        "",
+        "## Results",
+        "",
+        table(report["runs"]),
+        "",
+        "Latency is measured from each request's scheduled time (open loop). "
+        "*upstream vs direct* is the target's upstream requests as a share of the direct "
+        "run's (÷ = reduction factor). *hit ratio* counts GETs answered from the cache "
+        "(`Cache-Status: hit`); *coalesced* are misses that joined another request's upstream "
+        "fetch. RYW = read-your-writes violations / checks.",
+        "",
+    ]
+    checks = report.get("targets_met") or []
+    if checks:
+        lines += ["## Targets", ""]
+        for c in checks:
+            mark = "✅" if c["pass"] else "❌"
+            lines.append(
+                f"- {mark} {c['target']} ({c['users']} users): {c['check']} ({c['value']})"
+            )
+        lines.append("")
+    cap = report.get("capacity")
+    if cap:
+        lines += [
+            "## Capacity",
+            "",
+            f"Upstream budget: **{cap['upstream_budget_rps']:g} requests/s**.",
+            "",
+        ]
+        for target, c in cap["max_users"].items():
+            note = " (extrapolated beyond the largest measured count)" if c["extrapolated"] else ""
+            lines.append(f"- {target}: at most **{c['users']} users**{note}")
+        lines.append("")
+    lines += ["## Upstream counts", ""]
+    sources = sorted({r["upstream_source"] for r in report["runs"]})
+    lines.append(f"Upstream request counts come from: {', '.join(sources)}.")
+    lines += ["", "## Generator health", "", *_generator_lines(report["runs"]), ""]
+    lines += ["## Workload", "", "```json", json.dumps(wl, indent=2), "```", ""]
+    if report.get("notes"):
+        lines += ["## Notes", "", *(f"- {n}" for n in report["notes"]), ""]
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{p}]({p})" for p in plots]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write(outdir: Path, report: dict[str, Any], plots: Sequence[str] = ()) -> None:
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (outdir / "report.md").write_text(markdown(report, plots))

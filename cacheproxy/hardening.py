@@ -1,0 +1,129 @@
+"""Wiring of the hardening layers around :class:`~cacheproxy.app.CacheProxyApp`.
+
+From the socket inwards::
+
+    LimitedHttpToolsProtocol   URL/head size (414/431), head timeout (408)
+    uvicorn limit_concurrency  open connections/requests (503)
+    RequestContext             X-Request-ID, JSON access log, safety net
+    AuthGuard                  429 after repeated auth failures; per-user rate
+    JwtCheck (optional)        401 for forged/expired tokens, locally
+    CacheProxyApp              own endpoints, or the proxy
+        ProtectedTransport     upstream concurrency, queue, circuit breaker
+
+The layers are wrappers at existing seams (ASGI, Transport), so the proxy
+itself does not grow, and tests of the core run without them.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+import time
+from typing import Any
+
+from cacheproxy import httplimits, tls
+from cacheproxy.accesslog import RequestContext
+from cacheproxy.app import CacheProxyApp
+from cacheproxy.guard import AuthGuard, IsAccepted
+from cacheproxy.jwtcheck import JwtCheck, TokenVerifier, load_hs256_key, load_jwks
+from cacheproxy.respond import ASGIApp
+from cacheproxy.settings import Settings
+from cacheproxy.store.base import StoreError
+from cacheproxy.upstream.base import Headers
+
+_GUARD_KEY = b"cacheproxy-guard-acceptance"
+
+
+def token_verifier(s: Settings) -> TokenVerifier | None:
+    """The local JWT verifier, or None when not configured (raises
+    :class:`~cacheproxy.jwtcheck.JwtConfigError` on unusable files)."""
+    if not (s.jwt_key or s.jwks_file):
+        return None
+    return TokenVerifier(
+        hmac_key=secrets.token_bytes(32),
+        hs256_key=load_hs256_key(s.jwt_key) if s.jwt_key else None,
+        jwks=load_jwks(s.jwks_file) if s.jwks_file else None,
+        leeway=s.jwt_leeway,
+    )
+
+
+def acceptance_check(app: CacheProxyApp) -> IsAccepted:
+    """Did slurmrestd accept this request's exact credential recently?"""
+
+    async def accepted(headers: Headers) -> bool:
+        proxy = app.proxy
+        if proxy is None:
+            return False
+        identity = proxy.resolver.resolve(headers)
+        if identity is None:
+            return False
+        try:
+            found = await proxy.store.lookup(_GUARD_KEY, (), identity.credential)
+        except StoreError:
+            return False
+        return found.accepted_until > time.time()
+
+    return accepted
+
+
+def wrap(app: CacheProxyApp) -> ASGIApp:
+    """The hardened ASGI application: ``app`` inside the middlewares."""
+    s = app.settings
+    inner: ASGIApp = app
+    verifier = token_verifier(s)
+    if verifier is not None:
+        inner = JwtCheck(inner, verifier, app.stats)
+    inner = AuthGuard(
+        inner,
+        fail_limit=s.auth_fail_limit,
+        window=s.auth_fail_window,
+        cooldown=s.auth_fail_cooldown,
+        user_rate=s.user_rate,
+        user_burst=s.user_burst,
+        is_accepted=acceptance_check(app),
+        stats=app.stats,
+    )
+    return RequestContext(inner, access_log_enabled=s.access_log, stats=app.stats)
+
+
+def uvicorn_options(s: Settings) -> dict[str, Any]:
+    """uvicorn settings for the limits and TLS (merged over the CLI's own)."""
+    httplimits.configure(
+        max_url_bytes=s.max_url_bytes,
+        max_head_bytes=s.max_header_bytes,
+        head_timeout=s.header_timeout,
+    )
+    return {
+        # A string: --workers children import it (and configure() it again).
+        "http": "cacheproxy.httplimits:LimitedHttpToolsProtocol",
+        "timeout_keep_alive": s.keep_alive_timeout,
+        "limit_concurrency": s.max_connections or None,
+        "h11_max_incomplete_event_size": s.max_header_bytes,
+        # uvicorn's own access log prints the query string as is; ours redacts.
+        "access_log": False,
+        **tls.uvicorn_options(s),
+    }
+
+
+def configure_access_log(s: Settings) -> None:
+    """JSON lines on stdout, one per request, when ``access_log`` is on."""
+    logger = logging.getLogger("cacheproxy.access")
+    logger.propagate = False
+    if not s.access_log:
+        logger.disabled = True
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+
+
+def create_app_from_env() -> ASGIApp:
+    """uvicorn factory for ``--workers N``: the parent's settings, hardened."""
+    from cacheproxy.app import create_app_from_env as plain
+
+    app = plain()
+    uvicorn_options(app.settings)  # configure the protocol limits in this child
+    configure_access_log(app.settings)
+    return wrap(app)

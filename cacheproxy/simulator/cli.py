@@ -1,0 +1,110 @@
+"""``cacheproxy simulate`` / ``python -m cacheproxy.simulator`` (see docs/CONTRACTS.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+
+from cacheproxy.simulator.config import CostParams, SimConfig, default_users, load_users_file
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cacheproxy simulate",
+        description="Run a simulated slurmrestd (22.05 and 25.x API shapes).",
+    )
+    p.add_argument("--port", type=int, required=True, help="TCP port (0: pick a free one)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--jobs", type=int, default=2000, help="jobs in the queue (default 2000)")
+    p.add_argument("--nodes", type=int, default=500, help="compute nodes (default 500)")
+    p.add_argument(
+        "--users-file", help='JSON object {"user": "token"} (default root, user001..100)'
+    )
+    p.add_argument("--private-data", action="store_true", help="PrivateData=jobs")
+    p.add_argument(
+        "--style",
+        choices=["22.05", "25.x", "all"],
+        default="all",
+        help="daemon release: 22.05 serves v0.0.38, 25.x v0.0.43/44, all (default) all three",
+    )
+    p.add_argument("--cost-model", choices=["realistic", "none"], default="realistic")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--job-speed",
+        type=float,
+        default=1.0,
+        help="how fast jobs move pending->running->completed (1 = real time, 0 = frozen)",
+    )
+    p.add_argument(
+        "--read-parallelism",
+        type=int,
+        default=CostParams.read_parallelism,
+        help="readers that may hold the simulated controller lock together",
+    )
+    p.add_argument(
+        "--cost-scale",
+        type=float,
+        default=1.0,
+        help="multiply every simulated service time (realistic model only)",
+    )
+    p.add_argument(
+        "--uvicorn-status-lines",
+        action="store_true",
+        help="keep uvicorn's reason phrases instead of slurmrestd's (e.g. '304 NOT MODIFIED')",
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    users = load_users_file(args.users_file) if args.users_file else default_users()
+    base = CostParams()
+    s = max(0.0, args.cost_scale)
+    cost = replace(
+        base,
+        read_base=base.read_base * s,
+        ctld_per_item=base.ctld_per_item * s,
+        render_per_item=base.render_per_item * s,
+        write_base=base.write_base * s,
+        auth_reject_delay=base.auth_reject_delay * s,
+        dbd_scale=base.dbd_scale * s,
+        read_parallelism=max(1, args.read_parallelism),
+    )
+    return SimConfig(
+        host=args.host,
+        port=args.port,
+        jobs=max(0, args.jobs),
+        nodes=max(1, args.nodes),
+        users=users,
+        private_data=args.private_data,
+        style=args.style,
+        cost_model=args.cost_model,
+        seed=args.seed,
+        job_speed=max(0.0, args.job_speed),
+        exact_status_lines=not args.uvicorn_status_lines,
+        cost=cost,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        config = config_from_args(args)
+    except (OSError, ValueError) as exc:
+        print(f"cacheproxy simulate: {exc}", file=sys.stderr)
+        return 2
+
+    def ready(url: str) -> None:
+        print(f"listening on {url}", flush=True)
+
+    from cacheproxy.simulator.server import serve
+
+    try:
+        serve(config, on_ready=ready)
+    except OSError as exc:
+        print(f"cacheproxy simulate: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0

@@ -1,0 +1,102 @@
+"""Configuration of the simulated slurmrestd: one frozen value shared by every module.
+
+Kept separate from the CLI so tests build a simulator in-process with the same
+defaults the command line uses.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Style = Literal["all", "22.05", "25.x"]
+CostModelName = Literal["realistic", "none"]
+
+#: API versions each daemon style serves.  A real 22.05 daemon serves only
+#: v0.0.38 (of the versions simulated here) and a 25.x daemon only v0.0.43/44;
+#: "all" serves the three at once so one simulator covers both families.
+STYLE_VERSIONS: dict[str, frozenset[str]] = {
+    "22.05": frozenset({"v0.0.38"}),
+    "25.x": frozenset({"v0.0.43", "v0.0.44"}),
+    "all": frozenset({"v0.0.38", "v0.0.43", "v0.0.44"}),
+}
+
+
+def default_users() -> dict[str, str]:
+    """``root`` and ``user001``..``user100``, token ``sim-token-<user>`` (the contract)."""
+    users = {"root": "sim-token-root"}
+    for i in range(1, 101):
+        name = f"user{i:03d}"
+        users[name] = f"sim-token-{name}"
+    return users
+
+
+def load_users_file(path: str | Path) -> dict[str, str]:
+    """Read a ``{"user": "token"}`` JSON object; ``root`` is added if missing."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise ValueError(f"{path}: expected a JSON object of user -> token strings")
+    users = dict(data)
+    users.setdefault("root", "sim-token-root")
+    return users
+
+
+@dataclass(frozen=True)
+class CostParams:
+    """Service-time model of a real 22.05 slurmrestd + slurmctld (see ``cost.py``).
+
+    Defaults are calibrated with ``benchmarks/simulator_calibration.py``.
+    """
+
+    #: Mean time a read holds the controller lock, seconds.
+    read_base: float = 0.0017
+    #: Extra controller time per item returned (job, node, ...), seconds.
+    ctld_per_item: float = 1e-6
+    #: slurmrestd-side rendering time per item (outside the lock, limited threads).
+    render_per_item: float = 4e-6
+    #: Mean time a write holds the lock exclusively, seconds.
+    write_base: float = 0.0026
+    #: Readers that may hold the lock together (slurmctld serialises most work).
+    read_parallelism: int = 1
+    #: slurmrestd worker threads that render responses in parallel.
+    render_threads: int = 2
+    #: Log-normal sigma of the per-request jitter (mean kept at 1).
+    jitter_sigma: float = 0.35
+    #: Service slows by up to this fraction when many requests wait (lock contention).
+    contention: float = 0.7
+    #: Extra delay of a request whose token slurmctld rejects (about 12 ms on 22.05).
+    auth_reject_delay: float = 0.010
+    #: slurmdbd requests that may run together.
+    dbd_parallelism: int = 4
+    #: Multiplies the slurmdbd service times (90 ms to 1.3 s at 1.0).
+    dbd_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything that shapes one simulated cluster and daemon."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    jobs: int = 2000
+    nodes: int = 500
+    users: dict[str, str] = field(default_factory=default_users)
+    private_data: bool = False
+    style: Style = "all"
+    cost_model: CostModelName = "realistic"
+    seed: int = 0
+    #: Job life speed: 1.0 = real durations (minutes), 0 = frozen clock for jobs.
+    job_speed: float = 1.0
+    cluster_name: str = "simcluster"
+    #: Patch uvicorn's reason phrases to slurmrestd's ("304 NOT MODIFIED").
+    #: Process-wide, so only enabled where the simulator owns the process.
+    exact_status_lines: bool = False
+    cost: CostParams = field(default_factory=CostParams)
+
+    @property
+    def versions(self) -> frozenset[str]:
+        return STYLE_VERSIONS[self.style]

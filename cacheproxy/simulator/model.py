@@ -1,0 +1,789 @@
+"""The simulated cluster: jobs, nodes, partitions, reservations and accounting.
+
+Version-neutral state only; ``render_*`` modules turn it into each API
+version's shapes.  Every change bumps a per-collection generation (for the
+render caches) and a per-collection change time (for ``update_time``).
+
+Jobs live like real ones: they start PENDING, the "scheduler" starts them when
+nodes have room, they end COMPLETED (sometimes FAILED or TIMEOUT), and a
+finished job is replaced by a fresh pending one so the population stays near
+the configured size (slurmctld forgets old jobs after MinJobAge).  Time passes
+only through :meth:`Cluster.advance`, called before each request, so nothing
+runs in the background and tests can move the clock explicitly.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from cacheproxy.simulator.config import SimConfig
+
+CORES_PER_SOCKET = 32
+SOCKETS = 2
+NODE_CPUS = CORES_PER_SOCKET * SOCKETS
+NODE_MEMORY_MB = 131072
+FINISHED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+JOB_NAMES = ("wrap", "train", "simulate", "analysis", "preprocess", "mpi_run", "bench", "align")
+LICENSES = {"matlab": 50, "ansys": 20}
+COLLECTIONS = ("jobs", "nodes", "partitions", "reservations", "licenses", "db")
+
+
+class SimError(Exception):
+    """A Slurm error: ``errno`` is Slurm's error number, ``message`` its text."""
+
+    def __init__(self, errno: int, message: str, description: str = "") -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.message = message
+        self.description = description
+
+
+INVALID_JOB_ID = (2017, "Invalid job id specified")
+ACCESS_DENIED = (2002, "Access/permission denied")
+INVALID_PARTITION = (2000, "Invalid partition name specified")
+INVALID_NODE = (2018, "Invalid node name specified")
+ALREADY_DONE = (2021, "Job/step already completing or completed")
+
+
+@dataclass
+class Job:
+    job_id: int
+    name: str
+    user: str
+    uid: int
+    account: str
+    partition: str
+    qos: str
+    state: str
+    submit_time: int
+    time_limit: int  # minutes
+    cpus: int
+    node_count: int
+    start_time: int = 0
+    end_time: int = 0
+    nodes: list[str] = field(default_factory=list)
+    reason: str = "None"
+    priority: int = 1
+    exit_code: int = 0
+    array_job_id: int = 0
+    array_task_id: int | None = None
+    comment: str = ""
+    licenses: str = ""
+    cwd: str = "/tmp"
+    std_out: str = ""
+    script: str = ""
+    #: Bumped on every change: keys the per-job render cache.
+    version: int = 0
+    #: Planned run length in seconds (set when the job is created).
+    run_seconds: int = 600
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+@dataclass
+class Node:
+    name: str
+    partitions: list[str]
+    alloc_cpus: int = 0
+    alloc_memory: int = 0
+    admin_state: str = ""  # "", "DRAIN", "DOWN"
+    reason: str = ""
+    reason_time: int = 0
+    reason_user: str = ""
+    boot_time: int = 0
+    cpu_load: int = 0
+    version: int = 0
+
+    @property
+    def base_state(self) -> str:
+        if self.admin_state == "DOWN":
+            return "DOWN"
+        if self.alloc_cpus >= NODE_CPUS:
+            return "ALLOCATED"
+        if self.alloc_cpus > 0:
+            return "MIXED"
+        return "IDLE"
+
+    @property
+    def usable(self) -> bool:
+        return self.admin_state == ""
+
+
+@dataclass
+class Partition:
+    name: str
+    nodes: list[str]
+    default: bool = False
+    max_time: int = 2880  # minutes
+    state: str = "UP"
+
+
+@dataclass
+class Reservation:
+    name: str
+    nodes: list[str]
+    start_time: int
+    end_time: int
+    users: str = ""
+    accounts: str = ""
+    flags: list[str] = field(default_factory=list)
+    partition: str = ""
+
+
+@dataclass
+class Account:
+    name: str
+    description: str
+    organization: str
+    parent: str = "root"
+
+
+@dataclass
+class User:
+    name: str
+    uid: int
+    default_account: str
+    admin_level: str = "None"
+
+
+@dataclass
+class Association:
+    id: int
+    account: str
+    user: str
+    partition: str = ""
+    parent: str = ""
+    qos: list[str] = field(default_factory=lambda: ["normal"])
+    shares: int = 1
+
+
+@dataclass
+class Qos:
+    id: int
+    name: str
+    description: str
+    priority: int = 0
+
+
+def hostlist(names: Iterable[str]) -> str:
+    """Compress ``cn001,cn002,cn003,cn007`` into ``cn[001-003,007]`` like Slurm."""
+    names = list(names)
+    if not names:
+        return ""
+    if len(names) == 1:
+        return names[0]
+    prefix = names[0].rstrip("0123456789")
+    width = len(names[0]) - len(prefix)
+    nums = sorted(int(n[len(prefix) :]) for n in names)
+    ranges: list[str] = []
+    start = prev = nums[0]
+    for n in [*nums[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        if start == prev:
+            ranges.append(f"{start:0{width}d}")
+        else:
+            ranges.append(f"{start:0{width}d}-{prev:0{width}d}")
+        if n is not None:
+            start = prev = n
+    return f"{prefix}[{','.join(ranges)}]"
+
+
+class Cluster:
+    """All mutable state, with the rules that change it."""
+
+    def __init__(self, config: SimConfig, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.clock = clock
+        self.rng = random.Random(config.seed)
+        now = self.now()
+        self.start_time = now
+        self.gen: dict[str, int] = dict.fromkeys(COLLECTIONS, 1)
+        self.changed: dict[str, int] = dict.fromkeys(COLLECTIONS, now)
+        self.jobs: dict[int, Job] = {}
+        self.history: dict[int, Job] = {}
+        self.nodes: dict[str, Node] = {}
+        self.partitions: dict[str, Partition] = {}
+        self.reservations: dict[str, Reservation] = {}
+        self.users: dict[str, User] = {}
+        self.accounts: dict[str, Account] = {}
+        self.associations: list[Association] = []
+        self.qos: dict[str, Qos] = {}
+        self.next_job_id = 1000
+        self.next_assoc_id = 1
+        self.last_backfill = now
+        self.jobs_submitted = 0
+        self.jobs_started = 0
+        self.jobs_completed = 0
+        self.jobs_canceled = 0
+        self.jobs_failed = 0
+        self._events: list[tuple[float, int, int, str]] = []
+        self._event_seq = 0
+        self._build_accounting()
+        self._build_nodes(now)
+        self._build_jobs(now)
+        self._build_reservations(now)
+
+    # ------------------------------------------------------------------ time
+    def now(self) -> int:
+        return int(self.clock())
+
+    def touch(self, *collections: str) -> None:
+        """Record a change: new generation and change time for each collection."""
+        now = self.now()
+        for c in collections:
+            self.gen[c] += 1
+            self.changed[c] = now
+
+    def advance(self) -> None:
+        """Apply every job event due by now (starts, ends, replacements)."""
+        now_f = self.clock()
+        touched = False
+        while self._events and self._events[0][0] <= now_f:
+            _, _, job_id, kind = heapq.heappop(self._events)
+            job = self.jobs.get(job_id)
+            if job is None:
+                continue
+            if kind == "start" and job.state == "PENDING":
+                touched |= self._try_start(job)
+            elif kind == "end" and job.state == "RUNNING":
+                self._finish(job, self._final_state())
+                self._replace_finished()
+                touched = True
+        if touched:
+            self.last_backfill = self.now()
+            self.touch("jobs", "nodes", "licenses", "db")
+
+    def _schedule(self, job: Job, kind: str, delay_s: float) -> None:
+        if self.config.job_speed <= 0:
+            return
+        self._event_seq += 1
+        at = self.clock() + delay_s / self.config.job_speed
+        heapq.heappush(self._events, (at, self._event_seq, job.job_id, kind))
+
+    def _final_state(self) -> str:
+        r = self.rng.random()
+        return "FAILED" if r < 0.05 else "TIMEOUT" if r < 0.08 else "COMPLETED"
+
+    # ------------------------------------------------------------ building
+    def _build_accounting(self) -> None:
+        for i, (name, desc) in enumerate(
+            [("normal", "Normal QOS default"), ("high", "High priority"), ("low", "Scavenger")],
+            start=1,
+        ):
+            self.qos[name] = Qos(id=i, name=name, description=desc, priority=[0, 100, 0][i - 1])
+        self.accounts["root"] = Account("root", "default root account", "root", parent="")
+        for i in range(1, 11):
+            name = f"acct{i:02d}"
+            self.accounts[name] = Account(name, f"project {name}", f"org{(i - 1) // 3 + 1}")
+        self._add_assoc("root", "")
+        self._add_assoc("root", "root")
+        for a in self.accounts:
+            if a != "root":
+                self._add_assoc(a, "", parent="root")
+        names = sorted(self.config.users)
+        for idx, name in enumerate(names):
+            if name == "root":
+                self.users[name] = User("root", 0, "root", admin_level="Administrator")
+                continue
+            uid = (
+                1000 + int(name[4:])
+                if name.startswith("user") and name[4:].isdigit()
+                else 2000 + idx
+            )
+            account = f"acct{(uid % 10) + 1:02d}"
+            self.users[name] = User(name, uid, account)
+            self._add_assoc(account, name)
+
+    def _add_assoc(self, account: str, user: str, parent: str = "") -> Association:
+        a = Association(id=self.next_assoc_id, account=account, user=user, parent=parent)
+        self.next_assoc_id += 1
+        self.associations.append(a)
+        return a
+
+    def _build_nodes(self, now: int) -> None:
+        n = max(1, self.config.nodes)
+        names = [f"cn{i:03d}" for i in range(1, n + 1)]
+        gpu_count = max(1, n // 10) if n >= 4 else 0
+        compute = names[: n - gpu_count] if gpu_count else names
+        gpu = names[n - gpu_count :] if gpu_count else []
+        self.partitions["normal"] = Partition("normal", compute, default=True, max_time=2880)
+        self.partitions["long"] = Partition(
+            "long", compute[: max(1, len(compute) // 4)], max_time=10080
+        )
+        if gpu:
+            self.partitions["gpu"] = Partition("gpu", gpu, max_time=1440)
+        self.partitions["debug"] = Partition("debug", names[: min(4, n)], max_time=30)
+        for name in names:
+            parts = [p.name for p in self.partitions.values() if name in set(p.nodes)]
+            self.nodes[name] = Node(name, parts, boot_time=now - 86400 * 7)
+        # A few nodes out of service, as on any real cluster.
+        for name in self.rng.sample(names, k=min(len(names), max(0, n // 100))):
+            node = self.nodes[name]
+            node.admin_state = self.rng.choice(["DRAIN", "DOWN"])
+            node.reason = "hardware check" if node.admin_state == "DRAIN" else "Not responding"
+            node.reason_time = now - 3600
+            node.reason_user = "root"
+
+    def _pick_user(self) -> User:
+        names = [u for u in self.users if u != "root"] or ["root"]
+        return self.users[self.rng.choice(names)]
+
+    def _new_job(self, now: int, user: User, state: str, partition: str | None = None) -> Job:
+        rng = self.rng
+        part = (
+            partition
+            or rng.choices(
+                [p for p in self.partitions], weights=[6, 2, 1, 1][: len(self.partitions)]
+            )[0]
+        )
+        node_count = rng.choices([1, 2, 4], weights=[90, 7, 3])[0]
+        cpus = (
+            node_count * NODE_CPUS
+            if node_count > 1
+            else rng.choices([1, 2, 4, 8, 16, 32, 64], weights=[20, 15, 20, 15, 15, 10, 5])[0]
+        )
+        job = Job(
+            job_id=self.next_job_id,
+            name=rng.choice(JOB_NAMES),
+            user=user.name,
+            uid=user.uid,
+            account=user.default_account,
+            partition=part,
+            qos=rng.choices(["normal", "high", "low"], weights=[8, 1, 1])[0],
+            state=state,
+            submit_time=now,
+            time_limit=rng.choice([30, 60, 120, 240, 720, 1440]),
+            cpus=cpus,
+            node_count=node_count,
+            priority=rng.randint(100, 20000),
+            cwd=f"/home/{user.name}",
+            std_out=f"/home/{user.name}/slurm-%j.out",
+            licenses=rng.choice(["", "", "", "", "", "", "", "", "matlab:1", "ansys:2"]),
+        )
+        job.run_seconds = rng.randint(60, 1800)
+        self.next_job_id += 1
+        self.jobs[job.job_id] = job
+        self.history[job.job_id] = job
+        return job
+
+    def _build_jobs(self, now: int) -> None:
+        rng = self.rng
+        states = ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"]
+        weights = [20, 35, 35, 4, 3, 3]
+        created = 0
+        while created < self.config.jobs:
+            state = rng.choices(states, weights=weights)[0]
+            user = self._pick_user()
+            # About 1 job in 20 belongs to a small job array.
+            tasks = rng.randint(3, 8) if rng.random() < 0.02 else 1
+            tasks = min(tasks, self.config.jobs - created)
+            first: Job | None = None
+            for t in range(tasks):
+                job = self._new_job(now - rng.randint(60, 86400), user, state)
+                if tasks > 1:
+                    first = first or job
+                    job.array_job_id = first.job_id
+                    job.array_task_id = t
+                    job.name = first.name
+                    job.partition = first.partition
+                self._place_initial(job, now)
+                created += 1
+        self.jobs_submitted = created
+
+    def _place_initial(self, job: Job, now: int) -> None:
+        rng = self.rng
+        if job.state == "PENDING":
+            job.reason = rng.choice(["Priority", "Resources", "Priority", "Dependency"])
+            self._schedule(job, "start", rng.uniform(5, 300))
+            return
+        if job.state == "RUNNING":
+            if not self._allocate(job):
+                job.state = "PENDING"
+                job.reason = "Resources"
+                self._schedule(job, "start", rng.uniform(30, 600))
+                return
+            job.start_time = max(job.submit_time, now - rng.randint(10, 3600))
+            job.end_time = job.start_time + job.time_limit * 60
+            self._schedule(job, "end", rng.uniform(10, job.run_seconds))
+            return
+        job.start_time = job.submit_time + rng.randint(0, 600)
+        job.end_time = min(now - 1, job.start_time + rng.randint(10, job.run_seconds))
+        job.end_time = max(job.end_time, job.start_time)
+        job.exit_code = 0 if job.state == "COMPLETED" else 1
+        pool = self.partitions[job.partition].nodes
+        job.nodes = sorted(rng.sample(pool, k=min(job.node_count, len(pool))))
+        if job.state == "CANCELLED" and rng.random() < 0.5:
+            job.start_time = 0
+            job.nodes = []
+
+    def _build_reservations(self, now: int) -> None:
+        names = list(self.nodes)
+        self.reservations["maint"] = Reservation(
+            "maint",
+            names[-min(4, len(names)) :],
+            start_time=now + 86400,
+            end_time=now + 86400 + 4 * 3600,
+            users="root",
+            flags=["MAINT", "SPEC_NODES"],
+        )
+        self.reservations["training"] = Reservation(
+            "training",
+            names[: min(2, len(names))],
+            start_time=now - 3600,
+            end_time=now + 7 * 86400,
+            accounts="acct01",
+            flags=["SPEC_NODES"],
+            partition="normal",
+        )
+
+    # ----------------------------------------------------------- scheduling
+    def _allocate(self, job: Job) -> bool:
+        part = self.partitions.get(job.partition)
+        if part is None:
+            return False
+        per_node = max(1, job.cpus // job.node_count)
+        free = [
+            n
+            for n in (self.nodes[x] for x in part.nodes)
+            if n.usable and NODE_CPUS - n.alloc_cpus >= per_node
+        ]
+        if len(free) < job.node_count:
+            return False
+        chosen = self.rng.sample(free, k=job.node_count)
+        for n in chosen:
+            n.alloc_cpus += per_node
+            n.alloc_memory += per_node * 512
+            n.cpu_load = min(NODE_CPUS * 100, n.alloc_cpus * 100)
+            n.version += 1
+        job.nodes = sorted(n.name for n in chosen)
+        return True
+
+    def _release(self, job: Job) -> None:
+        per_node = max(1, job.cpus // max(1, job.node_count))
+        for name in job.nodes:
+            n = self.nodes.get(name)
+            if n is None:
+                continue
+            n.alloc_cpus = max(0, n.alloc_cpus - per_node)
+            n.alloc_memory = max(0, n.alloc_memory - per_node * 512)
+            n.cpu_load = n.alloc_cpus * 100
+            n.version += 1
+
+    def _try_start(self, job: Job) -> bool:
+        if not self._allocate(job):
+            job.reason = "Resources"
+            job.version += 1
+            self._schedule(job, "start", self.rng.uniform(30, 300))
+            return True
+        now = self.now()
+        job.state = "RUNNING"
+        job.reason = "None"
+        job.start_time = now
+        job.end_time = now + job.time_limit * 60
+        job.version += 1
+        self.jobs_started += 1
+        self._schedule(job, "end", job.run_seconds)
+        return True
+
+    def _finish(self, job: Job, state: str) -> None:
+        now = self.now()
+        was_running = job.state == "RUNNING"
+        if was_running:
+            self._release(job)
+        elif state == "CANCELLED":
+            job.nodes = []
+        job.state = state
+        job.reason = "None"
+        job.end_time = now
+        if not was_running:
+            job.start_time = job.start_time or 0
+        job.exit_code = 0 if state == "COMPLETED" else 1 if state == "FAILED" else 0
+        job.version += 1
+        if state == "CANCELLED":
+            self.jobs_canceled += 1
+        elif state == "FAILED":
+            self.jobs_failed += 1
+        else:
+            self.jobs_completed += 1
+
+    def _replace_finished(self) -> None:
+        """Keep the population steady: a new job arrives, the oldest finished is purged."""
+        job = self._new_job(self.now(), self._pick_user(), "PENDING")
+        job.reason = "Priority"
+        self.jobs_submitted += 1
+        self._schedule(job, "start", self.rng.uniform(5, 120))
+        if len(self.jobs) > self.config.jobs:
+            done = [j for j in self.jobs.values() if j.finished]
+            if done:
+                oldest = min(done, key=lambda j: j.end_time)
+                del self.jobs[oldest.job_id]
+        if len(self.history) > 2 * max(1, self.config.jobs):
+            del self.history[next(iter(self.history))]
+
+    # ------------------------------------------------------------- queries
+    def visible_jobs(self, viewer: str | None) -> list[Job]:
+        """Jobs a user may see: all, or with PrivateData=jobs only their own."""
+        if viewer is None:
+            return list(self.jobs.values())
+        return [j for j in self.jobs.values() if j.user == viewer]
+
+    def viewer_for(self, user: str) -> str | None:
+        """The visibility key for a user: ``None`` means "sees everything"."""
+        if not self.config.private_data or self.is_admin(user):
+            return None
+        return user
+
+    def is_admin(self, user: str) -> bool:
+        u = self.users.get(user)
+        return user == "root" or (u is not None and u.admin_level == "Administrator")
+
+    def find_jobs(self, job_id: int, task: int | None = None) -> list[Job]:
+        """``job_id`` alone matches a job or every task of an array; with ``task``, one task."""
+        found = [
+            j
+            for j in self.jobs.values()
+            if (j.job_id == job_id and task is None)
+            or (j.array_job_id == job_id and (task is None or j.array_task_id == task))
+        ]
+        return found
+
+    def uid_of(self, user: str) -> int:
+        u = self.users.get(user)
+        return u.uid if u else 65534
+
+    def account_of(self, user: str) -> str:
+        u = self.users.get(user)
+        return u.default_account if u else "root"
+
+    def licenses_in_use(self) -> dict[str, int]:
+        used = dict.fromkeys(LICENSES, 0)
+        for j in self.jobs.values():
+            if j.state == "RUNNING" and j.licenses:
+                name, _, count = j.licenses.partition(":")
+                if name in used:
+                    used[name] += int(count or 1)
+        return used
+
+    # ------------------------------------------------------------ mutations
+    def submit(
+        self,
+        user: str,
+        *,
+        name: str,
+        partition: str | None,
+        cpus: int,
+        node_count: int,
+        time_limit: int | None,
+        cwd: str,
+        script: str,
+        account: str | None = None,
+        qos: str | None = None,
+    ) -> Job:
+        if partition is not None and partition not in self.partitions:
+            raise SimError(*INVALID_PARTITION)
+        u = self.users.get(user) or User(user, self.uid_of(user), self.account_of(user))
+        job = self._new_job(self.now(), u, "PENDING", partition=partition or self.default_partition)
+        job.name = name or "wrap"
+        job.cpus = max(1, cpus)
+        job.node_count = max(1, node_count)
+        if time_limit:
+            job.time_limit = time_limit
+        job.cwd = cwd or "/"
+        job.std_out = f"{job.cwd.rstrip('/')}/slurm-%j.out"
+        job.script = script
+        job.account = account or job.account
+        job.qos = qos or "normal"
+        job.licenses = ""
+        job.reason = "None"
+        self.jobs_submitted += 1
+        self._schedule(job, "start", self.rng.uniform(1, 10))
+        self.touch("jobs", "db")
+        return job
+
+    @property
+    def default_partition(self) -> str:
+        return next(p.name for p in self.partitions.values() if p.default)
+
+    def _owned(self, job: Job, actor: str) -> None:
+        if job.user != actor and not self.is_admin(actor):
+            raise SimError(*ACCESS_DENIED)
+
+    def cancel(self, job_id: int, actor: str, task: int | None = None) -> list[Job]:
+        jobs = self.find_jobs(job_id, task)
+        if not jobs:
+            raise SimError(*INVALID_JOB_ID, description=f"Unable to find JobId={job_id}")
+        for j in jobs:
+            self._owned(j, actor)
+        for j in jobs:
+            if not j.finished:
+                self._finish(j, "CANCELLED")
+        self.touch("jobs", "nodes", "licenses", "db")
+        return jobs
+
+    def cancel_many(
+        self, actor: str, *, job_ids: list[int] | None = None, user: str | None = None
+    ) -> list[Job]:
+        """``DELETE /jobs``: signal every matching job the actor may signal."""
+        hit = []
+        for j in list(self.jobs.values()):
+            if job_ids is not None and j.job_id not in job_ids and j.array_job_id not in job_ids:
+                continue
+            if user is not None and j.user != user:
+                continue
+            if j.user != actor and not self.is_admin(actor):
+                continue
+            if not j.finished:
+                self._finish(j, "CANCELLED")
+                hit.append(j)
+        if hit:
+            self.touch("jobs", "nodes", "licenses", "db")
+        return hit
+
+    def update_job(self, job_id: int, actor: str, changes: dict[str, object]) -> Job:
+        jobs = self.find_jobs(job_id)
+        if not jobs:
+            raise SimError(*INVALID_JOB_ID, description=f"Unable to find JobId={job_id}")
+        job = jobs[0]
+        self._owned(job, actor)
+        for key in ("name", "comment"):
+            if isinstance(changes.get(key), str):
+                setattr(job, key, changes[key])
+        tl = changes.get("time_limit")
+        if isinstance(tl, dict):
+            tl = tl.get("number")
+        if isinstance(tl, int) and tl > 0:
+            job.time_limit = tl
+            if job.start_time:
+                job.end_time = job.start_time + tl * 60
+        prio = changes.get("priority")
+        if isinstance(prio, dict):
+            prio = prio.get("number")
+        if isinstance(prio, int):
+            if not self.is_admin(actor):
+                raise SimError(*ACCESS_DENIED)
+            job.priority = prio
+        part = changes.get("partition")
+        if isinstance(part, str) and part:
+            if part not in self.partitions:
+                raise SimError(*INVALID_PARTITION)
+            job.partition = part
+        job.version += 1
+        self.touch("jobs", "db")
+        return job
+
+    def update_node(self, name: str, actor: str, state: str | None, reason: str | None) -> Node:
+        node = self.nodes.get(name)
+        if node is None:
+            raise SimError(*INVALID_NODE)
+        if not self.is_admin(actor):
+            raise SimError(*ACCESS_DENIED)
+        if state:
+            s = state.upper()
+            if s in ("DRAIN", "DOWN"):
+                node.admin_state = s
+                node.reason = reason or "simulated"
+                node.reason_time = self.now()
+                node.reason_user = actor
+            elif s in ("RESUME", "IDLE", "UNDRAIN"):
+                node.admin_state = ""
+                node.reason = ""
+                node.reason_time = 0
+                node.reason_user = ""
+        elif reason is not None:
+            node.reason = reason
+        node.version += 1
+        self.touch("nodes", "partitions")
+        return node
+
+    def create_reservation(self, actor: str, res: Reservation) -> Reservation:
+        if not self.is_admin(actor):
+            raise SimError(*ACCESS_DENIED)
+        self.reservations[res.name] = res
+        self.touch("reservations", "nodes")
+        return res
+
+    def delete_reservation(self, actor: str, name: str) -> None:
+        if not self.is_admin(actor):
+            raise SimError(*ACCESS_DENIED)
+        if name not in self.reservations:
+            raise SimError(2050, "Requested reservation is invalid")
+        del self.reservations[name]
+        self.touch("reservations", "nodes")
+
+    def reconfigure(self, actor: str) -> None:
+        if not self.is_admin(actor):
+            raise SimError(*ACCESS_DENIED)
+        self.touch("jobs", "nodes", "partitions", "reservations", "licenses")
+
+    # --------------------------------------------------------- accounting
+    def _admin_only(self, actor: str) -> None:
+        if not self.is_admin(actor):
+            raise SimError(*ACCESS_DENIED)
+
+    def add_accounts(self, actor: str, accounts: list[Account]) -> None:
+        self._admin_only(actor)
+        for a in accounts:
+            if a.name not in self.accounts:
+                self.accounts[a.name] = a
+                self._add_assoc(a.name, "", parent=a.parent or "root")
+        self.touch("db")
+
+    def add_users(self, actor: str, users: list[User]) -> None:
+        self._admin_only(actor)
+        for u in users:
+            if u.name not in self.users:
+                self.users[u.name] = u
+                if u.default_account in self.accounts:
+                    self._add_assoc(u.default_account, u.name)
+        self.touch("db")
+
+    def add_associations(self, actor: str, pairs: list[tuple[str, str, str]]) -> None:
+        self._admin_only(actor)
+        for account, user, partition in pairs:
+            if account not in self.accounts:
+                raise SimError(3000, "Unknown account", f"Account {account} does not exist")
+            if not any(
+                a.account == account and a.user == user and a.partition == partition
+                for a in self.associations
+            ):
+                self._add_assoc(account, user).partition = partition
+        self.touch("db")
+
+    def add_qos(self, actor: str, items: list[Qos]) -> None:
+        self._admin_only(actor)
+        for q in items:
+            if q.name not in self.qos:
+                q.id = max((x.id for x in self.qos.values()), default=0) + 1
+                self.qos[q.name] = q
+        self.touch("db")
+
+    def delete_account(self, actor: str, name: str) -> list[str]:
+        self._admin_only(actor)
+        if name not in self.accounts or name == "root":
+            return []
+        del self.accounts[name]
+        self.associations = [a for a in self.associations if a.account != name]
+        self.touch("db")
+        return [name]
+
+    def delete_user(self, actor: str, name: str) -> list[str]:
+        self._admin_only(actor)
+        if name not in self.users or name == "root":
+            return []
+        del self.users[name]
+        self.associations = [a for a in self.associations if a.user != name]
+        self.touch("db")
+        return [name]
+
+    def advance_clock_hint(self) -> float | None:
+        """Seconds until the next job event (for tests and ``/_sim/advance``)."""
+        if not self._events:
+            return None
+        return max(0.0, self._events[0][0] - self.clock())

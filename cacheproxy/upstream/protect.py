@@ -1,0 +1,271 @@
+"""A Transport wrapper that protects slurmrestd (and slurmctld behind it).
+
+slurmrestd serves requests with a small thread pool (16 by default) and every
+request that reaches slurmctld takes its locks.  A cache in front of it must
+not turn a burst of misses, or a struggling controller, into a pile-up:
+
+* **Concurrency limit with a bounded queue.**  At most ``max_concurrent``
+  requests are in flight upstream (from sending to the end of the body).
+  Up to ``max_queue`` more wait, each at most ``queue_timeout`` seconds;
+  anything beyond is refused at once with :class:`UpstreamBusy` (503 +
+  ``Retry-After``) instead of queueing without bound.
+* **Circuit breaker.**  After ``breaker_failures`` consecutive failures
+  (connect errors, timeouts, broken exchanges, 502/503/504 answers) calls fail
+  fast with :class:`UpstreamUnavailable` for ``breaker_cooldown`` seconds, so
+  clients get an answer (or a stale entry) at once instead of after a timeout
+  and the controller gets room to recover.  Then one request is let through as
+  a *probe*: only its success closes the circuit; its failure re-opens it with
+  a doubled cool-down (bounded).
+
+It wraps any :class:`~cacheproxy.upstream.base.Transport` and is one itself,
+so the proxy does not know it is there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+from cacheproxy.upstream.base import (
+    Headers,
+    Transport,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamRequest,
+    UpstreamResponse,
+    UpstreamUnavailable,
+)
+
+if TYPE_CHECKING:
+    from cacheproxy.settings import Settings
+    from cacheproxy.stats import Stats
+
+log = logging.getLogger("cacheproxy.upstream.protect")
+
+DEFAULT_MAX_CONCURRENT = 16
+"""slurmrestd's default thread count: more in flight would only queue there."""
+FAILURE_STATUSES = frozenset({502, 503, 504})
+"""Answers that mean slurmrestd (or slurmctld/slurmdbd behind it) is failing."""
+_MAX_COOLDOWN = 60.0
+
+
+class Limiter:
+    """A counting semaphore with a bounded FIFO queue and a wait deadline."""
+
+    def __init__(self, limit: int, max_queue: int, timeout: float) -> None:
+        self.limit = limit
+        self.max_queue = max_queue
+        self.timeout = timeout
+        self._free = limit
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def in_use(self) -> int:
+        return self.limit - self._free
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in line if needed; :class:`UpstreamBusy` when
+        the line is full or the wait exceeds the deadline."""
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        if len(self._waiters) >= self.max_queue or self.timeout <= 0:
+            raise UpstreamBusy("too many requests in flight to slurmrestd")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await fut
+        except BaseException as exc:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the slot arrived as we gave up: pass it on
+            else:
+                fut.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            if isinstance(exc, TimeoutError):
+                raise UpstreamBusy("timed out waiting for a slot to slurmrestd") from None
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # the slot goes straight to the next in line
+                return
+        self._free = min(self._free + 1, self.limit)
+
+
+class Breaker:
+    """Closed -> open (fail fast) -> one probe -> closed, or open for longer."""
+
+    def __init__(
+        self,
+        threshold: int,
+        cooldown: float,
+        *,
+        max_cooldown: float = _MAX_COOLDOWN,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.threshold = threshold
+        self.base_cooldown = cooldown
+        self.max_cooldown = max(max_cooldown, cooldown)
+        self._now = monotonic
+        self.consecutive = 0
+        self.is_open = False
+        self._until = 0.0
+        self._cooldown = cooldown
+        self._probing = False
+        self.opened = 0
+        """How many times the circuit opened."""
+        self.rejected = 0
+        """Calls refused without trying."""
+
+    def admit(self) -> bool:
+        """May a call go upstream?  True when it is the probe; raises
+        :class:`UpstreamUnavailable` when the call must fail fast."""
+        if not self.is_open:
+            return False
+        now = self._now()
+        if not self._probing and now >= self._until:
+            self._probing = True
+            return True
+        self.rejected += 1
+        wait = max(self._until - now, 0.0) if not self._probing else self._cooldown
+        raise UpstreamUnavailable(retry_after=float(max(1, math.ceil(wait))))
+
+    def success(self, probe: bool) -> None:
+        self.consecutive = 0
+        if probe and self.is_open:
+            self.is_open = False
+            self._probing = False
+            self._cooldown = self.base_cooldown
+            log.warning("slurmrestd answers again: circuit closed")
+
+    def failure(self, probe: bool) -> None:
+        if probe and self.is_open:
+            self._probing = False
+            self._cooldown = min(self._cooldown * 2, self.max_cooldown)
+            self._until = self._now() + self._cooldown
+            return
+        if self.is_open or self.threshold <= 0:
+            return  # calls admitted before the circuit opened: already counted
+        self.consecutive += 1
+        if self.consecutive >= self.threshold:
+            self.is_open = True
+            self.opened += 1
+            self._until = self._now() + self._cooldown
+            log.warning(
+                "slurmrestd failed %d times in a row: failing fast for %.1f s",
+                self.consecutive,
+                self._cooldown,
+            )
+
+    def abandon(self, probe: bool) -> None:
+        """The call ended without a verdict (cancelled): let another probe."""
+        if probe:
+            self._probing = False
+
+
+class _Guarded:
+    """The inner response; its body feeds the breaker and its close frees the slot."""
+
+    def __init__(self, inner: UpstreamResponse, owner: ProtectedTransport, probe: bool) -> None:
+        self._inner = inner
+        self._owner = owner
+        self._probe = probe
+        self._released = False
+        self.status: int = inner.status
+        self.headers: Headers = inner.headers
+
+    async def aiter_body(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._inner.aiter_body():
+                yield chunk
+        except UpstreamError:
+            self._owner.breaker.failure(self._probe)
+            raise
+
+    async def aclose(self) -> None:
+        if not self._released:
+            self._released = True
+            self._owner.limiter.release()
+        await self._inner.aclose()
+
+
+class ProtectedTransport:
+    """A :class:`Transport` that limits concurrency and fails fast when the
+    upstream is failing.  See the module docstring for why."""
+
+    def __init__(
+        self,
+        inner: Transport,
+        *,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        max_queue: int = 128,
+        queue_timeout: float = 10.0,
+        breaker_failures: int = 5,
+        breaker_cooldown: float = 5.0,
+        stats: Stats | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inner = inner
+        self.limiter = Limiter(max_concurrent, max_queue, queue_timeout)
+        self.breaker = Breaker(breaker_failures, breaker_cooldown, monotonic=monotonic)
+        self.stats = stats
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        try:
+            probe = self.breaker.admit()
+        except UpstreamUnavailable:
+            if self.stats is not None:
+                self.stats.breaker_rejected += 1
+            raise
+        try:
+            await self.limiter.acquire()
+        except BaseException as exc:
+            self.breaker.abandon(probe)
+            if isinstance(exc, UpstreamBusy) and self.stats is not None:
+                self.stats.upstream_busy += 1
+            raise
+        try:
+            resp = await self.inner.send(request)
+        except UpstreamError:
+            self.limiter.release()
+            self.breaker.failure(probe)
+            raise
+        except BaseException:
+            self.limiter.release()
+            self.breaker.abandon(probe)
+            raise
+        if resp.status in FAILURE_STATUSES:
+            self.breaker.failure(probe)
+        else:
+            self.breaker.success(probe)
+        return _Guarded(resp, self, probe)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def from_settings(inner: Transport, s: Settings, stats: Stats | None = None) -> ProtectedTransport:
+    """``inner`` behind the protection the settings ask for."""
+    return ProtectedTransport(
+        inner,
+        max_concurrent=s.upstream_concurrency,
+        max_queue=s.upstream_queue,
+        queue_timeout=s.upstream_queue_timeout,
+        breaker_failures=s.breaker_failures,
+        breaker_cooldown=s.breaker_cooldown,
+        stats=stats,
+    )

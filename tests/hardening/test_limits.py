@@ -1,0 +1,134 @@
+"""Request limits on the real listener: URL and head size (414/431), body
+size (413), slow clients (408, keep-alive), open connections (503)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from cacheproxy import errors
+from tests.core.fake_slurmrestd import FakeSlurmrestd
+from tests.hardening.conftest import FIGURES, stack_settings
+from tests.hardening.rawhttp import exchange, request
+from tests.hardening.servers import Proxy, hardened_proxy
+
+LIMITS = {
+    "max_url_bytes": 1024,
+    "max_header_bytes": 4096,
+    "max_body_bytes": 2000,
+    "header_timeout": 0.5,
+    "keep_alive_timeout": 1,
+}
+
+
+@pytest.fixture
+async def proxy(fake_upstream: tuple[FakeSlurmrestd, int]) -> AsyncIterator[Proxy]:
+    _, port = fake_upstream
+    async with hardened_proxy(stack_settings(f"http://127.0.0.1:{port}", **LIMITS)) as p:
+        yield p
+
+
+def count() -> None:
+    FIGURES["oversized or slow requests tried"] += 1
+
+
+async def test_url_too_long_is_414(proxy: Proxy, fake_upstream: tuple[FakeSlurmrestd, int]) -> None:
+    r = await exchange(proxy.port, request(target="/slurm/v0.0.43/jobs?x=" + "a" * 2000))
+    assert r.status == 414
+    assert r.error() == errors.URL_TOO_LONG.error
+    assert r.closed
+    assert fake_upstream[0].total() == 0
+    count()
+
+
+@pytest.mark.parametrize("shape", ["few-large", "many-small", "one-huge"])
+async def test_head_too_large_is_431(proxy: Proxy, shape: str) -> None:
+    headers = {
+        "few-large": [(f"X-Big-{i}", "v" * 1000) for i in range(6)],
+        "many-small": [(f"X-{i}", "1") for i in range(2000)],
+        "one-huge": [("X-Huge", "h" * 1_000_000)],
+    }[shape]
+    r = await exchange(proxy.port, request(headers=headers))
+    assert r.status == 431
+    assert r.error() == errors.HEAD_TOO_LARGE.error
+    assert r.closed
+    count()
+
+
+async def test_big_but_allowed_head_works(proxy: Proxy) -> None:
+    r = await exchange(proxy.port, request(headers=[("X-Pad", "p" * 3000)]), until_closed=False)
+    assert r.status == 200
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_body_too_large_is_413(
+    proxy: Proxy, fake_upstream: tuple[FakeSlurmrestd, int], framing: str
+) -> None:
+    body = b"x" * 5000
+    if framing == "chunked":
+        hdrs = [("Transfer-Encoding", "chunked")]
+        payload = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    else:
+        hdrs = [("Content-Length", str(len(body)))]
+        payload = body
+    raw = request("POST", "/slurm/v0.0.43/job/submit", hdrs, payload)
+    r = await exchange(proxy.port, raw, until_closed=False)
+    assert r.status == 413
+    assert fake_upstream[0].total("POST") == 0
+    count()
+
+
+async def test_slow_head_gets_408(proxy: Proxy) -> None:
+    r = await exchange(proxy.port, b"GET /slurm/v0.0.43/ping HTTP/1.1\r\nHost: x\r\n", wait=5)
+    assert r.status == 408
+    assert r.closed
+    assert r.seconds < 4
+    count()
+
+
+async def test_slowloris_trickle_gets_408(proxy: Proxy) -> None:
+    head = request()
+    pieces = [(head[i : i + 1], 0.05) for i in range(len(head))]  # about 7 s if allowed
+    r = await exchange(proxy.port, pieces, wait=5)
+    assert r.closed
+    assert r.status == 408
+    assert r.seconds < 5
+    count()
+
+
+async def test_silent_connection_is_closed(proxy: Proxy) -> None:
+    r = await exchange(proxy.port, b"", wait=5)
+    assert r.closed
+    assert r.data == b""
+    assert r.seconds < 4
+    count()
+
+
+async def test_idle_keep_alive_is_closed(proxy: Proxy) -> None:
+    r = await exchange(proxy.port, request(), wait=5)
+    assert r.status == 200
+    assert r.closed
+    assert r.seconds < 4
+
+
+async def test_pipelined_requests_survive_the_head_timer(proxy: Proxy) -> None:
+    r = await exchange(proxy.port, request() * 3, wait=2)
+    assert [s for s, _, _ in r.responses] == [200, 200, 200]
+
+
+async def test_too_many_connections_is_503(fake_upstream: tuple[FakeSlurmrestd, int]) -> None:
+    _, port = fake_upstream
+    settings = stack_settings(f"http://127.0.0.1:{port}", max_connections=3, header_timeout=10)
+    async with hardened_proxy(settings) as p:
+        idle = [await asyncio.open_connection("127.0.0.1", p.port) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        r = await exchange(p.port, request(), until_closed=False)
+        assert r.status == 503
+        for _, w in idle:
+            w.close()
+        await asyncio.sleep(0.05)
+        r = await exchange(p.port, request(), until_closed=False)
+        assert r.status == 200
+    count()

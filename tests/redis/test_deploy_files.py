@@ -1,0 +1,115 @@
+"""The deployment files are checked by running them, not by reading them:
+the load balancer configurations front real replicas, the Docker health
+check command probes a real replica, the environment example loads."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import shlex
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cacheproxy import settings
+from tests.redis.conftest import REPO, ROOT, Site
+from tests.store.servers import Nginx, ensure_binary
+
+pytestmark = [pytest.mark.redis, pytest.mark.haproxy]
+
+V = "v0.0.43"
+
+
+def test_shipped_haproxy_config_is_valid() -> None:
+    haproxy = ensure_binary("haproxy", "haproxy")
+    out = subprocess.run(
+        [haproxy, "-c", "-f", str(REPO / "config" / "haproxy.cfg")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_shipped_nginx_config_balances_real_replicas(
+    site: Callable[..., Site], tmp_path: Path
+) -> None:
+    s = site(redis_timeout=0.5)  # counts upstream requests exactly: see site()
+    nginx = Nginx(tmp_path / "nginx", [p.port for p in s.replicas]).start()
+    try:
+        async with httpx.AsyncClient(base_url=nginx.url, headers=ROOT, timeout=30) as c:
+            answers = [await c.get(f"/slurm/{V}/partitions") for _ in range(30)]
+            health = await c.get("/_cacheproxy/health")
+    finally:
+        nginx.stop()
+    assert [r.status_code for r in answers] == [200] * 30
+    assert health.status_code == 200
+    outcomes = Counter(r.headers["cache-status"].split(";")[1].strip() for r in answers)
+    # one replica fetched, the other two found it in Redis: one upstream request
+    assert outcomes["hit"] == 29, outcomes
+    assert s.upstream_route("GET /slurm/{v}/partitions") == 1
+
+
+def test_docker_healthcheck_command_probes_a_replica(site: Callable[..., Site]) -> None:
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim", text, re.M)
+    assert re.search(r"^RUN pip install \. ", text, re.M), "the README's install step"
+    user = re.findall(r"^USER (\S+)", text, re.M)
+    assert user, "runs as root"
+    assert user[-1] not in ("root", "0")
+    # HEALTHCHECK <options> \ (newline) CMD ["python", "-c", "<code>"]
+    match = re.search(r"^HEALTHCHECK [^\n]*\\\n\s*CMD (\[.*\])$", text, re.M)
+    assert match is not None
+    argv = json.loads(match.group(1))
+    assert argv[:2] == ["python", "-c"]
+    code = argv[2]
+    assert "/_cacheproxy/health" in code
+    s = site(replicas=1)
+    env = {"CACHEPROXY_PORT": str(s.replicas[0].port), "PATH": "/usr/bin:/bin"}
+    ok = subprocess.run([sys.executable, "-c", code], env=env, check=False, timeout=30)
+    assert ok.returncode == 0
+    s.replicas[0].stop()
+    down = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, check=False, timeout=30
+    )
+    assert down.returncode != 0
+
+
+def _env_example() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in (REPO / "config" / "cacheproxy.env.example").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key] = value
+    return env
+
+
+def test_env_example_names_only_real_options_and_loads() -> None:
+    env = _env_example()
+    known = {f"CACHEPROXY_{f.upper()}" for f in settings.Settings.__dataclass_fields__}
+    assert set(env) <= known, set(env) - known
+    loaded = settings.load(env=env)
+    assert loaded.redis_url.startswith("redis://")
+    assert loaded.workers >= 1
+
+
+def test_systemd_unit_runs_unprivileged_with_the_env_file() -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(REPO / "config" / "cacheproxy.service")
+    service = unit["Service"]
+    assert service["User"] not in ("root", "0")
+    assert service["EnvironmentFile"].lstrip("-") == "/etc/cacheproxy/cacheproxy.env"
+    assert shlex.split(service["ExecStart"])[-1] == "serve"
+    assert service["NoNewPrivileges"] == "yes"
+    # Redis is optional at run time: ordered after it, never bound to it.
+    assert "redis" not in unit["Unit"].get("Requires", "")
+    assert "redis" not in unit["Unit"].get("BindsTo", "")
+    assert unit["Install"]["WantedBy"] == "multi-user.target"

@@ -1,0 +1,93 @@
+"""Authentication behaves like slurmrestd's rest_auth/jwt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cacheproxy.simulator.config import load_users_file
+from tests.simulator.conftest import ROOT, auth, started
+
+
+@pytest.mark.parametrize("version", ["v0.0.38", "v0.0.43", "v0.0.44"])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"X-SLURM-USER-NAME": "root"}, {"X-SLURM-USER-TOKEN": "sim-token-root"}],
+)
+def test_missing_name_or_token_is_401_text(
+    client: httpx.Client, version: str, headers: dict[str, str]
+) -> None:
+    r = client.get(f"/slurm/{version}/jobs", headers=headers)
+    assert r.status_code == 401
+    assert r.headers["content-type"] == "text/plain"
+    assert r.text == "Authentication failure"
+    assert r.headers["connection"].lower() == "close"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-SLURM-USER-NAME": "root", "X-SLURM-USER-TOKEN": "garbage"},
+        {"X-SLURM-USER-NAME": "user002", "X-SLURM-USER-TOKEN": "sim-token-user001"},
+    ],
+)
+def test_rejected_token_is_500_json_on_2205(client: httpx.Client, headers: dict[str, str]) -> None:
+    r = client.get("/slurm/v0.0.38/jobs", headers=headers)
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["connection"].lower() == "close"
+    body = r.json()
+    assert body["errors"][0]["error_number"] == -1
+    assert body["errors"][0]["error"] == "Unspecified error"
+    assert body["errors"][0]["source"] == "slurm_load_jobs"
+    assert body["jobs"] == []
+
+
+def test_rejected_token_is_511_json_on_25x(client: httpx.Client) -> None:
+    r = client.get(
+        "/slurm/v0.0.43/jobs", headers={"X-SLURM-USER-NAME": "root", "X-SLURM-USER-TOKEN": "nope"}
+    )
+    assert r.status_code == 511
+    assert r.headers["connection"].lower() == "close"
+    body = r.json()
+    assert body["errors"][0]["error_number"] == 1007
+    assert body["jobs"] == []
+
+
+def test_valid_token_is_200_without_extra_headers(client: httpx.Client) -> None:
+    r = client.get("/slurm/v0.0.38/ping", headers=auth("user001"))
+    assert r.status_code == 200
+    assert set(r.headers) == {"content-type", "content-length"}
+    assert r.headers["content-type"] == "application/json"
+
+
+def test_bearer_works_on_25x_only(client: httpx.Client) -> None:
+    bearer = {"Authorization": "Bearer sim-token-user007"}
+    r = client.get("/slurm/v0.0.44/ping", headers=bearer)
+    assert r.status_code == 200
+    assert r.json()["meta"]["client"]["user"] == "user007"
+    assert client.get("/slurm/v0.0.38/ping", headers=bearer).status_code == 401
+    r = client.get("/slurm/v0.0.43/ping", headers={"Authorization": "Bearer unknown"})
+    assert r.status_code == 511
+
+
+def test_root_token_acts_as_named_user(client: httpx.Client) -> None:
+    headers = {"X-SLURM-USER-NAME": "user042", "X-SLURM-USER-TOKEN": ROOT["X-SLURM-USER-TOKEN"]}
+    r = client.get("/slurm/v0.0.43/ping", headers=headers)
+    assert r.status_code == 200
+    assert r.json()["meta"]["client"]["user"] == "user042"
+
+
+def test_users_file(tmp_path: Path) -> None:
+    users = tmp_path / "users.json"
+    users.write_text('{"alice": "tok-a", "bob": "tok-b"}')
+    with started(users=load_users_file(users)) as running, running.client() as c:
+        alice = {"X-SLURM-USER-NAME": "alice", "X-SLURM-USER-TOKEN": "tok-a"}
+        assert c.get("/slurm/v0.0.38/ping", headers=alice).status_code == 200
+        wrong = {"X-SLURM-USER-NAME": "alice", "X-SLURM-USER-TOKEN": "tok-b"}
+        assert c.get("/slurm/v0.0.38/ping", headers=wrong).status_code == 500
+        assert c.get("/slurm/v0.0.38/ping", headers=auth("user001")).status_code == 500
+        # root is always there, with the default token unless the file says otherwise
+        assert c.get("/slurm/v0.0.38/ping", headers=ROOT).status_code == 200
