@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from cacheproxy import usertag
 from cacheproxy.upstream.base import Headers
 
 USER_NAME = b"x-slurm-user-name"
@@ -66,6 +67,11 @@ class IdentityResolver:
         self._key = hashlib.blake2b(hmac_key, person=b"cacheproxy-key").digest()
         # credential hash -> Identity; keyed by the hash, never by the token.
         self._known: dict[bytes, Identity] = {}
+
+    def user_tag(self, name: str) -> str:
+        """The tag of every entry cached for user ``name``, keyed like
+        credentials so replicas agree (:mod:`cacheproxy.usertag`)."""
+        return usertag.user_tag(self._key, name)
 
     def resolve(self, headers: Headers) -> Identity | None:
         """The request's identity; None when it carries no usable credential

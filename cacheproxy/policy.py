@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+import orjson
+
 from cacheproxy.identity import Identity
 from cacheproxy.request import ProxyRequest
 from cacheproxy.upstream.base import Headers
@@ -25,6 +27,7 @@ _JSON_ERRORS_KEY = re.compile(rb'"errors"\s*:\s*')
 _JSON_EMPTY_LIST = re.compile(rb"\[\s*\]")
 _YAML_EMPTY_ERRORS = re.compile(rb"^errors:\s*\[\s*\]\s*$", re.MULTILINE)
 _YAML_ANY_ERRORS = re.compile(rb"^errors:", re.MULTILINE)
+_AUTH_IN_ERRORS = re.compile(rb'[Aa]uthentication error|"error_number"\s*:\s*1007\b')
 _AUTH_500 = re.compile(rb'"error_number"\s*:\s*-1\b|[Aa]uthentication failure|Unspecified error')
 
 
@@ -51,6 +54,29 @@ def errors_empty(body: bytes, content_type: bytes | None) -> bool:
     return False
 
 
+BENIGN_ERRORS = frozenset({9003})
+"""slurmdbd's "Nothing found with query": every empty slurmdb list carries it
+(and /slurmdb/config on a cluster without wckeys).  It reports no failure."""
+
+
+def errors_benign(body: bytes, content_type: bytes | None) -> bool:
+    """True when the body reports no failure: ``errors`` empty, or holding only
+    :data:`BENIGN_ERRORS` (then the body is parsed: a rare, small case)."""
+    if errors_empty(body, content_type):
+        return True
+    ct = (content_type or b"").split(b";", 1)[0].strip().lower()
+    if ct != b"application/json":
+        return False
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    errs = doc.get("errors") if isinstance(doc, dict) else None
+    return isinstance(errs, list) and all(
+        isinstance(e, dict) and e.get("error_number") in BENIGN_ERRORS for e in errs
+    )
+
+
 def request_storable(request: ProxyRequest) -> bool:
     """``update_time`` answers are deltas (or bare 304s), never the full list."""
     return not request.has_query("update_time")
@@ -64,14 +90,27 @@ def response_storable(status: int, headers: Headers, body: bytes, max_entry_byte
         return False
     if header_value(headers, b"set-cookie") is not None:
         return False
-    return errors_empty(body, header_value(headers, b"content-type"))
+    return errors_benign(body, header_value(headers, b"content-type"))
 
 
 def credential_refused(status: int, body: bytes) -> bool:
-    """Did slurmrestd refuse the credential (so any acceptance is revoked)?"""
+    """Did slurmrestd refuse the credential (so any acceptance is revoked)?
+
+    slurmdbd calls in 22.05 answer a bad token with a 200 whose ``errors``
+    holds "Protocol authentication error" (1007): that counts too.
+    """
     if status in AUTH_REFUSED:
         return True
-    return status == 500 and _AUTH_500.search(body[:4096]) is not None
+    if status == 500:
+        return _AUTH_500.search(body[:4096]) is not None
+    return 200 <= status < 300 and _AUTH_IN_ERRORS.search(body) is not None
+
+
+def credential_accepted(status: int, body: bytes | None, content_type: bytes | None) -> bool:
+    """Did slurmrestd accept the credential?  Only a 2xx whose whole body was
+    seen and reports no failure: slurmdbd says "authentication error" in a 200,
+    and some answers (the OpenAPI documents in 22.05) never check the token."""
+    return 200 <= status < 300 and body is not None and errors_benign(body, content_type)
 
 
 def accepted_until(identity: Identity, now: float, auth_ttl: float) -> float:

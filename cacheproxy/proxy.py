@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, 
 from dataclasses import dataclass
 from typing import Any
 
-from cacheproxy import compress, errors, headers, policy
+from cacheproxy import compress, errors, headers, policy, usertag
 from cacheproxy.coalesce import Coalescer, Flight
 from cacheproxy.identity import Identity, IdentityResolver
 from cacheproxy.keys import cache_key
@@ -64,6 +64,8 @@ clock skew with slurmctld (an earlier update_time only costs a full list)."""
 _NO_CHANGE_MAX = 64 * 1024
 """A 25.x "No job changes" answer is small; larger 200s are full lists."""
 _COMPRESS_INLINE_BELOW = 64 * 1024
+_AUTHORITATIVE_FAMILIES = frozenset({"slurm", "slurmdb"})
+"""Answers under these asked slurmctld or slurmdbd, which checked the token."""
 _STALE_ON_STATUS = frozenset({502, 503, 504})
 """Upstream answers that let a stale entry stand in (``stale_if_error``)."""
 
@@ -124,7 +126,7 @@ class Proxy:
         self._shared = shared_store
         self._store_fault_logged = False
         self._routes: dict[tuple[bytes, bytes], _Route] = {}
-        self._keys: dict[tuple[bytes, bytes, bytes, str], bytes] = {}
+        self._keys: dict[tuple[bytes, bytes, bytes, str], tuple[bytes, Match]] = {}
 
     async def aclose(self) -> None:
         await self.coalescer.aclose()
@@ -170,13 +172,27 @@ class Proxy:
             await self._forward(from_scope(scope), route.match, receive, send, "fwd=request")
             return
         key_id = (raw_path, scope["query_string"], accept, identity.user)
-        key = self._keys.get(key_id)
-        if key is None:
+        memo = self._keys.get(key_id)
+        if memo is None:
             key = cache_key(identity.user, method, route.segments, route.query, accept)
+            memo = (key, self._with_user_tag(route.match, identity.user))
             if len(self._keys) >= _MEMO_MAX:
                 self._keys.clear()
-            self._keys[key_id] = key
-        await self._cached_get(scope, route.match, identity, key, send, accept_encoding)
+            self._keys[key_id] = memo
+        key, match = memo
+        await self._cached_get(scope, match, identity, key, send, accept_encoding)
+
+    def user_tag(self, name: str) -> str:
+        """The tag every entry cached for user ``name`` carries (admin purge by user)."""
+        return self.resolver.user_tag(name)
+
+    def _with_user_tag(self, match: Match, user: str) -> Match:
+        """``match`` with the user's tag added to the entry's tags, so one bump
+        purges a user's entries (keys are digests: nothing can list them)."""
+        name = usertag.user_name(user)
+        if name is None:  # an anonymous credential: no admin can name it
+            return match
+        return dataclasses.replace(match, tags=(*match.tags, self.user_tag(name)))
 
     def _route(self, raw_path: bytes, raw_query: bytes) -> _Route:
         """Parse and match a GET target once; later requests reuse it."""
@@ -405,14 +421,10 @@ class Proxy:
         resp = await self.transport.send(up)
         self.stats.observe_upstream(match.name, time.monotonic() - started)
         try:
-            if 200 <= resp.status < 300:  # trusted before anyone sees the answer
-                await self._judge_credential(identity, resp.status, b"")
             resp_headers = headers.response_headers(resp.headers)
-            head = await self._fill_flight(flight, resp, resp_headers, match, key, sent_at)
+            await self._fill_flight(flight, resp, resp_headers, match, key, sent_at, identity)
         finally:
             await resp.aclose()
-        if not 200 <= resp.status < 300:
-            await self._judge_credential(identity, resp.status, head)
 
     async def _fill_flight(
         self,
@@ -422,9 +434,10 @@ class Proxy:
         match: Match,
         key: bytes,
         sent_at: float,
-    ) -> bytes:
-        """Stream ``resp`` to the flight's consumers, then store it if it may
-        be.  Returns the first bytes of the body (to judge error answers)."""
+        identity: Identity | None = None,
+    ) -> None:
+        """Stream ``resp`` to the flight's consumers, judge ``identity``'s
+        credential by the answer, and store it if it may be."""
         limit = self.config.max_entry_bytes
         status = resp.status
         flight.set_head(status, resp_headers)
@@ -441,8 +454,11 @@ class Proxy:
             if flight.shareable and size > limit:
                 flight.stop_sharing()
         body = flight.body() if flight.shareable else b""
+        if identity is not None:
+            await self._judge_credential(
+                identity, match, status, body if flight.shareable else None, head, resp_headers
+            )
         await self._complete(flight, status, resp_headers, body, match, key, sent_at)
-        return head
 
     async def _complete(
         self,
@@ -524,16 +540,31 @@ class Proxy:
                 return True
         return False
 
-    async def _judge_credential(self, identity: Identity, status: int, body: bytes) -> None:
-        """Trust a credential slurmrestd accepted; forget one it refused."""
+    async def _judge_credential(
+        self,
+        identity: Identity,
+        match: Match,
+        status: int,
+        body: bytes | None,
+        head: bytes,
+        resp_headers: Headers,
+    ) -> None:
+        """Trust a credential slurmrestd accepted; forget one it refused.
+
+        Called before the flight ends, so the next request already knows.
+        Only answers that asked slurmctld or slurmdbd count (never the OpenAPI
+        documents, which 22.05 serves to any token).
+        """
         try:
-            if 200 <= status < 300:
+            if match.family in _AUTHORITATIVE_FAMILIES and policy.credential_accepted(
+                status, body, policy.header_value(resp_headers, b"content-type")
+            ):
                 now = self.clock()
                 until = policy.accepted_until(identity, now, self.config.auth_ttl)
                 if until > now:
                     await self.store.accept(identity.credential, until)
                     self.stats.auth_accepted += 1
-            elif policy.credential_refused(status, body):
+            elif policy.credential_refused(status, body if body is not None else head):
                 self.stats.auth_refused += 1
                 await self.store.revoke(identity.credential)
         except StoreError:
@@ -584,9 +615,6 @@ class Proxy:
             if tags:
                 await self._bump(tags)
             resp_headers = headers.response_headers(resp.headers)
-            identity = self.resolver.resolve(req.headers)
-            if identity is not None and 200 <= resp.status < 300:
-                await self._judge_credential(identity, resp.status, b"")
             resp_headers.append(headers.cache_status(outcome))
             await send(
                 {"type": "http.response.start", "status": resp.status, "headers": resp_headers}

@@ -33,7 +33,7 @@ async def test_200_concurrent_identical_gets_cause_one_upstream_request(
     upstream, url = stack
     limits = httpx.Limits(max_connections=200)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as c:
-        await c.get("/slurm/v0.0.43/ping", headers=auth("alice"))
+        await c.get("/slurm/v0.0.43/nodes", headers=auth("alice"))  # accept the credential
         upstream.gate = asyncio.Event()
         tasks = [asyncio.create_task(c.get(JOBS, headers=auth("alice"))) for _ in range(200)]
         await upstream.entered.wait()

@@ -293,7 +293,7 @@ async def test_health(client: httpx.AsyncClient) -> None:
 async def test_concurrent_identical_gets_coalesce(
     client: httpx.AsyncClient, upstream: FakeSlurmrestd
 ) -> None:
-    await client.get("/slurm/v0.0.43/ping", headers=auth("alice"))  # accept the credential
+    await client.get("/slurm/v0.0.43/nodes", headers=auth("alice"))  # accept the credential
     upstream.gate = asyncio.Event()
     tasks = [asyncio.create_task(client.get(JOBS, headers=auth("alice"))) for _ in range(200)]
     await upstream.entered.wait()
@@ -312,7 +312,7 @@ async def test_fetch_started_before_write_is_not_served_after_it(
 ) -> None:
     """The race: a GET's answer is decided upstream before a submit, and
     reaches the proxy after the submit's response went out."""
-    await client.get("/slurm/v0.0.43/ping", headers=auth("alice"))
+    await client.get("/slurm/v0.0.43/nodes", headers=auth("alice"))  # accept the credential
     gate = upstream.gate = asyncio.Event()
     early = asyncio.create_task(client.get(JOBS, headers=auth("alice")))
     await upstream.entered.wait()
@@ -336,7 +336,7 @@ async def test_fetch_started_before_write_is_not_served_after_it(
 async def test_client_disconnect_does_not_cancel_shared_fetch(
     app: CacheProxyApp, client: httpx.AsyncClient, upstream: FakeSlurmrestd
 ) -> None:
-    await client.get("/slurm/v0.0.43/ping", headers=auth("alice"))
+    await client.get("/slurm/v0.0.43/nodes", headers=auth("alice"))  # accept the credential
     upstream.gate = asyncio.Event()
     first = asyncio.create_task(client.get(JOBS, headers=auth("alice")))
     await upstream.entered.wait()
@@ -354,7 +354,7 @@ async def test_client_disconnect_does_not_cancel_shared_fetch(
 async def test_failed_fetch_fails_all_waiters_and_stores_nothing(
     client: httpx.AsyncClient, upstream: FakeSlurmrestd
 ) -> None:
-    await client.get("/slurm/v0.0.43/ping", headers=auth("alice"))
+    await client.get("/slurm/v0.0.43/nodes", headers=auth("alice"))  # accept the credential
     upstream.fail_next = 1
     upstream.gate = asyncio.Event()
     tasks = [asyncio.create_task(client.get(JOBS, headers=auth("alice"))) for _ in range(20)]
@@ -433,3 +433,46 @@ async def test_clients_own_update_time_never_fills_the_cache(
     assert r.content == b""
     r = await client.get("/slurm/v0.0.38/jobs", headers=auth("root"))
     assert r.headers["cache-status"] == "cacheproxy; fwd=miss; stored"
+
+
+async def test_answers_that_check_no_token_never_accept_it(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd
+) -> None:
+    """22.05 serves /openapi to any token: that must not make the token trusted."""
+    await client.get(JOBS, headers=auth("bob"))  # bob's list is cached
+    forged = auth("bob", "forged")
+    r = await client.get("/openapi/v3", headers=forged)
+    assert r.status_code == 200
+    r = await client.get(JOBS, headers=forged)
+    assert r.status_code == 500
+    assert "hit" not in r.headers["cache-status"]
+
+
+async def test_a_200_with_errors_is_not_acceptance(
+    client: httpx.AsyncClient, upstream: FakeSlurmrestd, app: CacheProxyApp
+) -> None:
+    """slurmdbd answers a bad token with a 200 holding an authentication error."""
+    from cacheproxy.rules import RuleSet
+
+    assert app.proxy is not None
+    app.proxy.rules = RuleSet.from_toml(
+        '[[rule]]\nname="w"\npath="/slurm/{v}/witherrors"\nttl=30\ntags=["w"]\n'
+    )
+    for _ in range(2):
+        r = await client.get("/slurm/v0.0.43/witherrors", headers=auth("alice"))
+        assert r.headers["cache-status"] == "cacheproxy; fwd=miss"
+    assert app.proxy.stats.auth_accepted == 0
+
+
+def test_policy_trusts_only_complete_clean_answers() -> None:
+    from cacheproxy.policy import credential_accepted, credential_refused, errors_benign
+
+    js = b"application/json"
+    assert credential_accepted(200, b'{"errors": [], "jobs": []}', js)
+    assert not credential_accepted(200, None, js)  # body not seen whole
+    auth_err = b'{"errors": [{"error_number": 1007, "error": "Protocol authentication error"}]}'
+    assert not credential_accepted(200, auth_err, js)
+    assert credential_refused(200, auth_err)
+    nothing = b'{"errors": [{"error_number": 9003, "error": "Nothing found with query"}], "x": []}'
+    assert errors_benign(nothing, js)
+    assert credential_accepted(200, nothing, js)
