@@ -73,6 +73,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     }
     common.update(hardening.uvicorn_options(s))  # limits, TLS, our access log
     hardening.configure_access_log(s)
+    multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if multiproc_dir:
+        from cacheproxy.metrics import prepare_multiproc_dir
+
+        prepare_multiproc_dir(multiproc_dir)  # a previous run's files would be merged in
     if s.workers > 1:
         if not s.redis_url:
             logging.getLogger("cacheproxy").warning(
