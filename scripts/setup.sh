@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 DEB_PACKAGES=(
   redis-server haproxy nginx wrk chromium
   slurmctld slurmd slurmrestd slurm-wlm-jwt-plugin munge slurm-client
+  slurmdbd mariadb-server
 )
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -25,8 +26,12 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     # The packages enable their services; the tests start their own on free
     # ports, so stop the packaged ones we just installed from holding ports.
-    for svc in redis-server haproxy nginx slurmctld slurmd slurmrestd munge; do
-      if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
+    for svc in redis-server haproxy nginx slurmctld slurmd slurmrestd slurmdbd munge mariadb; do
+      if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl stop "$svc" >/dev/null 2>&1 || true
+      elif command -v service >/dev/null 2>&1; then
+        service "$svc" stop >/dev/null 2>&1 || true
+      fi
     done
   fi
 else
