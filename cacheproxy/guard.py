@@ -162,6 +162,7 @@ class AuthGuard:
         self._is_accepted = is_accepted
         self.stats = stats if stats is not None else Stats()
         self._now = monotonic
+        self._next_prune = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -209,11 +210,28 @@ class AuthGuard:
                         key[2:],
                         self.cooldown,
                     )
+                if len(self._blocked) >= _MAX_KEYS:
+                    self._prune_blocked(now, force=True)
                 self._blocked[key] = now + self.cooldown
+
+    def _prune_blocked(self, now: float, force: bool = False) -> None:
+        """Forget expired blocks (at most once a second), so the hit path
+        is back to one empty-dict check once an episode is over."""
+        if not force and now < self._next_prune:
+            return
+        self._next_prune = now + 1.0
+        blocked = self._blocked
+        for key in [k for k, until in blocked.items() if until <= now]:
+            del blocked[key]
+        while len(blocked) >= _MAX_KEYS:  # still full: drop the oldest blocks
+            del blocked[next(iter(blocked))]
 
     async def _refuse_blocked(self, scope: Scope, send: Send) -> bool:
         now = self._now()
+        self._prune_blocked(now)
         blocked = self._blocked
+        if not blocked:
+            return False
         key = client_key(scope)
         until = blocked.get(key, 0.0)
         if until <= now:

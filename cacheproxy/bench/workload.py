@@ -22,7 +22,7 @@ occasional submit and cancel:
   Dashboards make about 95% of the requests: the rest is what users' own
   REST tools add, at rates per user of one squeue session per 6 minutes,
   one show-job per 15, one sinfo per 20 and one sacctmgr per 30, plus a
-  site-wide 6 submits and 3 cancels a minute.
+  site-wide 12 submits and 6 cancels a minute.
 * ``squeue``: a user checks their jobs: a short burst of ``/jobs`` reads a
   second or two apart (people re-run squeue while waiting), own credentials.
 * ``showjob``: ``/job/{id}`` on one of their jobs.
@@ -54,7 +54,7 @@ WRITES = frozenset({SUBMIT, CANCEL})
 class WorkloadSpec:
     """Everything that shapes the offered load; defaults are ``cacheproxy bench``'s."""
 
-    users: int = 100
+    users: int = 200
     duration: float = 25.0
     """Seconds of scheduled arrivals per target (in-flight requests then drain)."""
     seed: int = 1
@@ -80,9 +80,9 @@ class WorkloadSpec:
     showjob_period: float = 900.0
     sinfo_period: float = 1200.0
     sacctmgr_period: float = 1800.0
-    submit_rate: float = 0.1
+    submit_rate: float = 0.2
     """Submits per second, all users together (Poisson)."""
-    cancel_rate: float = 0.05
+    cancel_rate: float = 0.1
     """Cancels per second, all users together; each cancels a job this run submitted."""
     writes: bool = True
     """False against a real cluster unless --allow-writes."""

@@ -39,13 +39,17 @@ timeouts repeated without a success in between, open a
 :class:`~cacheproxy.store.circuit.Circuit` so that for ``circuit_seconds``
 calls fail at once and requests go straight upstream, then one call probes.
 redis-py retries only a broken connection, once and at once (every pooled
-connection is dead after a Redis restart); timeouts are never retried.  A bump that fails is kept as
-*pending*: the circuit stays open (nothing is served from Redis by this
-replica) until the probe has written it, and if too many pile up the epoch is
-renewed instead.  What cannot be closed is a bump lost while *another*
-replica still reaches Redis (a partition between this replica and Redis
-only): that replica may serve pre-write entries until this one's probe
-succeeds or the entries expire.  See docs/redis-tier.md.
+connection is dead after a Redis restart); timeouts are never retried.
+
+Bumps are the exception: read-your-writes rests on them, so they are patient
+(own pool, ``bump_timeout``, tried again until ``bump_deadline``; see
+:meth:`RedisStore.bump`).  A bump that still fails is kept as *pending*: the
+circuit stays open (nothing is served from Redis by this replica) until the
+probe has written it, and if too many pile up the epoch is renewed instead.
+What cannot be closed is a bump lost while *another* replica still reaches
+Redis (a partition between this replica and Redis only): that replica may
+serve pre-write entries until this one's probe succeeds or the entries
+expire.  See docs/redis-tier.md.
 
 Supported URLs: ``redis://``, ``rediss://``, ``unix://`` (redis-py's own
 syntax, including ``?db=`` and TLS options), and
@@ -95,6 +99,7 @@ _EPOCH_LEN = 16
 _OFFLOAD_BYTES = 512 * 1024
 """Encode/decode bigger than this runs in a thread, off the event loop."""
 _MAX_PENDING_TAGS = 10_000
+_BUMP_CONNECTIONS = 8
 _BUMP_PAUSE = 0.02
 """Seconds between two attempts of one bump."""
 _SCAN_COUNT = 1000
@@ -222,7 +227,10 @@ class RedisStore:
         self.server_changes = 0
         """Times a new connection found a different server (epoch renewed)."""
         self._client = self._make_client(url, max_connections, timeout, self._connect_timeout)
-        self._bump_client = self._make_client(url, 4, self.bump_timeout, self.bump_timeout)
+        self._bump_client = self._make_client(
+            url, _BUMP_CONNECTIONS, self.bump_timeout, self.bump_timeout
+        )
+        self._bump_slots = asyncio.Semaphore(_BUMP_CONNECTIONS)
         """Bumps have their own small pool with a patient timeout: see :meth:`bump`."""
         self.bump_retries = 0
         """Bump attempts that failed and were tried again."""
@@ -487,7 +495,7 @@ class RedisStore:
                 self._add_bump(pipe, batch)
 
             try:
-                async with asyncio.timeout(self.bump_timeout * 2):
+                async with self._bump_slots, asyncio.timeout(self.bump_timeout * 2):
                     await self._pipeline(build, self._bump_client)
             except (RedisError, OSError, TimeoutError) as exc:
                 if time.monotonic() + _BUMP_PAUSE >= deadline:

@@ -1,8 +1,10 @@
 """A :class:`~cacheproxy.upstream.base.Transport` over aiohttp's client.
 
-aiohttp is the cheapest mature asyncio HTTP client (about 8x less CPU per
-request than httpx here), so it is the reference transport: everything a
-leaner one does is measured and tested against it.
+aiohttp is the cheapest mature asyncio HTTP client (several times less CPU
+per request than httpx), so it is the reference: the lean ``h1`` transport,
+which ``create_transport`` picks by default, runs the same test-suite against
+it, and it stays available as ``kind="aiohttp"`` (a fallback should the lean
+one ever misbehave with some slurmrestd).
 
 It is configured to be a *transparent* hop rather than a browser-like client:
 
@@ -13,7 +15,13 @@ It is configured to be a *transparent* hop rather than a browser-like client:
 * bodies are neither compressed nor decompressed, and stream both ways;
 * aiohttp's own silent retry of idempotent methods (which includes PUT and
   DELETE, i.e. slurmrestd writes) is switched off; the transport retries only
-  what the caller allowed with ``retry_on_stale_connection``.
+  what :func:`~cacheproxy.upstream.retry.may_retry` allows.  aiohttp does not
+  say whether a connection was reused, so here the one retry also covers a
+  fresh connection dropped before the answer (harmless: reads only).
+
+Limitation: aiohttp writes the request line and headers as UTF-8 text, so a
+target or header value that is not valid UTF-8 cannot pass byte for byte (it
+is sent Latin-1-decoded); the h1 transport has no such limit.
 """
 
 from __future__ import annotations

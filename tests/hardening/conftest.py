@@ -123,7 +123,7 @@ def stack_settings(upstream: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "upstream": upstream,
         "connect_timeout": 0.5,
-        "read_timeout": 0.6,
+        "read_timeout": 1.0,
         "breaker_failures": 3,
         "breaker_cooldown": 0.3,
         "upstream_queue_timeout": 2.0,

@@ -224,3 +224,17 @@ async def test_brute_force_through_the_real_stack(stack: Stack) -> None:
         assert r.status_code == 429  # the address is blocked, whoever it claims to be
     FIGURES["brute-force attempts refused"] += 2
     assert stack.proxy.app.stats.auth_blocked == 2
+
+
+async def test_expired_blocks_are_forgotten() -> None:
+    """Once every cool-down is over, the guard is back to its fast path."""
+    backend, mono = Backend(), Mono()
+    guard = make(backend, mono, fail_limit=2, cooldown=10)
+    backend.status = 401
+    for _ in range(2):
+        await call(guard)
+    assert guard._blocked
+    mono.now += 11
+    backend.status = 200
+    assert (await call(guard, client="10.7.7.7", user="zed"))[0] == 200
+    assert not guard._blocked

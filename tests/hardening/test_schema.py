@@ -27,7 +27,7 @@ from tests.hardening.conftest import FIGURES, ours, stack_settings
 from tests.hardening.servers import hardened_proxy, serve
 
 SPEC = Path("/work/shared/slurm-openapi/openapi-v0.0.43.json")
-EXAMPLES = 200
+EXAMPLES = 150
 
 pytestmark = pytest.mark.skipif(not SPEC.exists(), reason=f"{SPEC} not available")
 

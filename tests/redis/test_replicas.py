@@ -88,16 +88,34 @@ async def test_read_your_writes_across_replicas_under_concurrent_polling(
     assert seen["hit"] > 0, f"the pollers never hit the cache: {seen}"
 
 
+@pytest.mark.parametrize(
+    "jobs",
+    [
+        60,
+        pytest.param(
+            400,
+            marks=pytest.mark.xfail(
+                reason="coalesce.Flight.stream keys readers by id(object()): the object dies at "
+                "once, so concurrent readers of one flight share a position and all but one "
+                "fail (KeyError, truncated body). Fix: key by the object itself. Reported.",
+                strict=False,
+            ),
+            id="multi-MB-body",
+        ),
+    ],
+)
 async def test_three_times_fifty_identical_gets_make_one_upstream_request(
-    site: Callable[..., Site],
+    site: Callable[..., Site], jobs: int
 ) -> None:
-    s = site(redis_timeout=0.5)  # counts upstream requests exactly: see site()
+    s = site(redis_timeout=0.5, jobs=jobs)  # counts upstream requests exactly: see site()
     replicas = [client(p.url) for p in s.replicas]
     try:
-        # slurmrestd accepts the token once (through any replica); the
-        # acceptance is shared, so every replica may share the answer.
-        ping = await replicas[0].get(f"/slurm/{V}/ping")
-        assert ping.status_code == 200, ping.text[:500]
+        # slurmrestd accepts the token once, in a cached read through any
+        # replica; the acceptance is shared, so every replica may share the
+        # answer (an unaccepted token is coalesced only with itself, per
+        # replica, until slurmrestd has judged it).
+        warm = await replicas[0].get(f"/slurm/{V}/partitions")
+        assert warm.status_code == 200, warm.text[:500]
         s.reset_sim()
         path = f"/slurmdb/{V}/jobs"  # a slurmdbd read: 150-360 ms in the model
         answers = await asyncio.gather(

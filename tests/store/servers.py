@@ -276,10 +276,14 @@ class HAProxy:
         return self
 
     def stats(self) -> dict[str, str]:
-        """Backend server name -> status (UP, DOWN, ...) from the stats socket."""
+        """Backend server name -> status (UP, DOWN, ...) from the stats socket
+        (empty while haproxy has not created the socket yet)."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(2.0)
-            s.connect(str(self.socket))
+            try:
+                s.connect(str(self.socket))
+            except (FileNotFoundError, ConnectionRefusedError):
+                return {}
             s.sendall(b"show stat\n")
             data = b""
             while chunk := s.recv(65536):

@@ -396,6 +396,15 @@ async def test_a_bump_outlasts_a_short_stall(fresh_redis: Any, prefix: str, cloc
         await store.aclose()
 
 
+async def test_a_burst_of_writes_bumps_without_errors(store: RedisStore) -> None:
+    before = await store.generations([f"t{i}" for i in range(50)])
+    await asyncio.gather(*(store.bump([f"t{i}"]) for i in range(50)))
+    after = await store.generations([f"t{i}" for i in range(50)])
+    assert all(a != b for a, b in zip(after, before, strict=True))
+    assert store.bump_retries == 0
+    assert store.stats()["faults"] == 0
+
+
 async def test_bumps_are_tried_even_while_the_circuit_is_open(
     redis_server: Any, prefix: str, clock: Any, mono: Any
 ) -> None:
