@@ -16,10 +16,12 @@ user name) is answered 429 with ``Retry-After`` for ``cooldown`` seconds,
 without reaching slurmrestd.  The message is terse and the same for both, so
 it tells an attacker nothing about which names exist.
 
-A blocked *user name* would let anyone lock a user out by guessing tokens in
-their name, so a request whose credential slurmrestd accepted recently (the
-proxy's acceptance record) still passes; a blocked *address* has no such
-exemption.  IPv6 addresses are counted per /64: one host usually owns one.
+A block would let anyone lock a user out by guessing tokens in their name, or
+lock out everyone behind a portal's single address, so a request whose
+credential slurmrestd accepted recently (the proxy's acceptance record) still
+passes a blocked name or address.  An ambiguous 500 (22.05 answers a wrong
+token and an unreachable slurmctld alike) counts only against a credential
+that was never accepted.  IPv6 addresses are counted per /64: one host usually owns one.
 
 On the hit path this costs one dict lookup (is anything blocked at all?) and a
 wrapped ``send``; header scans happen only on failures, while something is
@@ -188,7 +190,12 @@ class AuthGuard:
                     pending_500 = True
             elif pending_500 and kind == "http.response.body":
                 pending_500 = False
-                if policy.credential_refused(500, bytes(message.get("body", b""))[:4096]):
+                # 22.05 gives a wrong token and a stuck slurmctld the very same
+                # 500: it counts only against a credential never accepted, so
+                # a controller outage does not lock out its real users.
+                if policy.credential_refused(
+                    500, bytes(message.get("body", b""))[:4096]
+                ) and not await self._accepted(scope):
                     self._failure(scope)
             await send(message)
 
@@ -232,22 +239,27 @@ class AuthGuard:
         blocked = self._blocked
         if not blocked:
             return False
-        key = client_key(scope)
-        until = blocked.get(key, 0.0)
+        until = 0.0
+        for key in (client_key(scope), claimed_user(scope["headers"])):
+            if key is None:
+                continue
+            key_until = blocked.get(key, 0.0)
+            if key_until <= now:
+                blocked.pop(key, None)
+            until = max(until, key_until)
         if until <= now:
-            if key in blocked:
-                del blocked[key]
-            user = claimed_user(scope["headers"])
-            until = blocked.get(user, 0.0) if user is not None else 0.0
-            if until <= now:
-                if user in blocked:
-                    del blocked[user]
-                return False
-            if self._is_accepted is not None and await self._is_accepted(scope["headers"]):
-                return False  # the real user, with a credential slurmrestd accepted
+            return False
+        if await self._accepted(scope):
+            # A credential slurmrestd accepted passes a blocked name or address:
+            # a guesser cannot lock out the real user, nor everyone behind a
+            # portal's one address; the guesser's own tokens stay refused.
+            return False
         self.stats.auth_blocked += 1
         await send_error(send, errors.AUTH_BLOCKED, "auth-blocked", [retry_after(until - now)])
         return True
+
+    async def _accepted(self, scope: Scope) -> bool:
+        return self._is_accepted is not None and await self._is_accepted(scope["headers"])
 
     async def _refuse_rate(self, scope: Scope, send: Send) -> bool:
         assert self._buckets is not None

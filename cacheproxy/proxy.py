@@ -288,6 +288,10 @@ class Proxy:
         # slurmrestd must judge them before anything is shared.
         flight_key = key if accepted else key + identity.credential
         flight = self.coalescer.join(flight_key, found.generations)
+        if flight is None and accepted:
+            # The fetch that got this very credential accepted may still run
+            # under its unaccepted key: join it rather than fetch again.
+            flight = self.coalescer.join(key + identity.credential, found.generations)
         outcome = "fwd=miss; collapsed"
         if flight is None:
             outcome = "fwd=miss"
