@@ -129,6 +129,10 @@ class CacheProxyApp:
             stats=self.stats,
             shared_store=shared,
         )
+        shared_part = getattr(store, "shared", store)
+        check_server = getattr(shared_part, "check_server", None)
+        if check_server is not None:
+            await check_server()  # logs Redis settings that weaken the tier
         await start_background(self.own)
 
     async def shutdown(self) -> None:

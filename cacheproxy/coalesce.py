@@ -46,7 +46,7 @@ class Flight:
         self._chunks: list[bytes] = []
         self._dropped = 0
         """Chunks already released (only while streaming an unshareable body)."""
-        self._positions: dict[int, int] = {}
+        self._positions: dict[object, int] = {}
         self.task: asyncio.Task[None] | None = None
 
     # -- producer side (the fetch task) -------------------------------------
@@ -108,7 +108,7 @@ class Flight:
     async def stream(self) -> AsyncIterator[bytes]:
         """Every body chunk from the start; raises the fetch's error if the
         body broke mid-way (the consumer must then abort its response)."""
-        token = id(object())
+        token = object()  # held until the end: an id() could be reused at once
         self._positions[token] = self._dropped
         self.consumers += 1
         try:

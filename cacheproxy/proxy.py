@@ -30,7 +30,7 @@ from cacheproxy.request import (
 )
 from cacheproxy.rules import Match, RuleSet
 from cacheproxy.stats import Stats
-from cacheproxy.store.base import Entry, Store, StoreError
+from cacheproxy.store.base import Entry, Lookup, Store, StoreError
 from cacheproxy.upstream.base import (
     Headers,
     Transport,
@@ -64,6 +64,8 @@ clock skew with slurmctld (an earlier update_time only costs a full list)."""
 _NO_CHANGE_MAX = 64 * 1024
 """A 25.x "No job changes" answer is small; larger 200s are full lists."""
 _COMPRESS_INLINE_BELOW = 64 * 1024
+_STORE_DOWN = -1
+"""First generation while the store cannot answer (no stored value has it)."""
 _AUTHORITATIVE_FAMILIES = frozenset({"slurm", "slurmdb"})
 """Answers under these asked slurmctld or slurmdbd, which checked the token."""
 _STALE_ON_STATUS = frozenset({502, 503, 504})
@@ -124,7 +126,9 @@ class Proxy:
         self.clock = clock
         self.coalescer = Coalescer()
         self._shared = shared_store
-        self._store_fault_logged = False
+        self._local_writes = 0
+        self._recorded: dict[bytes, float] = {}
+        """credential hash -> acceptance this process recorded, until when."""
         self._routes: dict[tuple[bytes, bytes], _Route] = {}
         self._keys: dict[tuple[bytes, bytes, bytes, str], tuple[bytes, Match]] = {}
 
@@ -248,14 +252,11 @@ class Proxy:
         try:
             found = await self.store.lookup(key, match.tags, identity.credential)
         except StoreError:
+            # Nothing can be served or trusted, but identical requests with the
+            # same credential still share one fetch.  Local writes move the
+            # generations, so read-your-writes holds through this process.
             self._store_fault()
-            await self._forward(
-                from_scope(scope), match, None, send, "fwd=miss; detail=store-unavailable"
-            )
-            return
-        if self._store_fault_logged:
-            self._store_fault_logged = False
-            log.warning("cache store available again")
+            found = Lookup(None, (_STORE_DOWN, self._local_writes), 0.0)
         now = self.clock()
         accepted = found.accepted_until > now
         entry = found.entry
@@ -565,10 +566,17 @@ class Proxy:
             ):
                 now = self.clock()
                 until = policy.accepted_until(identity, now, self.config.auth_ttl)
-                if until > now:
+                recorded = self._recorded.get(identity.credential, 0.0)
+                if until > now and recorded - now < self.config.auth_ttl / 2:
+                    # (re)recorded only when the record is half spent: saves
+                    # a store round trip on most misses
                     await self.store.accept(identity.credential, until)
+                    if len(self._recorded) >= _MEMO_MAX:
+                        self._recorded.clear()
+                    self._recorded[identity.credential] = until
                     self.stats.auth_accepted += 1
             elif policy.credential_refused(status, body if body is not None else head):
+                self._recorded.pop(identity.credential, None)
                 self.stats.auth_refused += 1
                 await self.store.revoke(identity.credential)
         except StoreError:
@@ -675,6 +683,7 @@ class Proxy:
         return body, len(body)
 
     async def _bump(self, tags: Sequence[str]) -> None:
+        self._local_writes += 1
         try:
             await self.store.bump(tags)
         except StoreError:
@@ -786,10 +795,8 @@ class Proxy:
         await send({"type": "http.response.body", "body": body})
 
     def _store_fault(self) -> None:
+        # Counted here; the store itself logs once per episode.
         self.stats.store_errors += 1
-        if not self._store_fault_logged:
-            self._store_fault_logged = True
-            log.warning("cache store unavailable: serving from upstream until it recovers")
 
     # -- stale serving (docs/hardening.md) ------------------------------------
     def _stale_fallback(

@@ -40,7 +40,7 @@ class Settings:
     upstream_connections: int = _opt(64, "pooled connections to slurmrestd")
     redis_url: str = _opt("", "shared tier: redis://, rediss:// or unix:// URL")
     redis_prefix: str = _opt("cacheproxy:v1:", "prefix of every Redis key")
-    redis_timeout: float = _opt(0.05, "seconds before a Redis call counts as failed")
+    redis_timeout: float = _opt(0.1, "seconds before a Redis call counts as failed")
     local_tier: bool = _opt(True, "with Redis: keep hot entries in-process too")
     hmac_key: str = _opt(
         "",

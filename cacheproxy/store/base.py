@@ -3,9 +3,11 @@
 A store keeps three kinds of state, all of which a shared tier must share:
 
 * **entries**: a stored upstream response under an opaque key;
-* **tag generations**: one counter per tag, bumped by every write that
-  invalidates the tag.  An entry remembers the generations of its tags as they
-  were when its fetch *started*; it is valid only while they are unchanged.
+* **tag generations**: one opaque value per tag, changed by every write that
+  invalidates the tag (and by eviction or a restart of a shared store);
+  values are only ever compared for equality.  An entry remembers the
+  generations of its tags as they were when its fetch *started*; it is valid
+  only while they are unchanged.
   That makes invalidation O(1) and closes the race where a fetch that began
   before a write finishes after it;
 * **credential acceptances**: the keyed hash of a (user, token) pair that
@@ -98,7 +100,7 @@ class Store(Protocol):
         ...
 
     async def generations(self, tags: Sequence[str]) -> Generations:
-        """Current generations of ``tags``, in order (0 for a tag never bumped)."""
+        """Current generations of ``tags``, in order (opaque: equal until a bump)."""
         ...
 
     async def put(self, key: bytes, entry: Entry) -> None:

@@ -44,6 +44,8 @@ class MemoryStore:
         self._gens: dict[str, int] = {}
         self._bumped_at: dict[str, float] = {}
         self._counter = itertools.count(1)
+        self._floor = 0
+        """What a tag never bumped (or forgotten) reads; raised by clear()."""
         self._bumps_since_prune = 0
         self._accepted: dict[bytes, float] = {}
         self.evictions = 0
@@ -111,11 +113,11 @@ class MemoryStore:
     async def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
-        # Bump every known tag so a fetch in flight cannot land its result.
-        now = self._clock()
-        for tag in list(self._gens):
-            self._gens[tag] = next(self._counter)
-            self._bumped_at[tag] = now
+        # Every tag, bumped before or not, now reads a value no fetch in
+        # flight captured, so none can land its result.
+        self._floor = next(self._counter)
+        self._gens.clear()
+        self._bumped_at.clear()
 
     async def aclose(self) -> None:
         return None
@@ -134,7 +136,8 @@ class MemoryStore:
 
     def _generations(self, tags: Sequence[str]) -> Generations:
         gens = self._gens
-        return tuple([gens.get(t, 0) for t in tags])
+        floor = self._floor
+        return tuple([gens.get(t, floor) for t in tags])
 
     def _accepted_until(self, credential: bytes) -> float:
         until = self._accepted.get(credential, 0.0)
@@ -147,7 +150,7 @@ class MemoryStore:
         """Forget generations bumped longer ago than any entry can live.
 
         An entry captured before such a bump has expired by now, so reading the
-        tag as 0 again cannot revive it; an entry captured after it holds a
+        tag as the floor again cannot revive it; an entry captured after it holds a
         non-zero generation and merely misses once.
         """
         self._bumps_since_prune = 0

@@ -92,16 +92,7 @@ async def test_read_your_writes_across_replicas_under_concurrent_polling(
     "jobs",
     [
         60,
-        pytest.param(
-            400,
-            marks=pytest.mark.xfail(
-                reason="coalesce.Flight.stream keys readers by id(object()): the object dies at "
-                "once, so concurrent readers of one flight share a position and all but one "
-                "fail (KeyError, truncated body). Fix: key by the object itself. Reported.",
-                strict=False,
-            ),
-            id="multi-MB-body",
-        ),
+        pytest.param(400, id="multi-MB-body"),
     ],
 )
 async def test_three_times_fifty_identical_gets_make_one_upstream_request(

@@ -209,6 +209,38 @@ class RedisServer:
         self.start()
 
 
+class SentinelServer:
+    """``redis-server --sentinel`` monitoring ``master_port`` as ``mymaster``
+    (quorum 1: one sentinel decides, which is all a test needs)."""
+
+    def __init__(self, workdir: Path, master_port: int, *, port: int | None = None):
+        self.binary = ensure_binary("redis-server", "redis-server")
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.master_port = master_port
+        self.config = workdir / "sentinel.conf"
+        self.log = workdir / "sentinel.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SentinelServer:
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+            f"sentinel monitor mymaster 127.0.0.1 {self.master_port} 1\n"
+            "sentinel down-after-milliseconds mymaster 1000\n"
+            "sentinel failover-timeout mymaster 10000\n"
+        )
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, str(self.config), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_tcp(self.port, self.proc, "redis sentinel", self.log)
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
 class HAProxy:
     """``haproxy -db`` with the shipped configuration in front of ``backends``."""
 

@@ -96,6 +96,13 @@ def test_a_zstd_copy_of_something_else_is_not_trusted() -> None:
     assert codec.decode(blob).body == body
 
 
+def test_a_zstd_copy_that_is_not_zstd_is_not_trusted() -> None:
+    body = b"x" * 10_000
+    blob = codec.encode(_entry(body, ((b"zstd", b"not a zstd frame"),)))
+    assert not blob[1] & codec.BODY_IN_ZSTD
+    assert codec.decode(blob) == _entry(body, ((b"zstd", b"not a zstd frame"),))
+
+
 def test_a_zstd_copy_without_content_size_still_decodes() -> None:
     body = b"abc" * 10_000
     cctx = zstandard.ZstdCompressor(write_content_size=False)
