@@ -79,6 +79,7 @@ def build_transport(s: Settings, stats: Stats | None = None) -> Transport:
         max_connections=s.upstream_connections,
         connect_timeout=s.connect_timeout,
         read_timeout=s.read_timeout,
+        kind=s.upstream_client,
     )
     return from_settings(transport, s, stats)
 
@@ -110,6 +111,12 @@ class CacheProxyApp:
         if self.proxy is not None:
             return
         s = self.settings
+        if self._transport is None:
+            # Large bodies: keep glibc from returning buffers to the kernel
+            # after every request (measured: 460 -> 290 us per 200 KiB miss).
+            from cacheproxy.upstream.malloc import tune_malloc
+
+            tune_malloc()
         transport = self._transport or build_transport(s, self.stats)
         if self._store is not None:
             store, shared = self._store, self._shared

@@ -633,12 +633,10 @@ class Proxy:
             )
             self.stats.requests[(match.name, outcome.split(";", 1)[0])] += 1
             try:
-                async for chunk in resp.aiter_body():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await _relay(send, resp.aiter_body())
             except UpstreamError as exc:
                 self.stats.upstream_errors += 1
                 raise _AbortResponse(str(exc)) from exc
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await resp.aclose()
 
@@ -752,12 +750,10 @@ class Proxy:
         out = [*flight.headers, headers.cache_status(outcome)]
         await send({"type": "http.response.start", "status": flight.status, "headers": out})
         try:
-            async for chunk in flight.stream():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await _relay(send, flight.stream())
         except Exception as exc:
             self.stats.upstream_errors += 1
             raise _AbortResponse(str(exc)) from exc
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _upstream_error(self, send: Send, exc: BaseException, outcome: str) -> None:
         self.stats.upstream_errors += 1
@@ -900,6 +896,17 @@ class _BodyTooLarge(Exception):
 
 class _ClientGone(Exception):
     """The request body ended in a disconnect, not in its last chunk."""
+
+
+async def _relay(send: Send, chunks: AsyncIterator[bytes]) -> None:
+    """Send a streamed body, holding one chunk back so the last goes out with
+    ``more_body=False`` (no empty closing message: one send fewer)."""
+    pending: bytes | None = None
+    async for chunk in chunks:
+        if pending is not None:
+            await send({"type": "http.response.body", "body": pending, "more_body": True})
+        pending = chunk
+    await send({"type": "http.response.body", "body": pending or b"", "more_body": False})
 
 
 async def _stream_body(receive: Receive, length: int) -> AsyncIterator[bytes]:

@@ -38,6 +38,9 @@ class Settings:
     connect_timeout: float = _opt(5.0, "seconds to connect to slurmrestd")
     read_timeout: float = _opt(120.0, "seconds to wait for slurmrestd's answer")
     upstream_connections: int = _opt(64, "pooled connections to slurmrestd")
+    upstream_client: str = _opt(
+        "auto", "HTTP client to slurmrestd: auto (the lean h1 client), h1 or aiohttp"
+    )
     redis_url: str = _opt("", "shared tier: redis://, rediss:// or unix:// URL")
     redis_prefix: str = _opt("cacheproxy:v1:", "prefix of every Redis key")
     redis_timeout: float = _opt(0.1, "seconds before a Redis call counts as failed")
@@ -170,6 +173,10 @@ def validate(s: Settings) -> None:
     ):
         if getattr(s, name) <= 0:
             raise SettingsError(f"{name} must be > 0")
+    if s.upstream_client not in ("auto", "h1", "aiohttp"):
+        raise SettingsError(
+            f"upstream_client must be auto, h1 or aiohttp, not {s.upstream_client!r}"
+        )
     if s.max_entry_bytes > s.max_bytes:
         raise SettingsError("max_entry_bytes cannot exceed max_bytes")
     for name in (
