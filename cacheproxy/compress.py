@@ -21,7 +21,7 @@ PREFERENCE = (b"zstd", b"gzip")
 _COMPRESSIBLE = (b"json", b"yaml", b"text/")
 _MEMO_MAX = 1024
 
-_zstd = zstandard.ZstdCompressor(level=3)
+ZSTD_LEVEL = 3
 
 
 def compressible(content_type: bytes | None) -> bool:
@@ -38,7 +38,9 @@ def make_variants(body: bytes) -> tuple[tuple[bytes, bytes], ...]:
     level = 6 if len(body) < 4 * 1024 * 1024 else 1
     out = []
     for name, data in (
-        (b"zstd", _zstd.compress(body)),
+        # A compressor per call: a shared ZstdCompressor is not thread-safe,
+        # and large bodies are compressed in worker threads.
+        (b"zstd", zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(body)),
         (b"gzip", gzip.compress(body, compresslevel=level, mtime=0)),
     ):
         if len(data) <= len(body) * _MAX_RATIO:

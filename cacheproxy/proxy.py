@@ -259,6 +259,10 @@ class Proxy:
             found = Lookup(None, (_STORE_DOWN, self._local_writes), 0.0)
         now = self.clock()
         accepted = found.accepted_until > now
+        if not accepted:
+            # Whatever this process recorded is gone (revoked elsewhere, or a
+            # restarted Redis): record the next acceptance again.
+            self._recorded.pop(identity.credential, None)
         entry = found.entry
         if (
             entry is not None
@@ -480,10 +484,13 @@ class Proxy:
         if flight.shareable and policy.response_storable(status, resp_headers, body, limit):
             variants: tuple[tuple[bytes, bytes], ...] = ()
             if compress.compressible(policy.header_value(resp_headers, b"content-type")):
-                if len(body) < _COMPRESS_INLINE_BELOW:
-                    variants = compress.make_variants(body)
-                else:  # don't stall every other request on the loop
-                    variants = await asyncio.to_thread(compress.make_variants, body)
+                try:
+                    if len(body) < _COMPRESS_INLINE_BELOW:
+                        variants = compress.make_variants(body)
+                    else:  # don't stall every other request on the loop
+                        variants = await asyncio.to_thread(compress.make_variants, body)
+                except Exception:  # an optimisation: never the reason a request fails
+                    log.exception("compressing an entry failed; storing it uncompressed")
             entry = Entry(
                 status=status,
                 headers=_with_length(resp_headers, len(body)),
