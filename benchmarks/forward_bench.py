@@ -19,13 +19,15 @@ Usage::
     .venv/bin/python benchmarks/forward_bench.py                 # everything
     .venv/bin/python benchmarks/forward_bench.py --targets direct,h1,aiohttp
     .venv/bin/python benchmarks/forward_bench.py \\
-        --target-cmd 'proxy=.venv/bin/cacheproxy serve --upstream {upstream} --port {port}'
+        --target-cmd 'proxy={python} -m cacheproxy serve --upstream {upstream} --port {port}'
     .venv/bin/python benchmarks/forward_bench.py \\
         --target-app 'proxy=mypkg.mod:make_app'     # factory(upstream_url) -> ASGI app
 
-``{upstream}`` and ``{port}`` are substituted in ``--target-cmd``; the
-command is started pinned to the proxy core and must serve plain HTTP on
-127.0.0.1:{port}.  ``--target-app`` names a factory taking the upstream URL.
+``{upstream}``, ``{port}`` and ``{python}`` (this interpreter) are substituted
+in ``--target-cmd``; the command is started pinned to the proxy core and must
+serve plain HTTP on 127.0.0.1:{port}.  ``--target-app`` names a factory taking
+the upstream URL.  ``--path`` and ``--header`` shape the requests (the
+upstream answers any path ending in ``/<size>``).
 """
 
 from __future__ import annotations
@@ -321,14 +323,19 @@ def start(name: str, argv: list[str], port: int, cpu: str, workdir: Path) -> Pro
     return Proc(name, popen, port, log)
 
 
-def wait_ready(proc: Proc, path: str, timeout: float = 20.0) -> None:
+def wait_ready(
+    proc: Proc, path: str, headers: list[str] | None = None, timeout: float = 20.0
+) -> None:
+    """Until ``path`` answers 200 (with the ``--header`` values wrk will send)."""
     deadline = time.monotonic() + timeout
     url = f"http://127.0.0.1:{proc.port}{path}"
+    hdrs = dict(h.split(":", 1) for h in headers or [])
+    request = urllib.request.Request(url, headers={k.strip(): v.strip() for k, v in hdrs.items()})
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
             raise RuntimeError(f"{proc.name} exited: {proc.log.read_text()[-2000:]}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:
+            with urllib.request.urlopen(request, timeout=1) as r:
                 r.read()
                 if r.status == 200:
                     return
@@ -361,13 +368,14 @@ http {{
 NGINX_STATIC = """
   server {{
     listen 127.0.0.1:{port} backlog=2048;
+    listen unix:{dir}/upstream.sock backlog=2048;
     root {dir}/files;
     location ~ /(\\d+)$ {{ try_files /$1 =404; }}
   }}
 """
 
 NGINX_PROXY = """
-  upstream up {{ server 127.0.0.1:{uport}; keepalive 64; keepalive_requests 1000000; }}
+  upstream up {{ server {server}; keepalive 64; keepalive_requests 1000000; }}
   server {{
     listen 127.0.0.1:{port} backlog=2048;
     location / {{
@@ -497,7 +505,10 @@ def python_target(name: str, argv_tail: list[str], cpu: str) -> Target:
 
 def command_target(name: str, template: str, cpu: str) -> Target:
     def launch(upstream: str, port: int, workdir: Path) -> Proc:
-        argv = [a.format(upstream=upstream, port=port) for a in shlex.split(template)]
+        argv = [
+            a.format(upstream=upstream, port=port, python=sys.executable)
+            for a in shlex.split(template)
+        ]
         return start(name, argv, port, cpu, workdir)
 
     return Target(name, launch)
@@ -505,9 +516,12 @@ def command_target(name: str, template: str, cpu: str) -> Target:
 
 def nginx_target(cpu: str) -> Target:
     def launch(upstream: str, port: int, workdir: Path) -> Proc:
-        uport = int(upstream.rsplit(":", 1)[1])
+        if upstream.startswith("unix:"):
+            server = upstream
+        else:
+            server = "127.0.0.1:" + upstream.rsplit(":", 1)[1]
         return start_nginx(
-            "nginx-proxy", NGINX_PROXY.format(uport=uport, port=port), port, cpu, workdir
+            "nginx-proxy", NGINX_PROXY.format(server=server, port=port), port, cpu, workdir
         )
 
     return Target("nginx", launch)
@@ -575,6 +589,10 @@ def run(args: argparse.Namespace) -> list[Result]:
         workdir = Path(d)
         with running_upstream(args, workdir) as upstream:
             upstream_url = f"http://127.0.0.1:{upstream.port}"
+            if args.upstream_socket:
+                if args.upstream_kind != "nginx":
+                    raise SystemExit("--upstream-socket needs --upstream-kind nginx")
+                upstream_url = f"unix:{workdir}/upstream.sock"
             targets = choose_targets(args)
             for rnd in range(args.repeat):
                 print(f"# round {rnd + 1}/{args.repeat}", flush=True)
@@ -586,7 +604,7 @@ def run(args: argparse.Namespace) -> list[Result]:
                     port = free_port()
                     proc = target.launch(upstream_url, port, workdir)
                     try:
-                        wait_ready(proc, args.path.format(size=sizes[0]))
+                        wait_ready(proc, args.path.format(size=sizes[0]), args.header)
                         for size in sizes:
                             r = report(measure(target.name, proc, size, args))
                             cells.setdefault((r.target, size), []).append(r)
@@ -645,7 +663,7 @@ def loadavg() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="cmd")
 
     fwd = sub.add_parser("serve-forwarder", help="(internal) run the minimal forwarder")
@@ -683,6 +701,11 @@ def main(argv: list[str] | None = None) -> int:
         "--upstream-kind",
         choices=("nginx", "uvicorn"),
         default="nginx" if shutil.which("nginx") else "uvicorn",
+    )
+    parser.add_argument(
+        "--upstream-socket",
+        action="store_true",
+        help="forwarders reach the upstream over a UNIX socket (slurmrestd can listen on one)",
     )
     parser.add_argument("--path", default="/bench/{size}", help="request path; {size} is replaced")
     parser.add_argument("--header", action="append", default=[], help="extra header for wrk")
@@ -724,7 +747,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# upstream={args.upstream_kind} on cpu {args.load_cpu} with wrk -t{args.threads} "
         f"-c{args.connections} -d{args.duration}s; forwarder on cpu {args.proxy_cpu}; "
-        f"nice {args.nice}; {args.repeat} round(s)",
+        f"nice {args.nice}; {args.repeat} round(s); "
+        f"upstream over {'a UNIX socket' if args.upstream_socket else 'TCP'}",
         flush=True,
     )
     load_before = loadavg()

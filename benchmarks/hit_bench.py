@@ -111,8 +111,9 @@ http {{
 def bench_size(size: int, seconds: int, targets: list[str]) -> dict[str, float]:
     results: dict[str, float] = {}
     up_port = free_port()
-    upstream = start([PY, str(HERE / "fixed_upstream.py"), "--port", str(up_port),
-                      "--size", str(size)], core=1)
+    upstream = start(
+        [PY, str(HERE / "fixed_upstream.py"), "--port", str(up_port), "--size", str(size)], core=1
+    )
     try:
         wait_http(f"http://127.0.0.1:{up_port}{PATH}")
         for target in targets:
@@ -121,16 +122,49 @@ def bench_size(size: int, seconds: int, targets: list[str]) -> dict[str, float]:
             redis = None
             env = dict(os.environ)
             if target == "bare":
-                cmd = [PY, str(HERE / "fixed_upstream.py"), "--port", str(port), "--size",
-                       str(size)]
+                cmd = [
+                    PY,
+                    str(HERE / "fixed_upstream.py"),
+                    "--port",
+                    str(port),
+                    "--size",
+                    str(size),
+                ]
             elif target in ("proxy", "redis"):
-                cmd = [PY, "-m", "cacheproxy", "serve", "--upstream",
-                       f"http://127.0.0.1:{up_port}", "--port", str(port), "--log-level", "warning",
-                       "--auth-ttl", "3600", "--config", str(HERE / "bench_rules.toml")]
+                cmd = [
+                    PY,
+                    "-m",
+                    "cacheproxy",
+                    "serve",
+                    "--upstream",
+                    f"http://127.0.0.1:{up_port}",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                    "--auth-ttl",
+                    "3600",
+                    "--config",
+                    str(HERE / "bench_rules.toml"),
+                ]
                 if target == "redis":
                     rport = free_port()
-                    redis = start(["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
-                                   "--save", "", "--appendonly", "no", "--dir", tmp], core=1)
+                    redis = start(
+                        [
+                            "redis-server",
+                            "--port",
+                            str(rport),
+                            "--bind",
+                            "127.0.0.1",
+                            "--save",
+                            "",
+                            "--appendonly",
+                            "no",
+                            "--dir",
+                            tmp,
+                        ],
+                        core=1,
+                    )
                     time.sleep(0.5)
                     cmd += ["--redis-url", f"redis://127.0.0.1:{rport}/0"]
             elif target == "nginx":
@@ -180,8 +214,10 @@ def main() -> None:
         ratios = " ".join(
             f"{t}={r[t] / bare:.0%}" for t in targets if t != "bare" and bare and t in r
         )
-        print(f"{size:>9} " + " ".join(f"{r.get(t, 0):>10.0f}" for t in targets) + "   " + ratios,
-              flush=True)
+        print(
+            f"{size:>9} " + " ".join(f"{r.get(t, 0):>10.0f}" for t in targets) + "   " + ratios,
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

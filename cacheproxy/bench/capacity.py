@@ -69,4 +69,8 @@ def capacity_report(
         ]
         if pts:
             out["max_users"][target] = max_users(pts, budget).to_json()
+            shaky = [int(p["users"]) for p in sweep if p["runs"].get(target, {}).get("saturated")]
+            if shaky:
+                # Failed or late requests never reached upstream: demand is higher there.
+                out["max_users"][target]["saturated_at"] = shaky
     return out

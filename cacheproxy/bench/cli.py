@@ -22,6 +22,9 @@ from cacheproxy.bench import capacity, identities, plots, procs, report, runner,
 from cacheproxy.bench.httpclient import DEFAULT_ACCEPT_ENCODING
 from cacheproxy.bench.loadgen import Tick
 
+EXIT_CRASHED = 3
+"""Exit status when the simulator, the proxy or nginx died during a run (the
+report is still written, and says which)."""
 OTHER_LOAD_NOTE = 0.25
 """Cores used by processes outside the bench above which the report warns."""
 DEFAULT_BUDGET = 20.0
@@ -35,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Measure what the proxy does to controller load and client latency: the "
         "same open-loop workload straight at slurmrestd (or the built-in simulator) and through "
         "the proxy.",
+        epilog="Exit status: 0 done, 1 could not run, 2 bad arguments, "
+        f"{EXIT_CRASHED} a process under test crashed during a run (report written).",
     )
     p.add_argument("--users", type=int, default=d.users, help=f"simulated clients [{d.users}]")
     p.add_argument(
@@ -219,6 +224,22 @@ def _spec(args: argparse.Namespace) -> workload.WorkloadSpec:
     )
 
 
+def _lag_cause(g: dict[str, Any], m: dict[str, Any]) -> str:
+    """Why arrivals went out late: other processes, a busy generator, or bursts."""
+    other, cpus = m.get("other_cores"), m.get("cpus") or 0
+    if other is not None and other >= OTHER_LOAD_NOTE:
+        return (
+            f"other processes kept {other} of {cpus:g} cores busy, so the generator waited "
+            "for a CPU"
+        )
+    if g["cpu_util"] >= 0.5:
+        return f"the generator itself was busy ({g['cpu_util']:.0%} of a core)"
+    return (
+        f"the generator averaged {g['cpu_util']:.0%} of a core but its event loop was busy in "
+        "bursts (many arrivals and large bodies at once)"
+    )
+
+
 def _notes(
     runs: list[dict[str, Any]], session: runner.Session, args: argparse.Namespace
 ) -> list[str]:
@@ -233,12 +254,7 @@ def _notes(
                 f"average {r['machine'].get('loadavg')}): latencies include that contention."
             )
         if g["saturated"]:
-            idle = g["cpu_util"] < 0.5
-            cause = (
-                "the generator was mostly idle, so it was waiting for a CPU (machine contention)"
-                if idle
-                else "the generator itself was busy"
-            )
+            cause = _lag_cause(g, r.get("machine") or {})
             notes.append(
                 f"{where}: arrivals went out late ({g['why']}); {cause}. Latencies are measured "
                 "from the scheduled time, so they include that delay."
@@ -306,6 +322,7 @@ async def _bench(
                     f"errors {s['errors']}, RYW violations {s['ryw_violations']}"
                 )
         notes = _notes(runs, session, args)
+        crashed = list(session.crashed)
         spec = session.spec
         sim_argv = session.sim.argv if session.sim else []
         proxy_argv = session.proxy.argv if session.proxy else []
@@ -335,6 +352,7 @@ async def _bench(
         "generator": "aiohttp, one process, open loop",
     }
     rep = report.build(config=config, runs=runs, sweep=sweep, capacity=cap, notes=notes)
+    rep["crashed"] = crashed
     plot_files = [] if args.no_plots else _plots(outdir, rep, latencies, user_counts, args)
     if not args.no_plots and not plot_files:
         rep["notes"].append(
@@ -359,7 +377,10 @@ def _sweep_view(r: dict[str, Any]) -> dict[str, Any]:
         "ryw_violations",
         "errors",
     )
-    return {k: r[k] for k in keys}
+    view = {k: r[k] for k in keys}
+    # A point where requests failed or went out late understates the demand.
+    view["saturated"] = bool(r["errors"]) or bool(r["generator"]["saturated"])
+    return view
 
 
 def _plots(
@@ -448,6 +469,12 @@ def main(argv: Sequence[str]) -> int:
         return 1
     if args.json:
         sys.stdout.write(json.dumps(rep, indent=2) + "\n")
+    if rep["crashed"]:
+        print(
+            "cacheproxy bench: a process under test crashed: " + "; ".join(rep["crashed"]),
+            file=sys.stderr,
+        )
+        return EXIT_CRASHED
     return 0
 
 

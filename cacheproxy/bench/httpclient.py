@@ -47,18 +47,27 @@ class HttpClient:
         accept_encoding: str = DEFAULT_ACCEPT_ENCODING,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._socket: str | None = None
+        if base_url.startswith("unix:"):
+            # slurmrestd on a unix socket (rest_auth/local): same requests, no TCP.
+            self._socket = base_url.removeprefix("unix:")
+            self.base_url = "http://localhost"
         self.accept_encoding = accept_encoding
         self._connections = connections
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10.0))
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HttpClient:
-        connector = aiohttp.TCPConnector(
-            limit=self._connections,
-            limit_per_host=0,
-            ttl_dns_cache=None,
-            enable_cleanup_closed=True,
-        )
+        connector: aiohttp.BaseConnector
+        if self._socket is not None:
+            connector = aiohttp.UnixConnector(self._socket, limit=self._connections)
+        else:
+            connector = aiohttp.TCPConnector(
+                limit=self._connections,
+                limit_per_host=0,
+                ttl_dns_cache=None,
+                enable_cleanup_closed=True,
+            )
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,

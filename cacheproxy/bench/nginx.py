@@ -7,7 +7,9 @@ from ``default_rules.toml``, so the two never drift apart), keyed on the user
 and token headers so users never see each other's answers, with
 ``proxy_cache_lock on`` so concurrent misses make one upstream request.
 nginx cannot invalidate on writes, which is exactly what the read-your-writes
-check is there to show.
+check is there to show.  No gzip: nginx would compress every hit again (it
+cannot keep a compressed copy of a proxied response), so it answers
+uncompressed, like slurmrestd.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ def render_config(
     workdir: Path, listen_port: int, upstream: str, locations: list[CachedLocation]
 ) -> str:
     up = upstream.removeprefix("http://").rstrip("/")
+    if upstream.startswith("unix:"):
+        up = "unix:" + upstream.removeprefix("unix:")
     user_line = ""
     if os.geteuid() == 0:
         # Workers would drop to "nobody" and lose access to a 0700 temp dir.
@@ -120,12 +124,6 @@ http {{
     proxy_cache_lock on;
     proxy_cache_lock_timeout 10s;
     add_header X-Cache-Status $upstream_cache_status always;
-    # Compress for clients that ask, as cacheproxy does (nginx: on every response).
-    gzip on;
-    gzip_proxied any;
-    gzip_types application/json application/x-yaml;
-    gzip_comp_level 1;
-    gzip_min_length 1400;
     # Everything else passes through uncached.
     location / {{
       proxy_pass http://slurmrestd;

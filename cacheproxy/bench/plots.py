@@ -83,6 +83,7 @@ def sweep(points: Sequence[dict[str, Any]], path: Path, budget: float | None) ->
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     targets = sorted({t for p in points for t in p["runs"]})
+    labelled = False
     for target in targets:
         pts = [(p["users"], p["runs"][target]) for p in points if target in p["runs"]]
         users = [u for u, _ in pts]
@@ -108,17 +109,36 @@ def sweep(points: Sequence[dict[str, Any]], path: Path, budget: float | None) ->
             label=f"{target} p50",
             color=COLORS.get(target),
         )
+        shaky = [(u, r["upstream_rps"]) for u, r in pts if r.get("saturated")]
+        if shaky:
+            label = None if labelled else "saturated: errors or late arrivals"
+            labelled = True
+            ax1.scatter(
+                [u for u, _ in shaky],
+                [v for _, v in shaky],
+                s=160,
+                facecolors="none",
+                edgecolors="black",
+                label=label,
+            )
     if budget is not None:
         ax1.axhline(budget, color="black", ls=":", label=f"budget {budget:g}/s")
+    ticker = importlib.import_module("matplotlib.ticker")
+    counts = sorted({int(p["users"]) for p in points})
     for ax in (ax1, ax2):
         ax.set_xscale("log")
+        ax.set_yscale("log")  # before the formatters: setting a scale resets them
+        ax.set_xticks(counts)
+        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("users")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    ax1.set_yscale("log")
     ax1.set_ylabel("upstream requests/s")
     ax1.set_title("controller load against users")
-    ax2.set_yscale("log")
     ax2.set_ylabel("client latency (ms)")
     ax2.set_title("client latency against users")
     fig.tight_layout()

@@ -207,6 +207,13 @@ def _generator_lines(runs: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _users_text(cfg: dict[str, Any], wl: dict[str, Any]) -> str:
+    counts = cfg.get("user_counts") or [wl["users"]]
+    if len(counts) > 1:
+        return "sweep over " + ", ".join(str(c) for c in counts) + " users"
+    return f"{counts[0]} users"
+
+
 def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
     cfg = report["config"]
     wl = cfg["workload"]
@@ -220,8 +227,14 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
         f"Command: `{cfg.get('command', 'cacheproxy bench')}`",
         "",
         f"Mode: **{cfg['mode']}**; targets: {', '.join(cfg['targets'])}; "
-        f"{wl['users']} users, {wl['duration']:g} s of arrivals per run, API {wl['api_version']}.",
+        f"{_users_text(cfg, wl)}, {wl['duration']:g} s of arrivals per run, "
+        f"API {wl['api_version']}.",
         "",
+        *(
+            [f"**This run is not valid: {'; '.join(report['crashed'])}.**", ""]
+            if report.get("crashed")
+            else []
+        ),
         "## Results",
         "",
         table(report["runs"]),
@@ -252,6 +265,11 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
         ]
         for target, c in cap["max_users"].items():
             note = " (extrapolated beyond the largest measured count)" if c["extrapolated"] else ""
+            if c.get("saturated_at"):
+                note += (
+                    f"; saturated at {c['saturated_at']} users (errors or late arrivals), "
+                    "where measured load understates demand"
+                )
             lines.append(f"- {target}: at most **{c['users']} users**{note}")
         lines.append("")
     lines += ["## Upstream counts", ""]

@@ -80,6 +80,9 @@ class Session:
         """The workload as run: paths the upstream does not serve are dropped."""
         self.sacct_paths: tuple[str, ...] = ("slurmdb/associations", "slurmdb/accounts")
         self.notes: list[str] = []
+        self.crashed: list[str] = []
+        self._reported: set[int] = set()
+        """Processes under test that died during a run (the run is not valid)."""
         self._runs_per_target: dict[str, int] = {}
 
     @property
@@ -275,12 +278,14 @@ class Session:
     def _check_alive(self, target: str) -> None:
         """A process under test that died mid-run makes the run's numbers meaningless."""
         for svc in (self.sim, self.proxy, self.nginx):
-            if svc is not None and not svc.alive():
+            if svc is not None and not svc.alive() and svc.proc.pid not in self._reported:
+                self._reported.add(svc.proc.pid)
                 msg = (
                     f"{svc.name} exited with code {svc.proc.returncode} during the {target} run "
                     f"(see {svc.log_path.name})"
                 )
                 self.notes.append(msg)
+                self.crashed.append(msg)
                 self.opts.log("WARNING: " + msg)
 
     def _counters(

@@ -19,7 +19,7 @@ occasional submit and cancel:
   dashboard reads these).  Portal backends talk to slurmrestd with one
   service account, so by default these requests carry the ``dashboard``
   account's credentials (``dashboard_shared``); this is where caching pays.
-  Dashboards make about 95% of the requests: the rest is what users' own
+  Dashboards make over 95% of the requests: the rest is what users' own
   REST tools add, at rates per user of one squeue session per 6 minutes,
   one show-job per 15, one sinfo per 20 and one sacctmgr per 30, plus a
   site-wide 12 submits and 6 cancels a minute.

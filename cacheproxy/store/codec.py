@@ -62,7 +62,7 @@ def encode(entry: Entry, *, compress_min_bytes: int = 1024, level: int = 3) -> b
     if (
         zstd_copy is not None
         and len(entry.body) >= _BODY_IN_ZSTD_MIN
-        and zstandard.frame_content_size(zstd_copy) == len(entry.body)
+        and _content_size(zstd_copy) == len(entry.body)
     ):
         flags |= BODY_IN_ZSTD
     parts: list[bytes] = [
@@ -92,6 +92,14 @@ def encode(entry: Entry, *, compress_min_bytes: int = 1024, level: int = 3) -> b
         if len(packed) <= len(payload) * _MIN_GAIN:
             return _HEAD.pack(FORMAT, flags | WHOLE_ZSTD) + packed
     return _HEAD.pack(FORMAT, flags) + payload
+
+
+def _content_size(frame: bytes) -> int:
+    """The size a zstd frame declares (-1: unknown, or not a zstd frame)."""
+    try:
+        return int(zstandard.frame_content_size(frame))
+    except zstandard.ZstdError:
+        return -1
 
 
 def needs_cpu(blob: bytes | memoryview) -> bool:

@@ -54,8 +54,10 @@ expire.  See docs/redis-tier.md.
 Supported URLs: ``redis://``, ``rediss://``, ``unix://`` (redis-py's own
 syntax, including ``?db=`` and TLS options), and
 ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``
-(optionally ``?sentinel_password=...``) for a Sentinel-managed master.  Redis
-Cluster is not supported (keys of one operation are not in one slot).
+(optionally ``?sentinel_password=...``) for a Sentinel-managed master: bumps
+then wait for one replica (``WAIT``), and the master's address is re-asked
+from Sentinel once a second.  Redis Cluster is not supported (keys of one
+operation are not in one slot).
 """
 
 from __future__ import annotations
@@ -99,6 +101,9 @@ _EPOCH_LEN = 16
 _OFFLOAD_BYTES = 512 * 1024
 """Encode/decode bigger than this runs in a thread, off the event loop."""
 _MAX_PENDING_TAGS = 10_000
+_SENTINEL_CHECK_SECONDS = 1.0
+_WAIT_REPLICA_MS = 100
+"""Sentinel mode: how long a bump waits for one replica to acknowledge it."""
 _BUMP_CONNECTIONS = 8
 _BUMP_PAUSE = 0.02
 """Seconds between two attempts of one bump."""
@@ -226,6 +231,10 @@ class RedisStore:
         self._pending_all = False
         self.server_changes = 0
         """Times a new connection found a different server (epoch renewed)."""
+        self._sentinel = url.startswith("redis+sentinel://")
+        self._sentinel_clients: list[aioredis.Redis] = []
+        self._sentinel_checked = float("-inf")
+        self._mono = monotonic
         self._client = self._make_client(url, max_connections, timeout, self._connect_timeout)
         self._bump_client = self._make_client(
             url, _BUMP_CONNECTIONS, self.bump_timeout, self.bump_timeout
@@ -264,6 +273,7 @@ class RedisStore:
             if target.sentinel_password:
                 sentinel_kwargs["password"] = target.sentinel_password
             sentinel = Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+            self._sentinel_clients.extend(sentinel.sentinels)
             client: aioredis.Redis = sentinel.master_for(
                 target.service,
                 db=target.db,
@@ -313,6 +323,8 @@ class RedisStore:
         ticket = self.circuit.enter()
         if ticket is None:
             raise StoreError("redis circuit open")
+        if self._sentinel:
+            await self._follow_sentinel()
         try:
             try:
                 async with asyncio.timeout(self._guard):
@@ -346,6 +358,33 @@ class RedisStore:
             raise
         self.circuit.success(ticket)
         return result
+
+    async def _follow_sentinel(self, *, force: bool = False) -> bool:
+        """At most once a second (or now: ``force``), ask Sentinel where the
+        master is; True when it moved.
+
+        redis-py asks only when it opens a connection, so after a failover
+        that left the old master running, pooled connections would keep
+        talking to it.  When the master moved, idle connections are dropped;
+        the next ones go to the new master, whose different ``run_id`` then
+        renews the epoch (see :meth:`_on_connect`).
+        """
+        now = self._mono()
+        if not force and now - self._sentinel_checked < _SENTINEL_CHECK_SECONDS:
+            return False
+        self._sentinel_checked = now
+        moved = False
+        for client in (self._client, self._bump_client):
+            pool: Any = client.connection_pool
+            before = pool.master_address
+            try:
+                async with asyncio.timeout(self._guard):
+                    await pool.get_master_address()
+            except (RedisError, OSError, TimeoutError) as exc:
+                _log.debug("redis sentinel: master not confirmed (%s)", exc)
+                return False
+            moved = moved or (before is not None and pool.master_address != before)
+        return moved
 
     async def _pipeline(
         self, build: Callable[[Any], None], client: aioredis.Redis | None = None
@@ -484,6 +523,8 @@ class RedisStore:
             return
         if self._closed:
             raise StoreError("redis store is closed")
+        if self._sentinel:
+            await self._follow_sentinel()
         wanted = list(tags)
         # Redis already known to be away: one attempt, so that writes during
         # an outage are not each delayed by the whole deadline.
@@ -496,7 +537,12 @@ class RedisStore:
 
             try:
                 async with self._bump_slots, asyncio.timeout(self.bump_timeout * 2):
-                    await self._pipeline(build, self._bump_client)
+                    replies = await self._pipeline(build, self._bump_client)
+                if self._sentinel and replies[-1] == 0 and await self._follow_sentinel(force=True):
+                    # No replica has it and the master moved: we wrote to a
+                    # demoted master that is about to be overwritten.
+                    self.bump_retries += 1
+                    continue
             except (RedisError, OSError, TimeoutError) as exc:
                 if time.monotonic() + _BUMP_PAUSE >= deadline:
                     self._remember_pending(wanted)
@@ -565,6 +611,8 @@ class RedisStore:
         self._closed = True
         await self._client.aclose()
         await self._bump_client.aclose()
+        for client in self._sentinel_clients:
+            await client.aclose()
 
     # -- beyond the protocol ------------------------------------------------
     async def ping(self) -> bool:
@@ -642,6 +690,11 @@ class RedisStore:
         keys = [self._k_epoch, *map(self._k_gen, tags)]
         values = [_new_value() for _ in tags]
         self._evalsha(pipe, lua.BUMP, keys, _new_epoch(), self._gen_ttl_ms, *values)
+        if self._sentinel:
+            # Replication is asynchronous: a bump the master acknowledged but
+            # had not yet sent to a replica would be lost if that replica is
+            # promoted.  Wait (briefly) for one replica to have it.
+            pipe.execute_command("WAIT", 1, _WAIT_REPLICA_MS)
 
     @staticmethod
     def _parse_generations(reply: list[bytes]) -> tuple[bytes, Generations]:

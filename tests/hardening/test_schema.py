@@ -31,7 +31,6 @@ SPEC = Path(__file__).resolve().parents[3] / "shared/slurm-openapi/openapi-v0.0.
 EXAMPLES = 150
 
 
-
 class Background:
     """The servers on an event loop in a thread: schemathesis calls are sync."""
 
