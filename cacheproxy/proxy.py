@@ -12,7 +12,14 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    MutableMapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +134,7 @@ class Proxy:
         self.coalescer = Coalescer()
         self._shared = shared_store
         self._local_writes = 0
+        self._background: set[asyncio.Task[None]] = set()
         self._recorded: dict[bytes, float] = {}
         """credential hash -> acceptance this process recorded, until when."""
         self._routes: dict[tuple[bytes, bytes], _Route] = {}
@@ -134,6 +142,10 @@ class Proxy:
 
     async def aclose(self) -> None:
         await self.coalescer.aclose()
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     # -- entry point --------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -483,14 +495,10 @@ class Proxy:
         limit = self.config.max_entry_bytes
         if flight.shareable and policy.response_storable(status, resp_headers, body, limit):
             variants: tuple[tuple[bytes, bytes], ...] = ()
-            if compress.compressible(policy.header_value(resp_headers, b"content-type")):
-                try:
-                    if len(body) < _COMPRESS_INLINE_BELOW:
-                        variants = compress.make_variants(body)
-                    else:  # don't stall every other request on the loop
-                        variants = await asyncio.to_thread(compress.make_variants, body)
-                except Exception:  # an optimisation: never the reason a request fails
-                    log.exception("compressing an entry failed; storing it uncompressed")
+            compressible = compress.compressible(policy.header_value(resp_headers, b"content-type"))
+            later = compressible and len(body) >= _COMPRESS_INLINE_BELOW
+            if compressible and not later:
+                variants = _variants(body)
             entry = Entry(
                 status=status,
                 headers=_with_length(resp_headers, len(body)),
@@ -504,7 +512,27 @@ class Proxy:
                 origin=sent_at,
             )
             await self._put(flight, key, entry)
+            if later and flight.stored:
+                # Large bodies are compressed off the response path (tens of
+                # ms of CPU for a big list): the entry is stored plain now and
+                # replaced by its compressed form unless a write came between.
+                self._spawn(self._store_compressed(key, entry))
         flight.finish()
+
+    async def _store_compressed(self, key: bytes, entry: Entry) -> None:
+        variants = await asyncio.to_thread(_variants, entry.body)
+        if variants:
+            try:
+                await self.store.put(key, dataclasses.replace(entry, variants=variants))
+            except StoreError:
+                self._store_fault()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background, keeping a reference until it ends
+        (the loop holds only weak ones)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _put(self, flight: Flight, key: bytes, entry: Entry) -> None:
         try:
@@ -931,6 +959,16 @@ async def _stream_body(receive: Receive, length: int) -> AsyncIterator[bytes]:
             yield chunk
         if not message.get("more_body", False):
             return
+
+
+def _variants(body: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    """Compressed copies of ``body``; none if compression fails (it is an
+    optimisation, never the reason a request fails)."""
+    try:
+        return compress.make_variants(body)
+    except Exception:
+        log.exception("compressing an entry failed; keeping it uncompressed")
+        return ()
 
 
 def _keep_after_expiry(match: Match) -> float:

@@ -476,3 +476,23 @@ def test_policy_trusts_only_complete_clean_answers() -> None:
     nothing = b'{"errors": [{"error_number": 9003, "error": "Nothing found with query"}], "x": []}'
     assert errors_benign(nothing, js)
     assert credential_accepted(200, nothing, js)
+
+
+async def test_large_entries_are_compressed_off_the_response_path(
+    client: httpx.AsyncClient, app: CacheProxyApp
+) -> None:
+    from cacheproxy.rules import RuleSet
+
+    assert app.proxy is not None
+    app.proxy.rules = RuleSet.from_toml(
+        '[[rule]]\nname="big"\npath="/slurm/{v}/big"\nttl=30\ntags=["big"]\n'
+    )
+    headers = {**auth("alice"), "X-Size": "300000", "Accept-Encoding": "gzip"}
+    first = await client.get("/slurm/v0.0.43/big", headers=headers)
+    assert first.headers["cache-status"] == "cacheproxy; fwd=miss; stored"
+    assert "content-encoding" not in first.headers  # a miss is never recompressed
+    await asyncio.gather(*app.proxy._background)
+    hit = await client.get("/slurm/v0.0.43/big", headers=headers)
+    assert hit.headers["cache-status"].startswith("cacheproxy; hit")
+    assert hit.headers["content-encoding"] == "gzip"
+    assert hit.content == first.content
