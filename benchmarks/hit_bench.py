@@ -82,6 +82,7 @@ def wrk(url: str, seconds: int, core: int) -> float:
 
 
 NGINX_CONF = """
+{user}
 worker_processes 1;
 daemon off;
 pid {tmp}/nginx.pid;
@@ -169,7 +170,9 @@ def bench_size(size: int, seconds: int, targets: list[str]) -> dict[str, float]:
                     cmd += ["--redis-url", f"redis://127.0.0.1:{rport}/0"]
             elif target == "nginx":
                 conf = Path(tmp) / "nginx.conf"
-                conf.write_text(NGINX_CONF.format(tmp=tmp, up=up_port, port=port))
+                # as root, workers would run as nobody and could not write the cache
+                user = "user root;" if os.geteuid() == 0 else ""
+                conf.write_text(NGINX_CONF.format(user=user, tmp=tmp, up=up_port, port=port))
                 cmd = ["nginx", "-c", str(conf), "-p", tmp]
             else:
                 raise ValueError(target)
