@@ -67,6 +67,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._refusal: errors.ProxyError | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_deadline = float("inf")
 
     # -- connection ---------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -74,7 +75,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
+        self._stop_head_timer()
         super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
@@ -87,7 +88,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._head_bytes = 0
         self._in_head = True
-        if self._head_timer is None:
+        if self._head_deadline == float("inf"):
             self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:
@@ -125,11 +126,23 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         raise _HeadLimit(err.error)
 
     def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        if self.head_timeout > 0:
-            self._head_timer = self.loop.call_later(self.head_timeout, self._on_head_timeout)
+        """Set the deadline for the next head.
+
+        Moving a float, not a timer: one TimerHandle per request (create and
+        cancel) cost a tenth of the hit path's throughput.  A single timer per
+        connection fires at the earliest deadline and re-arms itself when the
+        deadline has moved on since.
+        """
+        if self.head_timeout <= 0:
+            return
+        self._head_deadline = self.loop.time() + self.head_timeout
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_at(self._head_deadline, self._on_head_timeout)
 
     def _cancel_head_timer(self) -> None:
+        self._head_deadline = float("inf")
+
+    def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -137,6 +150,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _on_head_timeout(self) -> None:
         self._head_timer = None
         if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self._head_deadline > now:
+            if self._head_deadline != float("inf"):
+                self._head_timer = self.loop.call_at(self._head_deadline, self._on_head_timeout)
             return
         busy = (self.cycle is not None and not self.cycle.response_complete) or self.pipeline
         if busy:
