@@ -103,18 +103,6 @@ async def test_purge_everything(client: httpx.AsyncClient) -> None:
         ), (user, path)
 
 
-async def test_purge_by_user_needs_per_user_tags(
-    client: httpx.AsyncClient, app: CacheProxyApp
-) -> None:
-    """Until the proxy tags entries per user, purge-by-user says so (501)
-    rather than bumping a tag nothing carries."""
-    if hasattr(type(app.proxy), "user_tag"):
-        pytest.skip("the proxy adds per-user tags")
-    r = await client.post(PURGE, json={"users": ["alice"]}, headers=admin())
-    assert r.status_code == 501
-    assert "per-user tags" in r.json()["detail"]
-
-
 async def test_purge_by_user_bumps_the_users_tag(
     client: httpx.AsyncClient, app: CacheProxyApp
 ) -> None:
