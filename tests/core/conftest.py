@@ -8,21 +8,9 @@ import pytest
 from cacheproxy.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from cacheproxy.store.memory import MemoryStore
+from tests.clock import Clock
 from tests.core.asgi_transport import ASGITransport
 from tests.core.fake_slurmrestd import FakeSlurmrestd
-
-
-class Clock:
-    """An injected wall clock: TTL tests move time instead of sleeping."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

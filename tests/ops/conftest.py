@@ -15,8 +15,8 @@ from cacheproxy.app import CacheProxyApp
 from cacheproxy.readiness import Readiness
 from cacheproxy.settings import Settings
 from cacheproxy.store.memory import MemoryStore
+from tests.clock import Clock
 from tests.core.asgi_transport import ASGITransport
-from tests.core.conftest import Clock
 from tests.core.fake_slurmrestd import FakeSlurmrestd
 
 ADMIN_TOKEN = "admin-s3cret-token"

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cacheproxy.app import CacheProxyApp
 from cacheproxy.metrics import Exporter, MultiprocWriter, families, prepare_multiproc_dir
 from cacheproxy.stats import MAX_TAG_SERIES, OTHER_TAG, Histogram, Stats, fold_tag
-from tests.core.conftest import Clock
+from tests.clock import Clock
 from tests.core.fake_slurmrestd import FakeSlurmrestd
 from tests.ops.conftest import JOBS, PARTITIONS, auth, samples, value
 

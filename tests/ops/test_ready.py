@@ -13,7 +13,7 @@ from cacheproxy.settings import Settings
 from cacheproxy.store.base import Entry, Generations, Lookup
 from cacheproxy.store.memory import MemoryStore
 from cacheproxy.upstream.base import BufferedResponse, UpstreamRequest, UpstreamResponse
-from tests.core.conftest import Clock
+from tests.clock import Clock
 from tests.core.fake_slurmrestd import FakeSlurmrestd
 from tests.ops.conftest import AppFactory
 

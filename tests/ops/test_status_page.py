@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 
 from cacheproxy.app import CacheProxyApp
-from tests.core.conftest import Clock
+from tests.clock import Clock
 from tests.core.fake_slurmrestd import FakeSlurmrestd
 from tests.ops.conftest import JOBS, PARTITIONS, admin, auth
 
