@@ -11,21 +11,23 @@ import uvicorn
 
 
 @asynccontextmanager
-async def serve(app: Any, *, lifespan: str = "on", uds: str | None = None) -> AsyncIterator[str]:
+async def serve(
+    app: Any, *, lifespan: str = "on", uds: str | None = None, **options: Any
+) -> AsyncIterator[str]:
     """Run ``app`` under uvicorn (httptools) on 127.0.0.1:<free port>, or on
-    the UNIX socket ``uds``; yields its URL (``unix:<path>`` for a socket)."""
+    the UNIX socket ``uds``; yields its URL (``unix:<path>`` for a socket).
+    ``options`` go to ``uvicorn.Config`` over these defaults."""
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=0,
         uds=uds,
         loop="none",
-        http="httptools",
         lifespan=lifespan,
         log_level="warning",
-        access_log=False,
         server_header=False,
         date_header=False,
+        **{"http": "httptools", "access_log": False, **options},
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -4,45 +4,23 @@ upstream transport behind it, all in the test's event loop."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
-
 from cacheproxy import hardening, httplimits
 from cacheproxy.app import CacheProxyApp
 from cacheproxy.rules import RuleSet
 from cacheproxy.settings import Settings
+from tests.core.servers import serve as core_serve
 
 
 @asynccontextmanager
 async def serve(app: Any, *, lifespan: str = "on", **options: Any) -> AsyncIterator[int]:
     """Run ``app`` under uvicorn on 127.0.0.1:<free port>; yields the port."""
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        loop="none",
-        lifespan=lifespan,
-        log_level="warning",
-        server_header=False,
-        date_header=False,
-        **{"http": "httptools", "access_log": False, **options},
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.005)
-        yield server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    async with core_serve(app, lifespan=lifespan, **options) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 @dataclass
