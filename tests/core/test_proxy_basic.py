@@ -8,6 +8,9 @@ import httpx
 import orjson
 
 from cacheproxy.app import CacheProxyApp
+from cacheproxy.settings import Settings
+from cacheproxy.store.base import Lookup, StoreError
+from cacheproxy.store.memory import MemoryStore
 from tests.core.conftest import Clock, auth
 from tests.core.fake_slurmrestd import FakeSlurmrestd
 
@@ -496,3 +499,51 @@ async def test_large_entries_are_compressed_off_the_response_path(
     assert hit.headers["cache-status"].startswith("cacheproxy; hit")
     assert hit.headers["content-encoding"] == "gzip"
     assert hit.content == first.content
+
+
+class _DownStore(MemoryStore):
+    """A store that cannot answer (Redis down): every call fails."""
+
+    async def lookup(self, *args: object, **kwargs: object) -> Lookup:  # type: ignore[override]
+        raise StoreError("down")
+
+    async def put(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+        raise StoreError("down")
+
+    async def bump(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+        raise StoreError("down")
+
+    async def accept(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+        raise StoreError("down")
+
+
+async def test_store_down_still_coalesces_but_keeps_read_your_writes(
+    upstream: FakeSlurmrestd, transport: object
+) -> None:
+    app = CacheProxyApp(
+        Settings(upstream="http://upstream.test:6820"), transport=transport, store=_DownStore()
+    )
+    await app.startup()
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://proxy.test"
+        ) as client:
+            gate = upstream.gate = asyncio.Event()
+            early = [asyncio.create_task(client.get(JOBS, headers=auth("alice"))) for _ in range(5)]
+            await upstream.entered.wait()
+            await asyncio.sleep(0.02)
+            upstream.gate = None
+            r = await client.post("/slurm/v0.0.43/job/submit", headers=auth("alice"), content=b"{}")
+            assert r.status_code == 200
+            job_id = r.json()["job_id"]
+            late = asyncio.create_task(client.get(JOBS, headers=auth("alice")))
+            await asyncio.sleep(0.02)
+            gate.set()
+            early_rs = await asyncio.gather(*early)
+            late_r = await late
+        assert {x.status_code for x in early_rs} == {200}
+        assert upstream.total("GET", "/jobs") == 2  # 5 early ones shared one fetch
+        assert "collapsed" not in late_r.headers["cache-status"]
+        assert job_id in [j["job_id"] for j in late_r.json()["jobs"]]
+    finally:
+        await app.shutdown()
