@@ -279,9 +279,8 @@ class Proxy:
         if (
             entry is not None
             and accepted
-            and entry.stored_at + entry.ttl > now
-            and entry.generations == found.generations
-            and entry.tags == match.tags
+            and entry.is_fresh(now)
+            and entry.is_valid(match.tags, found.generations)
         ):
             self.stats.requests[(match.name, "hit")] += 1
             await self._send_entry(send, entry, now, accept_encoding)
@@ -292,8 +291,7 @@ class Proxy:
             and accepted
             and match.rule is not None
             and match.rule.revalidate is not None
-            and entry.generations == found.generations
-            and entry.tags == match.tags
+            and entry.is_valid(match.tags, found.generations)
         ):
             stale = entry  # expired, but no write touched it: revalidate
         fallback = self._stale_fallback(entry, accepted, match, found.generations, now)
@@ -850,8 +848,7 @@ class Proxy:
             entry is None
             or rule is None
             or not accepted
-            or entry.generations != tuple(generations)
-            or entry.tags != match.tags
+            or not entry.is_valid(match.tags, tuple(generations))
         ):
             return None
         window = max(rule.stale_if_error, rule.stale_while_revalidate)
