@@ -6,7 +6,8 @@ In one run, with the same payloads (2 KiB, 200 KiB, 5 MiB by default), wrk
   * proxy:  cacheproxy (in-process tier), every request a hit;
   * redis:  cacheproxy with the Redis tier (if redis-server is installed);
   * nginx:  nginx proxy_cache keyed on the user and token (if installed).
-Prints req/s and the ratio to bare.  Bounded: --seconds per target.
+Prints req/s, the server's CPU per request (utime+stime from /proc, robust
+when the machine is busy) and both ratios to bare.  Bounded: --seconds per target.
 
     .venv/bin/python benchmarks/hit_bench.py [--seconds 5] [--sizes 2048,204800]
 """
@@ -25,6 +26,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from forward_bench import tree_cpu_seconds
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -69,7 +72,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def wrk(url: str, seconds: int, core: int) -> float:
+def wrk(url: str, seconds: int, core: int) -> tuple[float, int]:
+    """req/s and the number of requests wrk completed."""
     cmd = ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency"]
     for k, v in HEADERS.items():
         cmd += ["-H", f"{k}: {v}"]
@@ -77,8 +81,9 @@ def wrk(url: str, seconds: int, core: int) -> float:
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         cmd = ["taskset", "-c", str(core), *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    return float(m.group(1)) if m else 0.0
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    done = re.search(r"(\d+) requests in", out)
+    return (float(rate.group(1)) if rate else 0.0), (int(done.group(1)) if done else 0)
 
 
 NGINX_CONF = """
@@ -109,8 +114,9 @@ http {{
 """
 
 
-def bench_size(size: int, seconds: int, targets: list[str]) -> dict[str, float]:
-    results: dict[str, float] = {}
+def bench_size(size: int, seconds: int, targets: list[str]) -> dict[str, tuple[float, float]]:
+    """Per target: req/s, and the server's CPU microseconds per request."""
+    results: dict[str, tuple[float, float]] = {}
     up_port = free_port()
     upstream = start(
         [PY, str(HERE / "fixed_upstream.py"), "--port", str(up_port), "--size", str(size)], core=1
@@ -180,7 +186,10 @@ def bench_size(size: int, seconds: int, targets: list[str]) -> dict[str, float]:
             try:
                 wait_http(f"http://127.0.0.1:{port}{PATH}")
                 wrk(f"http://127.0.0.1:{port}{PATH}", 1, core=1)  # warm up
-                results[target] = wrk(f"http://127.0.0.1:{port}{PATH}", seconds, core=1)
+                before = tree_cpu_seconds(proc.pid)
+                rate, done = wrk(f"http://127.0.0.1:{port}{PATH}", seconds, core=1)
+                cpu = tree_cpu_seconds(proc.pid) - before
+                results[target] = (rate, cpu / done * 1e6 if done else 0.0)
             finally:
                 stop(proc)
                 if redis is not None:
@@ -210,17 +219,20 @@ def main() -> None:
             cpu = line.split(":", 1)[1].strip()
             break
     print(f"machine: {os.cpu_count()} cores, {cpu}; wrk -t1 -c50 -d{a.seconds}s")
-    print(f"{'size':>9} " + " ".join(f"{t:>10}" for t in targets) + "   ratios to bare")
+    print("req/s (server CPU us per request); ratios: req/s, and bare's CPU / target's CPU")
+    print(f"{'size':>9} " + " ".join(f"{t:>15}" for t in targets) + "   ratios to bare")
     for size in (int(s) for s in a.sizes.split(",")):
         r = bench_size(size, a.seconds, targets)
-        bare = r.get("bare") or 0.0
+        bare_rate, bare_cpu = r.get("bare", (0.0, 0.0))
         ratios = " ".join(
-            f"{t}={r[t] / bare:.0%}" for t in targets if t != "bare" and bare and t in r
+            f"{t}={r[t][0] / bare_rate:.0%}/{bare_cpu / r[t][1]:.0%}"
+            for t in targets
+            if t != "bare" and bare_rate and t in r and r[t][1]
         )
-        print(
-            f"{size:>9} " + " ".join(f"{r.get(t, 0):>10.0f}" for t in targets) + "   " + ratios,
-            flush=True,
+        cells = " ".join(
+            f"{r[t][0]:>7.0f} ({r[t][1]:>4.0f})" if t in r else f"{'-':>15}" for t in targets
         )
+        print(f"{size:>9} {cells}   {ratios}", flush=True)
 
 
 if __name__ == "__main__":

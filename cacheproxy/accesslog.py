@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from cacheproxy import errors
+from cacheproxy.fastlane import HitResponse, responder_of
 from cacheproxy.respond import ASGIApp, Message, Receive, Scope, Send, send_error
 from cacheproxy.stats import Stats
 
@@ -101,6 +102,47 @@ class RequestContext:
         self.app = app
         self.access_log = access_log_enabled
         self.stats = stats if stats is not None else Stats()
+        self._inner_fast = responder_of(app)
+
+    def fast_response(self, scope: Scope) -> HitResponse | None:
+        """See :mod:`cacheproxy.fastlane`: the request id and the access log
+        line, as :meth:`__call__` gives them."""
+        inner = self._inner_fast
+        if inner is None:
+            return None
+        rid: bytes | None = None
+        count = 0
+        forwarded = False
+        for k, v in scope["headers"]:
+            if k == REQUEST_ID:
+                count += 1
+                rid = v
+            elif k == b"x-forwarded-for":
+                forwarded = True
+        if forwarded and self.access_log:
+            # The logged client is the one uvicorn's proxy-headers middleware
+            # derives, which only the ASGI path runs.
+            return None
+        started = time.perf_counter() if self.access_log else 0.0
+        response = inner(scope)
+        if response is None:
+            return None
+        if count != 1 or rid is None or not sane_request_id(rid):
+            rid = _new_request_id()
+        status, out, body = response
+        cache = b""
+        echoed = False
+        for k, v in out:
+            if k == b"cache-status":
+                cache = v
+            elif k == REQUEST_ID:
+                echoed = True
+        if echoed:  # ours wins, as in _with_request_id
+            out = [(k, v) for k, v in out if k != REQUEST_ID]
+        out.append((REQUEST_ID, rid))
+        if self.access_log:
+            self._log(scope, rid, status, len(body), cache, started)
+        return status, out, body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

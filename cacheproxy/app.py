@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from cacheproxy import settings as settings_mod
 from cacheproxy.endpoints import OWN_PREFIX, own_endpoints, start_background, stop_background
+from cacheproxy.fastlane import HitResponse
 from cacheproxy.identity import IdentityResolver
 from cacheproxy.proxy import Proxy, ProxyConfig, Receive, Scope, Send
 from cacheproxy.rules import RuleSet
@@ -150,6 +151,13 @@ class CacheProxyApp:
         await proxy.aclose()
         await proxy.transport.aclose()
         await proxy.store.aclose()
+
+    def fast_response(self, scope: Scope) -> HitResponse | None:
+        """See :mod:`cacheproxy.fastlane`: the proxied path only, once started."""
+        proxy = self.proxy
+        if proxy is None or scope["path"].startswith(OWN_PREFIX):
+            return None
+        return proxy.fast_response(scope)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -2,7 +2,9 @@
 
 From the socket inwards::
 
-    LimitedHttpToolsProtocol   URL/head size (414/431), head timeout (408)
+    CacheProxyProtocol         URL/head size (414/431), head timeout (408);
+                               fresh hits answered in the fast lane, where
+                               every layer below offers fast_response()
     uvicorn limit_concurrency  open connections/requests (503)
     RequestContext             X-Request-ID, JSON access log, safety net
     AuthGuard                  429 after repeated auth failures; per-user rate
@@ -96,7 +98,7 @@ def uvicorn_options(s: Settings) -> dict[str, Any]:
     )
     return {
         # A string: --workers children import it (and configure() it again).
-        "http": "cacheproxy.httplimits:LimitedHttpToolsProtocol",
+        "http": "cacheproxy.protocol:CacheProxyProtocol",
         "timeout_keep_alive": s.keep_alive_timeout,
         "limit_concurrency": s.max_connections or None,
         "h11_max_incomplete_event_size": s.max_header_bytes,

@@ -31,6 +31,7 @@ from cacheproxy import errors
 DEFAULT_MAX_URL_BYTES = 8192
 DEFAULT_MAX_HEAD_BYTES = 32 * 1024
 DEFAULT_HEAD_TIMEOUT = 10.0
+_NO_DEADLINE = float("inf")
 
 
 class _HeadLimit(Exception):
@@ -67,7 +68,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._refusal: errors.ProxyError | None = None
         self._head_timer: asyncio.TimerHandle | None = None
-        self._head_deadline = float("inf")
+        self._head_deadline = _NO_DEADLINE
 
     # -- connection ---------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -88,23 +89,28 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._head_bytes = 0
         self._in_head = True
-        if self._head_deadline == float("inf"):
+        if self._head_deadline == _NO_DEADLINE:
             self._arm_head_timer()
 
+    # (The counting is inlined: these run for every header of every request.)
     def on_url(self, url: bytes) -> None:
         if len(self.url) + len(url) > self.max_url_bytes:
             self._refuse(errors.URL_TOO_LONG)
-        self._count(len(url))
-        super().on_url(url)
+        self._head_bytes += len(url)
+        if self._head_bytes > self.max_head_bytes:
+            self._refuse(errors.HEAD_TOO_LARGE)
+        HttpToolsProtocol.on_url(self, url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
-        super().on_header(name, value)
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.max_head_bytes:
+            self._refuse(errors.HEAD_TOO_LARGE)
+        HttpToolsProtocol.on_header(self, name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._cancel_head_timer()
-        super().on_headers_complete()
+        self._head_deadline = _NO_DEADLINE  # the head is in: stop its timer
+        HttpToolsProtocol.on_headers_complete(self)
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a parser error; ours when a limit caused it."""
@@ -116,11 +122,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     # -- internals ------------------------------------------------------------
-    def _count(self, n: int) -> None:
-        self._head_bytes += n
-        if self._head_bytes > self.max_head_bytes:
-            self._refuse(errors.HEAD_TOO_LARGE)
-
     def _refuse(self, err: errors.ProxyError) -> None:
         self._refusal = err
         raise _HeadLimit(err.error)
@@ -139,9 +140,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is None:
             self._head_timer = self.loop.call_at(self._head_deadline, self._on_head_timeout)
 
-    def _cancel_head_timer(self) -> None:
-        self._head_deadline = float("inf")
-
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -153,7 +151,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         now = self.loop.time()
         if self._head_deadline > now:
-            if self._head_deadline != float("inf"):
+            if self._head_deadline != _NO_DEADLINE:
                 self._head_timer = self.loop.call_at(self._head_deadline, self._on_head_timeout)
             return
         busy = (self.cycle is not None and not self.cycle.response_complete) or self.pipeline

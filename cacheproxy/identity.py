@@ -65,6 +65,7 @@ class IdentityResolver:
     def __init__(self, hmac_key: bytes) -> None:
         # BLAKE2b takes keys up to 64 bytes: derive a fixed-size one.
         self._key = hashlib.blake2b(hmac_key, person=b"cacheproxy-key").digest()
+        self._hasher = hashlib.blake2b(key=self._key, digest_size=32)
         # credential hash -> Identity; keyed by the hash, never by the token.
         self._known: dict[bytes, Identity] = {}
 
@@ -108,11 +109,11 @@ class IdentityResolver:
             return None
         assert token is not None
         user_part = name if name is not None else b"\x00none"
-        credential = hashlib.blake2b(
-            b"%d:%s,%d:%s,%d:%s," % (len(kind), kind, len(user_part), user_part, len(token), token),
-            key=self._key,
-            digest_size=32,
-        ).digest()
+        hasher = self._hasher.copy()  # the key is absorbed once, not per request
+        hasher.update(
+            b"%d:%s,%d:%s,%d:%s," % (len(kind), kind, len(user_part), user_part, len(token), token)
+        )
+        credential = hasher.digest()
         known = self._known.get(credential)
         if known is not None:
             return known

@@ -30,6 +30,7 @@ from pathlib import Path
 import jwt
 
 from cacheproxy.endpoints import OWN_PREFIX
+from cacheproxy.fastlane import HitResponse, responder_of
 from cacheproxy.identity import AUTHORIZATION, USER_TOKEN
 from cacheproxy.respond import ASGIApp, Receive, Scope, Send, send_auth_failure
 from cacheproxy.stats import Stats
@@ -163,6 +164,18 @@ class JwtCheck:
         self.app = app
         self.verifier = verifier
         self.stats = stats if stats is not None else Stats()
+        self._inner_fast = responder_of(app)
+
+    def fast_response(self, scope: Scope) -> HitResponse | None:
+        """See :mod:`cacheproxy.fastlane`: only when every token verifies
+        (a refusal is the ASGI path's to count and answer)."""
+        inner = self._inner_fast
+        if inner is None:
+            return None
+        for token in request_tokens(scope["headers"]):
+            if not self.verifier.valid(token):
+                return None
+        return inner(scope)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope["path"].startswith(OWN_PREFIX):

@@ -163,6 +163,12 @@ def stats_families(stats: Stats) -> list[Metric]:
             "instead of asking slurmrestd.",
             stats.coalesced,
         ),
+        _counter(
+            "cacheproxy_fast_lane_hits",
+            "Hits answered by the server protocol without an ASGI cycle "
+            "(included in cacheproxy_requests_total's hits).",
+            stats.fast_hits,
+        ),
         invalidations,
         _counter(
             "cacheproxy_auth_accepted",

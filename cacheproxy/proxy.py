@@ -25,6 +25,7 @@ from typing import Any
 
 from cacheproxy import compress, errors, headers, policy, usertag
 from cacheproxy.coalesce import Coalescer, Flight
+from cacheproxy.fastlane import HitResponse
 from cacheproxy.identity import Identity, IdentityResolver
 from cacheproxy.keys import cache_key
 from cacheproxy.request import (
@@ -90,6 +91,26 @@ class _Route:
     """The rule caches it and the query is not a delta (``update_time``)."""
 
 
+_FAST_STATUSES = frozenset({200})
+"""Cached statuses the fast lane answers (only 200s are stored today).  Never
+401, 511 or 500: the brute-force guard must see every authentication failure
+(:mod:`cacheproxy.guard`) and only the ASGI path shows them to it."""
+
+
+@dataclass(slots=True)
+class _GetPlan:
+    """A cacheable GET with one usable identity: what the lookup needs.
+    (Not frozen: built per request, and a frozen init costs four times more.)"""
+
+    match: Match
+    """The rule's match, with the user's tag added."""
+    identity: Identity
+    key: bytes
+    accept_encoding: bytes
+    has_body: bool
+    """The request announced a body (a GET should not: left to the ASGI path)."""
+
+
 class _AbortResponse(Exception):
     """The upstream body broke after the head was sent: drop the connection
     so the client sees a truncated response, never a complete-looking one."""
@@ -139,6 +160,11 @@ class Proxy:
         """credential hash -> acceptance this process recorded, until when."""
         self._routes: dict[tuple[bytes, bytes], _Route] = {}
         self._keys: dict[tuple[bytes, bytes, bytes, str], tuple[bytes, Match]] = {}
+        self._lookup_now: Callable[[bytes, Sequence[str], bytes], Lookup] | None = getattr(
+            store, "lookup_now", None
+        )
+        """The store's synchronous lookup, when it has one (the in-process
+        tier): what lets :meth:`fast_response` answer without awaiting."""
 
     async def aclose(self) -> None:
         await self.coalescer.aclose()
@@ -153,11 +179,66 @@ class Proxy:
         if method != "GET":
             await self._not_cached(scope, receive, send)
             return
-        # The hit path: one scan of the headers, memoised parsing and keys.
+        plan = self._plan(scope)
+        if isinstance(plan, _Route):
+            if plan.cacheable:  # no usable identity: slurmrestd judges the request
+                await self._forward(from_scope(scope), plan.match, receive, send, "fwd=request")
+            else:
+                await self._not_cached(scope, receive, send, plan.match)
+            return
+        if plan is None:
+            await self._not_cached(scope, receive, send)
+            return
+        await self._cached_get(scope, plan, send)
+
+    def fast_response(self, scope: Scope) -> HitResponse | None:
+        """The response to a GET that is a fresh hit right now, else None.
+
+        Synchronous and free of side effects but the hit counter, so the
+        server protocol can answer a hit without an ASGI cycle (see
+        :mod:`cacheproxy.fastlane`); anything else (a miss, a stale entry, a
+        credential not accepted, a store that must be awaited) is left to the
+        ASGI path, which decides it again from scratch.
+        """
+        lookup_now = self._lookup_now
+        if lookup_now is None or scope["method"] != "GET":
+            return None
+        plan = self._plan(scope)
+        if plan is None or isinstance(plan, _Route) or plan.has_body:
+            return None
+        match = plan.match
+        try:
+            found = lookup_now(plan.key, match.tags, plan.identity.credential)
+        except StoreError:
+            return None
+        now = self.clock()
+        entry = found.entry
+        if (
+            entry is None
+            or found.accepted_until <= now
+            or entry.status not in _FAST_STATUSES
+            or not entry.is_fresh(now)
+            or not entry.is_valid(match.tags, found.generations)
+        ):
+            return None
+        stats = self.stats
+        stats.requests[(match.name, "hit")] += 1
+        stats.fast_hits += 1
+        return _hit_response(entry, now, plan.accept_encoding)
+
+    def _plan(self, scope: Scope) -> _GetPlan | _Route | None:
+        """Everything a cached GET needs from the request, from one scan of
+        its headers and memoised parsing and keys.
+
+        None: a target that does not parse.  A bare :class:`_Route`: the GET
+        is not served from the cache (the rule does not cache it, or there is
+        no single usable identity; ``route.cacheable`` tells which).
+        """
         name = token = auth = None
         accept = b""
         accept_encoding = b""
         repeated = False
+        has_body = False
         for k, v in scope["headers"]:
             if k == b"x-slurm-user-name":
                 repeated |= name is not None
@@ -172,31 +253,33 @@ class Proxy:
                 accept = v if not accept else accept + b", " + v
             elif k == b"accept-encoding":
                 accept_encoding = v
+            elif k == b"content-length":
+                has_body |= v != b"0"
+            elif k == b"transfer-encoding":
+                has_body = True
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        route = self._routes.get((raw_path, scope["query_string"]))
+        raw_query: bytes = scope["query_string"]
+        route = self._routes.get((raw_path, raw_query))
         if route is None:
             try:
-                route = self._route(raw_path, scope["query_string"])
+                route = self._route(raw_path, raw_query)
             except BadRequest:
-                await self._not_cached(scope, receive, send)
-                return
+                return None
         if not route.cacheable:
-            await self._not_cached(scope, receive, send, route.match)
-            return
+            return route
         identity = None if repeated else self.resolver.resolve_values(name, token, auth)
         if identity is None:
-            await self._forward(from_scope(scope), route.match, receive, send, "fwd=request")
-            return
-        key_id = (raw_path, scope["query_string"], accept, identity.user)
+            return route
+        key_id = (raw_path, raw_query, accept, identity.user)
         memo = self._keys.get(key_id)
         if memo is None:
-            key = cache_key(identity.user, method, route.segments, route.query, accept)
+            key = cache_key(identity.user, "GET", route.segments, route.query, accept)
             memo = (key, self._with_user_tag(route.match, identity.user))
             if len(self._keys) >= _MEMO_MAX:
                 self._keys.clear()
             self._keys[key_id] = memo
         key, match = memo
-        await self._cached_get(scope, match, identity, key, send, accept_encoding)
+        return _GetPlan(match, identity, key, accept_encoding, has_body)
 
     def user_tag(self, name: str) -> str:
         """The tag every entry cached for user ``name`` carries (admin purge by user)."""
@@ -252,15 +335,9 @@ class Proxy:
         await self._forward(req, match, receive, send, outcome)
 
     # -- the cached GET -----------------------------------------------------
-    async def _cached_get(
-        self,
-        scope: Scope,
-        match: Match,
-        identity: Identity,
-        key: bytes,
-        send: Send,
-        accept_encoding: bytes = b"",
-    ) -> None:
+    async def _cached_get(self, scope: Scope, plan: _GetPlan, send: Send) -> None:
+        match, identity, key = plan.match, plan.identity, plan.key
+        accept_encoding = plan.accept_encoding
         try:
             found = await self.store.lookup(key, match.tags, identity.credential)
         except StoreError:
@@ -735,25 +812,8 @@ class Proxy:
     async def _send_entry(
         self, send: Send, entry: Entry, now: float, accept_encoding: bytes = b""
     ) -> None:
-        ttl = max(0, int(entry.stored_at + entry.ttl - now))
-        age = max(0, int(now - entry.stored_at))
-        body = entry.body
-        variant = compress.choose(accept_encoding, entry.variants) if entry.variants else None
-        if variant is None:
-            out = [*entry.headers]
-        else:
-            encoding, body = variant
-            out = [(k, v) for k, v in entry.headers if k != b"content-length"]
-            out += [
-                (b"content-length", b"%d" % len(body)),
-                (b"content-encoding", encoding),
-                (b"vary", b"accept-encoding"),
-            ]
-        out += [
-            (headers.CACHE_STATUS, b"cacheproxy; hit; ttl=%d" % ttl),
-            (headers.AGE, b"%d" % age),
-        ]
-        await send({"type": "http.response.start", "status": entry.status, "headers": out})
+        status, out, body = _hit_response(entry, now, accept_encoding)
+        await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": body})
 
     async def _send_flight(self, send: Send, flight: Flight, match: Match, outcome: str) -> None:
@@ -928,6 +988,31 @@ class _BodyTooLarge(Exception):
 
 class _ClientGone(Exception):
     """The request body ended in a disconnect, not in its last chunk."""
+
+
+def _hit_response(entry: Entry, now: float, accept_encoding: bytes) -> HitResponse:
+    """A cached entry as the response to one client: the variant its
+    ``Accept-Encoding`` takes, plus ``Cache-Status`` and ``Age``.  The body
+    is the stored object itself, never a copy."""
+    ttl = max(0, int(entry.stored_at + entry.ttl - now))
+    age = max(0, int(now - entry.stored_at))
+    body = entry.body
+    variant = compress.choose(accept_encoding, entry.variants) if entry.variants else None
+    if variant is None:
+        out = [*entry.headers]
+    else:
+        encoding, body = variant
+        out = [(k, v) for k, v in entry.headers if k != b"content-length"]
+        out += [
+            (b"content-length", b"%d" % len(body)),
+            (b"content-encoding", encoding),
+            (b"vary", b"accept-encoding"),
+        ]
+    out += [
+        (headers.CACHE_STATUS, b"cacheproxy; hit; ttl=%d" % ttl),
+        (headers.AGE, b"%d" % age),
+    ]
+    return entry.status, out, body
 
 
 async def _relay(send: Send, chunks: AsyncIterator[bytes]) -> None:

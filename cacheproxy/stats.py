@@ -135,6 +135,9 @@ class Stats:
     """rule name -> requests sent to slurmrestd."""
     upstream_errors: int = 0
     coalesced: int = 0
+    fast_hits: int = 0
+    """Hits answered in the server's fast lane (a subset of the ``hit``
+    outcomes in :attr:`requests`; see :mod:`cacheproxy.fastlane`)."""
     invalidations: Counter[str] = field(default_factory=Counter)
     """folded tag (``job:*``) -> times invalidated; see :meth:`invalidated`."""
     store_errors: int = 0
@@ -241,6 +244,7 @@ class Stats:
             "upstream_errors": self.upstream_errors,
             "upstream_latency": {r: h.to_json() for r, h in self.upstream_latency.items()},
             "coalesced": self.coalesced,
+            "fast_hits": self.fast_hits,
             "invalidations": dict(self.invalidations_folded()),
             "recent_invalidations": [
                 {

@@ -9,14 +9,20 @@ from typing import Any
 
 import uvicorn
 
+from cacheproxy.protocol import CacheProxyProtocol
+
 
 @asynccontextmanager
 async def serve(
     app: Any, *, lifespan: str = "on", uds: str | None = None, **options: Any
 ) -> AsyncIterator[str]:
-    """Run ``app`` under uvicorn (httptools) on 127.0.0.1:<free port>, or on
-    the UNIX socket ``uds``; yields its URL (``unix:<path>`` for a socket).
-    ``options`` go to ``uvicorn.Config`` over these defaults."""
+    """Run ``app`` under uvicorn on 127.0.0.1:<free port>, or on the UNIX
+    socket ``uds``; yields its URL (``unix:<path>`` for a socket).
+    ``options`` go to ``uvicorn.Config`` over these defaults.
+
+    The protocol is the one ``cacheproxy serve`` runs (httptools, with the
+    fast lane for hits), so every test over a socket also tests the lane;
+    ``http="httptools"`` serves plain uvicorn."""
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -25,9 +31,13 @@ async def serve(
         loop="none",
         lifespan=lifespan,
         log_level="warning",
-        server_header=False,
-        date_header=False,
-        **{"http": "httptools", "access_log": False, **options},
+        **{
+            "http": CacheProxyProtocol,
+            "access_log": False,
+            "server_header": False,
+            "date_header": False,
+            **options,
+        },
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -507,6 +507,9 @@ class _DownStore(MemoryStore):
     async def lookup(self, *args: object, **kwargs: object) -> Lookup:  # type: ignore[override]
         raise StoreError("down")
 
+    def lookup_now(self, *args: object, **kwargs: object) -> Lookup:  # type: ignore[override]
+        raise StoreError("down")
+
     async def put(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
         raise StoreError("down")
 

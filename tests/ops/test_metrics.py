@@ -122,6 +122,7 @@ async def test_exposition_parses_with_help_and_types(client: httpx.AsyncClient) 
         "cacheproxy_upstream_requests",
         "cacheproxy_upstream_latency_seconds",
         "cacheproxy_coalesced",
+        "cacheproxy_fast_lane_hits",
         "cacheproxy_invalidations",
         "cacheproxy_cache_entries",
         "cacheproxy_cache_bytes",

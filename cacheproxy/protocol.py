@@ -1,0 +1,120 @@
+"""The HTTP/1.1 server protocol ``cacheproxy serve`` runs.
+
+uvicorn's httptools protocol with the head limits of
+:mod:`cacheproxy.httplimits`, plus the fast lane (:mod:`cacheproxy.fastlane`):
+when a request head is parsed, the application may answer it at once with a
+cached response, written straight to the socket as uvicorn's own ``send``
+would write it (status line, uvicorn's default headers, then the response's),
+with no task and no ASGI cycle.
+
+The lane is used only where it changes nothing but the cost: a keep-alive
+``GET`` whose turn it is (uvicorn starts pipelined requests in order), not
+over the concurrency limit, with no ``Expect``, uvicorn's own access log not
+configured on (``cacheproxy serve`` turns it off and has its own; a handler
+that merely exists on ``uvicorn.access``, as pytest attaches one to every
+non-propagating logger, does not count), and a socket that is not closing
+nor over its write high-water mark.  Everything
+else, and every request the application declines, takes the ASGI path.  The
+response completes exactly as uvicorn completes one (``on_response``: the
+keep-alive timer, the next pipelined request, the head timer).
+
+This relies on one uvicorn internal, ``HttpToolsProtocol._start_asgi_task``
+(present since the version ``pyproject.toml`` requires); without it the lane
+stays off and a warning says so.  ``tests/core/test_fastlane.py`` fails if
+the lane does not engage with the installed uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from cacheproxy.fastlane import FastResponder, HitResponse, responder_of
+from cacheproxy.httplimits import LimitedHttpToolsProtocol
+
+log = logging.getLogger("cacheproxy")
+
+_JOIN_BELOW = 256 * 1024
+"""Bodies up to this size go out with the head in one write (one syscall);
+larger ones are written as they are, never copied."""
+
+LANE_SUPPORTED = hasattr(HttpToolsProtocol, "_start_asgi_task")
+if not LANE_SUPPORTED:  # pragma: no cover - depends on the installed uvicorn
+    log.warning("this uvicorn has no _start_asgi_task: the fast lane is off")
+
+
+def lane_of(app: object) -> FastResponder | None:
+    """The fast lane of the application uvicorn serves.
+
+    uvicorn may wrap it in its proxy-headers middleware, which only rewrites
+    the client address and scheme (no hit depends on them; the access log
+    steps aside when they are forwarded).  Any other wrapper is unknown, so
+    it turns the lane off.
+    """
+    while isinstance(app, ProxyHeadersMiddleware):
+        app = app.app
+    return responder_of(app) if LANE_SUPPORTED else None
+
+
+class CacheProxyProtocol(LimitedHttpToolsProtocol):
+    """See the module docstring."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lane = lane_of(self.app)
+        self.fast_responses = 0
+        """Responses this connection answered in the fast lane (for tests)."""
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        if self._lane is not None and app is self.app:  # not uvicorn's 503
+            response = self._fast_response(cycle)
+            if response is not None:
+                self._write_response(cycle, response)
+                return
+        super()._start_asgi_task(cycle, app)
+
+    def _fast_response(self, cycle: Any) -> HitResponse | None:
+        """The lane's answer, or None for the ASGI path.  Any fault here is
+        the lane's own: it is logged, the lane is switched off for this
+        connection, and the ASGI path answers (never the reason a request
+        fails)."""
+        lane = self._lane
+        try:
+            if (
+                lane is None
+                or not cycle.keep_alive
+                or cycle.waiting_for_100_continue
+                or (cycle.access_log and self.config.access_log)
+                or self.flow.write_paused
+                or self.transport.is_closing()
+            ):
+                return None
+            return lane(cycle.scope)
+        except Exception:
+            log.exception("fast lane failed; the ASGI path answers on this connection")
+            self._lane = None
+            return None
+
+    def _write_response(self, cycle: Any, response: HitResponse) -> None:
+        status, headers, body = response
+        parts = [STATUS_LINE[status]]
+        for name, value in cycle.default_headers:
+            parts += (name, b": ", value, b"\r\n")
+        for name, value in headers:  # lower case, as uvicorn's send writes them
+            parts += (name.lower(), b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        transport: asyncio.Transport = self.transport
+        if len(body) <= _JOIN_BELOW:
+            parts.append(body)
+            transport.write(b"".join(parts))
+        else:
+            transport.write(b"".join(parts))
+            transport.write(body)
+        cycle.response_started = True
+        cycle.response_complete = True
+        self.fast_responses += 1
+        cycle.on_response()

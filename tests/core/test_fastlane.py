@@ -1,0 +1,344 @@
+"""The fast lane (cacheproxy.fastlane, cacheproxy.protocol): hits answered by
+the server protocol must be byte-for-byte what the ASGI path answers, and
+every request the lane must not take (a miss, a refusal, a blocked client,
+Connection: close, a body, a lane fault...) must still get its ASGI answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from typing import Any, NamedTuple
+
+import pytest
+
+from cacheproxy import hardening
+from cacheproxy.app import CacheProxyApp
+from cacheproxy.rules import RuleSet
+from cacheproxy.settings import Settings
+from cacheproxy.store.memory import MemoryStore
+from tests.clock import Clock
+from tests.core.fake_slurmrestd import FakeSlurmrestd
+from tests.core.servers import serve
+
+JOBS = "/slurm/v0.0.43/jobs"
+NODES = "/slurm/v0.0.43/nodes"
+BIG = "/slurm/v0.0.43/big"
+HIT = b"cacheproxy; hit; ttl=5"
+"""A hit on the jobs list, fetched just now (its default rule's ttl)."""
+
+
+def rules() -> RuleSet:
+    """The default rules, plus a long-lived big entry (stored compressed)."""
+    text = resources.files("cacheproxy").joinpath("default_rules.toml").read_text()
+    return RuleSet.from_toml(
+        text + '\n[[rule]]\nname="big"\npath="/slurm/{v}/big"\nttl=30\ntags=["big"]\n'
+    )
+
+
+class Response(NamedTuple):
+    status: int
+    head: bytes
+    """Status line and headers, exactly as sent."""
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        for line in self.head.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b": ")
+            if k.lower() == name:
+                return v
+        return None
+
+
+def without_date(r: Response) -> Response:
+    """The response with its Date line removed (two servers may be a second apart)."""
+    lines = [line for line in r.head.split(b"\r\n") if not line.startswith(b"date: ")]
+    return r._replace(head=b"\r\n".join(lines))
+
+
+class Raw:
+    """One client connection that sends exact bytes and reads responses as
+    they are framed on the wire (Content-Length only: all the proxy sends)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def response(self) -> Response:
+        head = (await self.reader.readuntil(b"\r\n\r\n"))[:-4]
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b": ")
+            if k.lower() == b"content-length":
+                length = int(v)
+        body = await self.reader.readexactly(length)
+        return Response(int(head.split(b" ", 2)[1]), head, body)
+
+    async def closed(self) -> bool:
+        return await asyncio.wait_for(self.reader.read(1), 5) == b""
+
+
+Connect = Callable[[str], Awaitable[Raw]]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Open raw connections to a server URL; all closed after the test."""
+    opened: list[asyncio.StreamWriter] = []
+
+    async def open_one(url: str) -> Raw:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        opened.append(writer)
+        return Raw(reader, writer)
+
+    yield open_one
+    for writer in opened:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def settle(app: CacheProxyApp) -> None:
+    """Wait until fetches in flight have stored their entries (a response
+    reaches the client before its entry is stored)."""
+    proxy = app.proxy
+    assert proxy is not None
+    await asyncio.gather(*proxy.coalescer._tasks, *proxy._background)
+
+
+def get(path: str, user: str = "alice", extra: bytes = b"", *, token: str | None = None) -> bytes:
+    token = token or f"tok-{user}"
+    return (
+        (
+            f"GET {path} HTTP/1.1\r\nHost: proxy\r\nX-SLURM-USER-NAME: {user}\r\n"
+            f"X-SLURM-USER-TOKEN: {token}\r\nX-Request-ID: fixed-id\r\n"
+        ).encode()
+        + extra
+        + b"\r\n"
+    )
+
+
+class Stack(NamedTuple):
+    upstream: FakeSlurmrestd
+    app: CacheProxyApp
+    fast: str
+    """The proxy served with the fast-lane protocol (what ``serve`` runs)."""
+    plain: str
+    """The very same app served by plain uvicorn httptools: the ASGI path."""
+
+
+@pytest.fixture
+async def stack(clock: Clock) -> AsyncIterator[Stack]:
+    upstream = FakeSlurmrestd()
+    async with serve(upstream) as upstream_url:
+        app = CacheProxyApp(
+            Settings(upstream=upstream_url), rules=rules(), store=MemoryStore(clock=clock)
+        )
+        await app.startup()
+        assert app.proxy is not None
+        app.proxy.clock = clock
+        hardened = hardening.wrap(app)
+        try:
+            async with (
+                serve(hardened, lifespan="off", date_header=True) as fast,
+                serve(hardened, lifespan="off", date_header=True, http="httptools") as plain,
+            ):
+                yield Stack(upstream, app, fast, plain)
+        finally:
+            await app.shutdown()
+
+
+async def warm(stack: Stack, connect: Connect, path: str = JOBS, user: str = "alice") -> None:
+    """Fetch once so the next GET of ``path`` by ``user`` is a hit."""
+    c = await connect(stack.plain)
+    await c.send(get(path, user, b"X-Size: 300000\r\n" if path == BIG else b""))
+    assert (await c.response()).status == 200
+    await settle(stack.app)
+
+
+async def test_a_hit_takes_the_lane_with_the_installed_uvicorn(
+    stack: Stack, connect: Connect
+) -> None:
+    """Fails if a uvicorn upgrade silently turns the lane off."""
+    await warm(stack, connect)
+    c = await connect(stack.fast)
+    await c.send(get(JOBS))
+    r = await c.response()
+    assert r.status == 200
+    assert r.header(b"cache-status") == HIT
+    assert stack.app.stats.fast_hits == 1
+    assert stack.upstream.total("GET", "/jobs") == 1
+
+
+@pytest.mark.parametrize("encoding", ["", "gzip", "zstd", "br;q=0.5, gzip;q=0.9"])
+async def test_lane_and_asgi_path_send_identical_bytes(
+    stack: Stack, clock: Clock, encoding: str, connect: Connect
+) -> None:
+    extra = b"X-Size: 300000\r\n"
+    if encoding:
+        extra += f"Accept-Encoding: {encoding}\r\n".encode()
+    await warm(stack, connect, BIG)
+    clock.advance(3)
+    fast, plain = await connect(stack.fast), await connect(stack.plain)
+    await fast.send(get(BIG, extra=extra))
+    a = await fast.response()
+    await plain.send(get(BIG, extra=extra))
+    b = await plain.response()
+    assert stack.app.stats.fast_hits == 1  # only the first took the lane
+    assert a.header(b"date") is not None  # uvicorn's default headers, as on the ASGI path
+    assert b.header(b"date") is not None
+    assert without_date(a) == without_date(b)
+    assert a.header(b"cache-status") == b"cacheproxy; hit; ttl=27"
+    assert a.header(b"age") == b"3"
+    assert a.header(b"x-request-id") == b"fixed-id"
+    if encoding:
+        assert a.header(b"content-encoding") in (b"gzip", b"zstd")
+        assert a.header(b"vary") == b"accept-encoding"
+        assert len(a.body) < 300000 // 10
+    else:
+        assert a.header(b"content-encoding") is None
+        assert len(a.body) > 300000
+
+
+async def test_pipelined_requests_are_answered_in_order(stack: Stack, connect: Connect) -> None:
+    await warm(stack, connect)
+    c = await connect(stack.fast)
+    # a hit, a miss (forwarded: the ASGI path), a hit, a write, a hit
+    await c.send(
+        get(JOBS)
+        + get(NODES)
+        + get(JOBS, "alice")
+        + b"POST /slurm/v0.0.43/job/submit HTTP/1.1\r\nHost: proxy\r\n"
+        b"X-SLURM-USER-NAME: alice\r\nX-SLURM-USER-TOKEN: tok-alice\r\n"
+        b"Content-Length: 2\r\n\r\n{}" + get(JOBS)
+    )
+    rs = [await c.response() for _ in range(5)]
+    assert [r.status for r in rs] == [200] * 5
+    outcomes = [r.header(b"cache-status") for r in rs]
+    assert outcomes[0] == outcomes[2] == HIT
+    assert outcomes[1] is not None
+    assert b"fwd=miss" in outcomes[1]
+    assert b"nodes" in rs[1].body
+    job_id = json.loads(rs[3].body)["job_id"]
+    assert outcomes[4] is not None
+    assert b"fwd=miss" in outcomes[4]
+    assert job_id in [j["job_id"] for j in json.loads(rs[4].body)["jobs"]]
+    assert stack.app.stats.fast_hits == 2
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "closes"),
+    [
+        (get(JOBS, extra=b"Connection: close\r\n"), True),
+        (get(JOBS).replace(b"HTTP/1.1", b"HTTP/1.0", 1), True),
+        (get(JOBS, extra=b"Content-Length: 3\r\n")[:-2] + b"\r\nabc", False),
+        (get(JOBS, extra=b"Transfer-Encoding: chunked\r\n") + b"0\r\n\r\n", False),
+        (get(JOBS, token="other-token"), False),  # a credential not accepted yet
+        (get(JOBS, extra=b"X-SLURM-USER-NAME: bob\r\n"), False),  # two names
+    ],
+    ids=["connection-close", "http-1.0", "content-length", "chunked", "new-token", "two-names"],
+)
+async def test_requests_the_lane_leaves_to_the_asgi_path(
+    stack: Stack, request_bytes: bytes, closes: bool, connect: Connect
+) -> None:
+    await warm(stack, connect)
+    c = await connect(stack.fast)
+    await c.send(request_bytes)
+    r = await c.response()
+    assert stack.app.stats.fast_hits == 0
+    assert r.status in (200, 400, 401, 500)
+    if closes:
+        assert r.header(b"connection") == b"close"
+        assert await c.closed()
+    else:
+        await c.send(get(JOBS))  # the connection is still good, and a hit takes the lane
+        assert (await c.response()).header(b"cache-status") == HIT
+        assert stack.app.stats.fast_hits == 1
+
+
+async def test_while_the_guard_blocks_anyone_hits_take_the_asgi_path(connect: Connect) -> None:
+    upstream = FakeSlurmrestd()
+    async with serve(upstream) as upstream_url:
+        app = CacheProxyApp(Settings(upstream=upstream_url, auth_fail_limit=2))
+        async with serve(hardening.wrap(app)) as url:
+            c = await connect(url)
+            await c.send(get(JOBS))
+            assert (await c.response()).status == 200
+            await settle(app)
+            for _ in range(2):
+                await c.send(get(JOBS, "mallory", token="guess"))
+                assert (await c.response()).status == 500  # 22.05's answer to a bad token
+            await c.send(get(JOBS, "mallory", token="guess"))
+            assert (await c.response()).status == 429
+            await c.send(get(JOBS))  # alice is not blocked: a hit, by the ASGI path
+            r = await c.response()
+    assert (r.header(b"cache-status") or b"").startswith(b"cacheproxy; hit; ttl=")
+    assert app.stats.fast_hits == 0
+    assert upstream.total("GET", "/jobs") == 1 + 2
+
+
+async def test_a_fault_in_the_lane_falls_back_and_turns_it_off(
+    stack: Stack,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    connect: Connect,
+) -> None:
+    await warm(stack, connect)
+    assert stack.app.proxy is not None
+    calls = 0
+
+    def broken(scope: Any) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(stack.app.proxy, "fast_response", broken)
+    c = await connect(stack.fast)
+    with caplog.at_level(logging.ERROR, logger="cacheproxy"):
+        for _ in range(3):
+            await c.send(get(JOBS))
+            r = await c.response()
+            assert r.status == 200
+            assert r.header(b"cache-status") == HIT
+    assert calls == 1  # off for the rest of this connection
+    assert "fast lane failed" in caplog.text
+
+
+async def test_the_access_log_line_is_the_same_from_both_paths(
+    capsys: pytest.CaptureFixture[str], connect: Connect
+) -> None:
+    upstream = FakeSlurmrestd()
+    async with serve(upstream) as upstream_url:
+        settings = Settings(upstream=upstream_url, access_log=True)
+        app = CacheProxyApp(settings)
+        hardening.configure_access_log(settings)
+        try:
+            async with serve(hardening.wrap(app)) as url:
+                c = await connect(url)
+                await c.send(get(JOBS))  # miss
+                rs = [await c.response()]
+                await settle(app)
+                await c.send(get(JOBS))  # hit: the lane
+                await c.send(get(JOBS, extra=b"X-Forwarded-For: 10.1.2.3\r\n"))  # hit: ASGI
+                rs += [await c.response() for _ in range(2)]
+        finally:
+            hardening.configure_access_log(Settings())
+    assert [r.status for r in rs] == [200, 200, 200]
+    assert app.stats.fast_hits == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    assert len(lines) == 3
+    lane, asgi = lines[1], lines[2]
+    assert lane["cache"] == asgi["cache"]
+    assert lane["cache"].startswith("hit; ttl=")
+    for field in ("request_id", "method", "path", "query", "status", "bytes", "user"):
+        assert lane[field] == asgi[field], field
+    assert lane["request_id"] == "fixed-id"
+    assert lane["bytes"] == len(rs[1].body)
