@@ -26,13 +26,14 @@ import os
 import re
 import time
 import traceback
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from cacheproxy import errors
-from cacheproxy.fastlane import HitResponse, responder_of
+from cacheproxy.fastlane import FastResult, HitResponse, responder_of
 from cacheproxy.respond import ASGIApp, Message, Receive, Scope, Send, send_error
 from cacheproxy.stats import Stats
 
@@ -104,7 +105,7 @@ class RequestContext:
         self.stats = stats if stats is not None else Stats()
         self._inner_fast = responder_of(app)
 
-    def fast_response(self, scope: Scope) -> HitResponse | None:
+    def fast_response(self, scope: Scope) -> FastResult:
         """See :mod:`cacheproxy.fastlane`: the request id and the access log
         line, as :meth:`__call__` gives them."""
         inner = self._inner_fast
@@ -123,11 +124,30 @@ class RequestContext:
             # The logged client is the one uvicorn's proxy-headers middleware
             # derives, which only the ASGI path runs.
             return None
-        started = time.perf_counter() if self.access_log else 0.0
-        response = inner(scope)
-        if response is None:
-            return None
         if count != 1 or rid is None or not sane_request_id(rid):
+            rid = None
+        started = time.perf_counter() if self.access_log else 0.0
+        result = inner(scope)
+        if result is None:
+            return None
+        if isinstance(result, tuple):
+            return self._tag_fast(scope, result, rid, started)
+        return self._tag_fast_later(scope, result, rid, started)
+
+    async def _tag_fast_later(
+        self,
+        scope: Scope,
+        pending: Awaitable[HitResponse | None],
+        rid: bytes | None,
+        started: float,
+    ) -> HitResponse | None:
+        response = await pending
+        return None if response is None else self._tag_fast(scope, response, rid, started)
+
+    def _tag_fast(
+        self, scope: Scope, response: HitResponse, rid: bytes | None, started: float
+    ) -> HitResponse:
+        if rid is None:
             rid = _new_request_id()
         status, out, body = response
         cache = b""

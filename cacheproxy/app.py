@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from cacheproxy import settings as settings_mod
 from cacheproxy.endpoints import OWN_PREFIX, own_endpoints, start_background, stop_background
-from cacheproxy.fastlane import HitResponse
+from cacheproxy.fastlane import FastResult
 from cacheproxy.identity import IdentityResolver
 from cacheproxy.proxy import Proxy, ProxyConfig, Receive, Scope, Send
 from cacheproxy.rules import RuleSet
@@ -152,7 +152,7 @@ class CacheProxyApp:
         await proxy.transport.aclose()
         await proxy.store.aclose()
 
-    def fast_response(self, scope: Scope) -> HitResponse | None:
+    def fast_response(self, scope: Scope) -> FastResult:
         """See :mod:`cacheproxy.fastlane`: the proxied path only, once started."""
         proxy = self.proxy
         if proxy is None or scope["path"].startswith(OWN_PREFIX):

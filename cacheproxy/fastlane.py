@@ -15,8 +15,12 @@ answers or steps aside:
     protocol -> RequestContext -> AuthGuard -> JwtCheck -> CacheProxyApp -> Proxy
 
 * :class:`~cacheproxy.proxy.Proxy` answers only a fresh, valid hit on a
-  credential already accepted, from a store that can be read without waiting
-  (the in-process tier); never a miss, a stale entry or a refusal;
+  credential already accepted; never a miss, a stale entry or a refusal.
+  With the in-process tier it answers at once; with a store that must be
+  awaited (the Redis tier) it answers with an awaitable, which the protocol
+  runs as a small task of its own (still no ASGI cycle), and which yields
+  None when the entry turns out not to be a hit: the request then takes the
+  ASGI path (one more store round trip, only for such requests);
 * :class:`~cacheproxy.guard.AuthGuard` steps aside while anything is blocked
   or when the per-user rate limit is on;
 * :class:`~cacheproxy.jwtcheck.JwtCheck` steps aside for any token that fails
@@ -32,15 +36,20 @@ offer ``fast_response`` (an unknown middleware) turns the lane off.
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 HitResponse = tuple[int, list[tuple[bytes, bytes]], bytes]
 """A response answered from the cache: status, headers (a fresh list the
 caller may extend), body."""
 
-FastResponder = Callable[[MutableMapping[str, Any]], HitResponse | None]
-"""``fast_response(scope)``: a hit's response now, or None for the ASGI path."""
+FastResult = HitResponse | Awaitable[HitResponse | None] | None
+"""A hit's response now; or, when the store must be awaited (the Redis
+tier), an awaitable of it (None: not a hit after all); or None: the ASGI
+path."""
+
+FastResponder = Callable[[MutableMapping[str, Any]], FastResult]
+"""``fast_response(scope)``: see :data:`FastResult`."""
 
 
 def responder_of(app: object) -> FastResponder | None:

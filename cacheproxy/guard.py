@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable
 
 from cacheproxy import errors, policy
 from cacheproxy.endpoints import OWN_PREFIX
-from cacheproxy.fastlane import HitResponse, responder_of
+from cacheproxy.fastlane import FastResult, responder_of
 from cacheproxy.identity import AUTHORIZATION, USER_NAME, USER_TOKEN, jwt_claims
 from cacheproxy.respond import ASGIApp, Message, Receive, Scope, Send, retry_after, send_error
 from cacheproxy.stats import Stats
@@ -169,7 +169,7 @@ class AuthGuard:
         self._next_prune = 0.0
         self._inner_fast = responder_of(app)
 
-    def fast_response(self, scope: Scope) -> HitResponse | None:
+    def fast_response(self, scope: Scope) -> FastResult:
         """See :mod:`cacheproxy.fastlane`.  Steps aside while anything is
         blocked and with the rate limit on; a fast hit is never a failure
         (the proxy answers only 200s there), so nothing needs watching."""

@@ -30,7 +30,7 @@ from pathlib import Path
 import jwt
 
 from cacheproxy.endpoints import OWN_PREFIX
-from cacheproxy.fastlane import HitResponse, responder_of
+from cacheproxy.fastlane import FastResult, responder_of
 from cacheproxy.identity import AUTHORIZATION, USER_TOKEN
 from cacheproxy.respond import ASGIApp, Receive, Scope, Send, send_auth_failure
 from cacheproxy.stats import Stats
@@ -166,7 +166,7 @@ class JwtCheck:
         self.stats = stats if stats is not None else Stats()
         self._inner_fast = responder_of(app)
 
-    def fast_response(self, scope: Scope) -> HitResponse | None:
+    def fast_response(self, scope: Scope) -> FastResult:
         """See :mod:`cacheproxy.fastlane`: only when every token verifies
         (a refusal is the ASGI path's to count and answer)."""
         inner = self._inner_fast

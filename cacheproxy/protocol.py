@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from cacheproxy.fastlane import FastResponder, HitResponse, responder_of
+from cacheproxy.fastlane import FastResponder, FastResult, HitResponse, responder_of
 from cacheproxy.httplimits import LimitedHttpToolsProtocol
 
 log = logging.getLogger("cacheproxy")
@@ -71,13 +72,18 @@ class CacheProxyProtocol(LimitedHttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if self._lane is not None and app is self.app:  # not uvicorn's 503
-            response = self._fast_response(cycle)
-            if response is not None:
-                self._write_response(cycle, response)
+            result = self._fast_response(cycle)
+            if isinstance(result, tuple):
+                self._write_response(cycle, result)
+                return
+            if result is not None:
+                task = self.loop.create_task(self._answer_later(cycle, app, result))
+                task.add_done_callback(self.tasks.discard)
+                self.tasks.add(task)  # uvicorn's shutdown waits for these
                 return
         super()._start_asgi_task(cycle, app)
 
-    def _fast_response(self, cycle: Any) -> HitResponse | None:
+    def _fast_response(self, cycle: Any) -> FastResult:
         """The lane's answer, or None for the ASGI path.  Any fault here is
         the lane's own: it is logged, the lane is switched off for this
         connection, and the ASGI path answers (never the reason a request
@@ -95,9 +101,34 @@ class CacheProxyProtocol(LimitedHttpToolsProtocol):
                 return None
             return lane(cycle.scope)
         except Exception:
-            log.exception("fast lane failed; the ASGI path answers on this connection")
-            self._lane = None
+            self._lane_failed()
             return None
+
+    async def _answer_later(
+        self, cycle: Any, app: Any, pending: Awaitable[HitResponse | None]
+    ) -> None:
+        """A lane answer that awaits the store.  Until it is written the
+        cycle is in progress, so uvicorn queues pipelined requests behind it
+        as it does behind an ASGI task."""
+        try:
+            response = await pending
+        except Exception:
+            self._lane_failed()
+            response = None
+        if cycle.disconnected or self.transport.is_closing():
+            return
+        if response is None:
+            super()._start_asgi_task(cycle, app)
+            return
+        if self.flow.write_paused:
+            await self.flow.drain()
+            if cycle.disconnected:
+                return
+        self._write_response(cycle, response)
+
+    def _lane_failed(self) -> None:
+        log.exception("fast lane failed; the ASGI path answers on this connection")
+        self._lane = None
 
     def _write_response(self, cycle: Any, response: HitResponse) -> None:
         status, headers, body = response

@@ -25,7 +25,7 @@ from typing import Any
 
 from cacheproxy import compress, errors, headers, policy, usertag
 from cacheproxy.coalesce import Coalescer, Flight
-from cacheproxy.fastlane import HitResponse
+from cacheproxy.fastlane import FastResult, HitResponse
 from cacheproxy.identity import Identity, IdentityResolver
 from cacheproxy.keys import cache_key
 from cacheproxy.request import (
@@ -191,26 +191,39 @@ class Proxy:
             return
         await self._cached_get(scope, plan, send)
 
-    def fast_response(self, scope: Scope) -> HitResponse | None:
-        """The response to a GET that is a fresh hit right now, else None.
+    def fast_response(self, scope: Scope) -> FastResult:
+        """The response to a GET that is a fresh hit, else None.
 
-        Synchronous and free of side effects but the hit counter, so the
-        server protocol can answer a hit without an ASGI cycle (see
-        :mod:`cacheproxy.fastlane`); anything else (a miss, a stale entry, a
-        credential not accepted, a store that must be awaited) is left to the
-        ASGI path, which decides it again from scratch.
+        Free of side effects but the hit counters, so the server protocol can
+        answer a hit without an ASGI cycle (see :mod:`cacheproxy.fastlane`);
+        anything else (a miss, a stale entry, a credential not accepted) is
+        left to the ASGI path, which decides it again from scratch.  With a
+        store that can be read without waiting the answer is immediate;
+        otherwise it is an awaitable of it, for requests that may be hits.
         """
-        lookup_now = self._lookup_now
-        if lookup_now is None or scope["method"] != "GET":
+        if scope["method"] != "GET":
             return None
         plan = self._plan(scope)
         if plan is None or isinstance(plan, _Route) or plan.has_body:
             return None
-        match = plan.match
+        lookup_now = self._lookup_now
+        if lookup_now is None:
+            return self._fast_later(plan)
         try:
-            found = lookup_now(plan.key, match.tags, plan.identity.credential)
+            found = lookup_now(plan.key, plan.match.tags, plan.identity.credential)
         except StoreError:
             return None
+        return self._fast_hit(plan, found)
+
+    async def _fast_later(self, plan: _GetPlan) -> HitResponse | None:
+        try:
+            found = await self.store.lookup(plan.key, plan.match.tags, plan.identity.credential)
+        except StoreError:
+            return None
+        return self._fast_hit(plan, found)
+
+    def _fast_hit(self, plan: _GetPlan, found: Lookup) -> HitResponse | None:
+        match = plan.match
         now = self.clock()
         entry = found.entry
         if (

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, NamedTuple
 
@@ -19,6 +19,7 @@ from cacheproxy import hardening
 from cacheproxy.app import CacheProxyApp
 from cacheproxy.rules import RuleSet
 from cacheproxy.settings import Settings
+from cacheproxy.store.base import Lookup
 from cacheproxy.store.memory import MemoryStore
 from tests.clock import Clock
 from tests.core.fake_slurmrestd import FakeSlurmrestd
@@ -135,13 +136,26 @@ class Stack(NamedTuple):
     """The very same app served by plain uvicorn httptools: the ASGI path."""
 
 
-@pytest.fixture
-async def stack(clock: Clock) -> AsyncIterator[Stack]:
+class AwaitedStore(MemoryStore):
+    """A store that must be awaited, like the Redis tier: no ``lookup_now``,
+    and each lookup yields to the loop (``delay`` seconds, for ordering)."""
+
+    lookup_now = None  # type: ignore[assignment]
+    delay = 0.0
+
+    async def lookup(self, key: bytes, tags: Sequence[str], credential: bytes) -> Lookup:
+        await asyncio.sleep(self.delay)
+        return MemoryStore.lookup_now(self, key, tags, credential)
+
+
+@pytest.fixture(params=["in-process", "awaited"])
+async def stack(clock: Clock, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    """The proxy on both protocols; its store answers at once (the lane
+    answers in the parser callback) or must be awaited (the lane's task)."""
     upstream = FakeSlurmrestd()
+    store = MemoryStore(clock=clock) if request.param == "in-process" else AwaitedStore(clock=clock)
     async with serve(upstream) as upstream_url:
-        app = CacheProxyApp(
-            Settings(upstream=upstream_url), rules=rules(), store=MemoryStore(clock=clock)
-        )
+        app = CacheProxyApp(Settings(upstream=upstream_url), rules=rules(), store=store)
         await app.startup()
         assert app.proxy is not None
         app.proxy.clock = clock
@@ -342,3 +356,60 @@ async def test_the_access_log_line_is_the_same_from_both_paths(
         assert lane[field] == asgi[field], field
     assert lane["request_id"] == "fixed-id"
     assert lane["bytes"] == len(rs[1].body)
+
+
+async def test_an_awaited_lane_answers_pipelined_requests_in_order(
+    clock: Clock, connect: Connect
+) -> None:
+    """A slow store lookup in the lane's task holds back the requests
+    pipelined behind it, as an ASGI task would."""
+    upstream = FakeSlurmrestd()
+    store = AwaitedStore(clock=clock)
+    async with serve(upstream) as upstream_url:
+        app = CacheProxyApp(Settings(upstream=upstream_url), rules=rules(), store=store)
+        async with serve(hardening.wrap(app)) as url:
+            c = await connect(url)
+            for path in (JOBS, NODES):
+                await c.send(get(path))
+                assert (await c.response()).status == 200
+            await settle(app)
+            store.delay = 0.05
+            await c.send(get(JOBS) + get(NODES) + get("/slurm/v0.0.43/partitions") + get(JOBS))
+            rs = [await c.response() for _ in range(4)]
+    assert [b'"jobs"' in r.body for r in rs] == [True, False, False, True]
+    assert b'"nodes"' in rs[1].body
+    assert b'"partitions"' in rs[2].body
+    assert [(r.header(b"cache-status") or b"").split(b";")[1] for r in rs] == [
+        b" hit",
+        b" hit",
+        b" fwd=miss",
+        b" hit",
+    ]
+    assert app.stats.fast_hits == 3
+
+
+async def test_a_client_gone_while_the_lane_awaits_is_left_alone(
+    clock: Clock, connect: Connect
+) -> None:
+    upstream = FakeSlurmrestd()
+    store = AwaitedStore(clock=clock)
+    async with serve(upstream) as upstream_url:
+        app = CacheProxyApp(Settings(upstream=upstream_url), rules=rules(), store=store)
+        async with serve(hardening.wrap(app)) as url:
+            c = await connect(url)
+            await c.send(get(JOBS))
+            assert (await c.response()).status == 200
+            await settle(app)
+            store.delay = 0.2
+            gone = await connect(url)
+            await gone.send(get(JOBS))
+            await asyncio.sleep(0.05)
+            gone.writer.transport.abort()
+            await asyncio.sleep(0.3)
+            store.delay = 0.0
+            await c.send(get(JOBS))
+            r = await c.response()
+    assert (r.header(b"cache-status") or b"").startswith(b"cacheproxy; hit")
+    assert app.stats.fast_hits == 2  # a hit found for a client gone, as on the ASGI path
+    assert app.stats.internal_errors == 0
+    assert upstream.total("GET", "/jobs") == 1  # and no second try by the ASGI path
