@@ -102,6 +102,11 @@ UPSTREAM_CIRCUIT_OPEN = ProxyError(
     "slurmrestd unavailable",
     "slurmrestd failed repeatedly; cacheproxy holds requests back for a while",
 )
+TOO_MANY_CONNECTIONS = ProxyError(
+    SERVICE_UNAVAILABLE,
+    "cacheproxy busy",
+    "too many open connections to cacheproxy; retry later",
+)
 # Deliberately terse: says neither which limit was hit nor whether the user exists.
 AUTH_BLOCKED = ProxyError(TOO_MANY_REQUESTS, "Too many requests", "Authentication failure")
 RATE_LIMITED = ProxyError(TOO_MANY_REQUESTS, "Too many requests", "request rate limit exceeded")

@@ -5,7 +5,7 @@ From the socket inwards::
     CacheProxyProtocol         URL/head size (414/431), head timeout (408);
                                fresh hits answered in the fast lane, where
                                every layer below offers fast_response()
-    uvicorn limit_concurrency  open connections/requests (503)
+    uvicorn limit_concurrency  open connections/requests (503, written by the protocol)
     RequestContext             X-Request-ID, JSON access log, safety net
     AuthGuard                  429 after repeated auth failures; per-user rate
     JwtCheck (optional)        401 for forged/expired tokens, locally

@@ -49,8 +49,10 @@ def configure(
     LimitedHttpToolsProtocol.head_timeout = head_timeout
 
 
-def _raw_error(err: errors.ProxyError) -> bytes:
-    _, headers, body = errors.error_response(err, [(b"connection", b"close")])
+def raw_error(err: errors.ProxyError, extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
+    """A whole response in slurmrestd's error shape that closes the
+    connection, for answers written straight to the socket."""
+    _, headers, body = errors.error_response(err, [(b"connection", b"close"), *(extra or ())])
     head = b"".join(k + b": " + v + b"\r\n" for k, v in headers)
     return STATUS_LINE[err.status] + head + b"\r\n" + body
 
@@ -118,7 +120,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if refusal is None:
             super().send_400_response(msg)
             return
-        self.transport.write(_raw_error(refusal))
+        self.transport.write(raw_error(refusal))
         self.transport.close()
 
     # -- internals ------------------------------------------------------------
@@ -158,5 +160,5 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if busy:
             return  # a request is being answered: on_response_complete re-arms
         if self._in_head:
-            self.transport.write(_raw_error(errors.HEAD_TIMEOUT))
+            self.transport.write(raw_error(errors.HEAD_TIMEOUT))
         self.transport.close()

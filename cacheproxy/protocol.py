@@ -18,6 +18,10 @@ else, and every request the application declines, takes the ASGI path.  The
 response completes exactly as uvicorn completes one (``on_response``: the
 keep-alive timer, the next pipelined request, the head timer).
 
+Over uvicorn's ``limit_concurrency`` the refusal is also written here, as a
+503 in slurmrestd's JSON error shape with ``Retry-After`` (uvicorn's own is
+plain text), and the connection is closed.
+
 This relies on one uvicorn internal, ``HttpToolsProtocol._start_asgi_task``
 (present since the version ``pyproject.toml`` requires); without it the lane
 stays off and a warning says so.  ``tests/core/test_fastlane.py`` fails if
@@ -34,8 +38,9 @@ from typing import Any
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from cacheproxy import errors
 from cacheproxy.fastlane import FastResponder, FastResult, HitResponse, responder_of
-from cacheproxy.httplimits import LimitedHttpToolsProtocol
+from cacheproxy.httplimits import LimitedHttpToolsProtocol, raw_error
 
 log = logging.getLogger("cacheproxy")
 
@@ -71,7 +76,11 @@ class CacheProxyProtocol(LimitedHttpToolsProtocol):
         """Responses this connection answered in the fast lane (for tests)."""
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        if self._lane is not None and app is self.app:  # not uvicorn's 503
+        if app is not self.app:
+            # uvicorn's limit_concurrency answer: ours, in slurmrestd's shape.
+            self._over_limit(cycle)
+            return
+        if self._lane is not None:
             result = self._fast_response(cycle)
             if isinstance(result, tuple):
                 self._write_response(cycle, result)
@@ -125,6 +134,14 @@ class CacheProxyProtocol(LimitedHttpToolsProtocol):
             if cycle.disconnected:
                 return
         self._write_response(cycle, response)
+
+    def _over_limit(self, cycle: Any) -> None:
+        self.transport.write(raw_error(errors.TOO_MANY_CONNECTIONS, [(b"retry-after", b"1")]))
+        cycle.response_started = True
+        cycle.response_complete = True
+        cycle.keep_alive = False
+        self.transport.close()
+        cycle.on_response()
 
     def _lane_failed(self) -> None:
         log.exception("fast lane failed; the ASGI path answers on this connection")

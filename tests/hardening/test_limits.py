@@ -126,6 +126,8 @@ async def test_too_many_connections_is_503(fake_upstream: tuple[FakeSlurmrestd, 
         await asyncio.sleep(0.05)
         r = await exchange(p.port, request(), until_closed=False)
         assert r.status == 503
+        assert r.error() == errors.TOO_MANY_CONNECTIONS.error  # slurmrestd's shape, not text
+        assert r.responses[0][1][b"retry-after"] == b"1"
         for _, w in idle:
             w.close()
         await asyncio.sleep(0.05)
