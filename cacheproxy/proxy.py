@@ -91,6 +91,9 @@ class _Route:
     """The rule caches it and the query is not a delta (``update_time``)."""
 
 
+_PREFETCHED = "cacheproxy.lookup"
+"""Scope key: the store's answer the fast lane got for a request that was
+not a hit after all, ``(cache key, Lookup or StoreError)``."""
 _FAST_STATUSES = frozenset({200})
 """Cached statuses the fast lane answers (only 200s are stored today).  Never
 401, 511 or 500: the brute-force guard must see every authentication failure
@@ -208,19 +211,36 @@ class Proxy:
             return None
         lookup_now = self._lookup_now
         if lookup_now is None:
-            return self._fast_later(plan)
+            return self._fast_later(scope, plan)
         try:
             found = lookup_now(plan.key, plan.match.tags, plan.identity.credential)
         except StoreError:
             return None
         return self._fast_hit(plan, found)
 
-    async def _fast_later(self, plan: _GetPlan) -> HitResponse | None:
+    async def _fast_later(self, scope: Scope, plan: _GetPlan) -> HitResponse | None:
         try:
             found = await self.store.lookup(plan.key, plan.match.tags, plan.identity.credential)
-        except StoreError:
+        except StoreError as exc:
+            scope[_PREFETCHED] = (plan.key, exc)
             return None
-        return self._fast_hit(plan, found)
+        hit = self._fast_hit(plan, found)
+        if hit is None:  # the ASGI path takes it from here, with this answer
+            scope[_PREFETCHED] = (plan.key, found)
+        return hit
+
+    async def _lookup(self, scope: Scope, plan: _GetPlan) -> Lookup:
+        """The store's answer for this GET: the one the fast lane already got
+        for this very request when it has one (the Redis tier: one round
+        trip, not two, for a request that turned out not to be a hit)."""
+        prefetched = scope.pop(_PREFETCHED, None)
+        if prefetched is not None and prefetched[0] == plan.key:
+            answer = prefetched[1]
+            if isinstance(answer, StoreError):
+                raise answer
+            assert isinstance(answer, Lookup)
+            return answer
+        return await self.store.lookup(plan.key, plan.match.tags, plan.identity.credential)
 
     def _fast_hit(self, plan: _GetPlan, found: Lookup) -> HitResponse | None:
         match = plan.match
@@ -352,7 +372,7 @@ class Proxy:
         match, identity, key = plan.match, plan.identity, plan.key
         accept_encoding = plan.accept_encoding
         try:
-            found = await self.store.lookup(key, match.tags, identity.credential)
+            found = await self._lookup(scope, plan)
         except StoreError:
             # Nothing can be served or trusted, but identical requests with the
             # same credential still share one fetch.  Local writes move the

@@ -142,8 +142,10 @@ class AwaitedStore(MemoryStore):
 
     lookup_now = None  # type: ignore[assignment]
     delay = 0.0
+    lookups = 0
 
     async def lookup(self, key: bytes, tags: Sequence[str], credential: bytes) -> Lookup:
+        self.lookups += 1
         await asyncio.sleep(self.delay)
         return MemoryStore.lookup_now(self, key, tags, credential)
 
@@ -413,3 +415,31 @@ async def test_a_client_gone_while_the_lane_awaits_is_left_alone(
     assert app.stats.fast_hits == 2  # a hit found for a client gone, as on the ASGI path
     assert app.stats.internal_errors == 0
     assert upstream.total("GET", "/jobs") == 1  # and no second try by the ASGI path
+
+
+async def test_a_miss_after_an_awaited_lane_asks_the_store_once(
+    clock: Clock, connect: Connect
+) -> None:
+    """The lane's store answer is handed to the ASGI path: a request that is
+    not a hit costs one round trip to a shared store, as without the lane."""
+    upstream = FakeSlurmrestd()
+    store = AwaitedStore(clock=clock)
+    async with serve(upstream) as upstream_url:
+        app = CacheProxyApp(Settings(upstream=upstream_url), rules=rules(), store=store)
+        hardened = hardening.wrap(app)
+        async with (
+            serve(hardened) as fast,
+            serve(hardened, lifespan="off", http="httptools") as plain,
+        ):
+            for url, path in ((plain, NODES), (fast, JOBS)):
+                c = await connect(url)
+                await c.send(get("/slurm/v0.0.43/ping"))  # accept the credential
+                assert (await c.response()).status == 200
+                await settle(app)
+                before = store.lookups
+                await c.send(get(path))
+                r = await c.response()
+                assert (r.header(b"cache-status") or b"").startswith(b"cacheproxy; fwd=miss")
+                await settle(app)
+                assert store.lookups - before == 1, url
+    assert app.stats.fast_hits == 0
