@@ -23,8 +23,8 @@ Over uvicorn's ``limit_concurrency`` the refusal is also written here, as a
 plain text), and the connection is closed.
 
 This relies on one uvicorn internal, ``HttpToolsProtocol._start_asgi_task``
-(present since the version ``pyproject.toml`` requires); without it the lane
-stays off and a warning says so.  ``tests/core/test_fastlane.py`` fails if
+(uvicorn 0.45 and later, the version ``pyproject.toml`` requires); without
+it the lane stays off and a warning says so.  ``tests/core/test_fastlane.py`` fails if
 the lane does not engage with the installed uvicorn.
 """
 
@@ -72,8 +72,6 @@ class CacheProxyProtocol(LimitedHttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lane = lane_of(self.app)
-        self.fast_responses = 0
-        """Responses this connection answered in the fast lane (for tests)."""
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if app is not self.app:
@@ -164,5 +162,4 @@ class CacheProxyProtocol(LimitedHttpToolsProtocol):
             transport.write(body)
         cycle.response_started = True
         cycle.response_complete = True
-        self.fast_responses += 1
         cycle.on_response()
