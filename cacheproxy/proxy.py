@@ -181,11 +181,12 @@ class Proxy:
                 await self._not_cached(scope, receive, send)
                 return
         if not route.cacheable:
-            await self._not_cached(scope, receive, send, route.match)
+            await self._not_cached(scope, receive, send, route)
             return
         identity = None if repeated else self.resolver.resolve_values(name, token, auth)
         if identity is None:
-            await self._forward(from_scope(scope), route.match, receive, send, "fwd=request")
+            req = from_scope(scope, (route.segments, route.query))
+            await self._forward(req, route.match, receive, send, "fwd=request")
             return
         key_id = (raw_path, scope["query_string"], accept, identity.user)
         memo = self._keys.get(key_id)
@@ -225,11 +226,18 @@ class Proxy:
         return route
 
     async def _not_cached(
-        self, scope: Scope, receive: Receive, send: Send, match: Match | None = None
+        self, scope: Scope, receive: Receive, send: Send, route: _Route | None = None
     ) -> None:
-        """Everything but a cacheable GET with credentials: validate, forward."""
+        """Everything but a cacheable GET with credentials: validate, forward.
+
+        ``route`` is the GET's memoised parse and match: not redone here."""
+        match = None
         try:
-            req = from_scope(scope)
+            if route is None:
+                req = from_scope(scope)
+            else:
+                req = from_scope(scope, (route.segments, route.query))
+                match = route.match
         except BadRequest as exc:
             self.stats.bad_requests += 1
             await self._error(send, errors.bad_request(str(exc)), "fwd=request; detail=bad-request")
@@ -682,6 +690,13 @@ class Proxy:
         read (bounded) so slurmrestd always gets a Content-Length.
         """
         if receive is None:
+            return b"", None
+        for k, _ in req.headers:
+            if k == b"content-length" or k == b"transfer-encoding":
+                break
+        else:
+            # Neither header: HTTP/1.1 framing says there is no body (RFC 9112
+            # §6.3), so skip the wait for an empty message (most GETs).
             return b"", None
         limit = self.config.max_body_bytes
         raw_length = req.header(b"content-length")
