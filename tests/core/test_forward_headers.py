@@ -115,7 +115,8 @@ def test_split_path_fast_and_escaped_segments_agree() -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", [b"/a/b\x01c", b"/a/%01", b"/a/\x7f", b"/a/%7F", b"/a/\xff", b"/a/%ff", b"/a/%zz", b"/.."]
+    "raw",
+    [b"/a/b\x01c", b"/a/%01", b"/a/\x7f", b"/a/%7F", b"/a/\xff", b"/a/%ff", b"/a/%zz", b"/.."],
 )
 def test_split_path_refuses_what_it_refused(raw: bytes) -> None:
     with pytest.raises(BadRequest):
