@@ -75,6 +75,7 @@ class Limiter:
         self._free = limit
         self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def in_use(self) -> int:
@@ -96,8 +97,10 @@ class Limiter:
         fut: asyncio.Future[None] = loop.create_future()
         deadline = loop.time() + self.timeout
         self._waiters.append((deadline, fut))
-        if self._timer is None:
+        if self._timer is None or self._timer_loop is not loop:
+            # (A timer left on another loop, closed since, would never fire.)
             self._timer = loop.call_at(deadline, self._expire, loop)
+            self._timer_loop = loop
         try:
             await fut
         except BaseException:

@@ -132,6 +132,26 @@ async def test_each_waiter_times_out_at_its_own_deadline() -> None:
     assert limiter.in_use == 0
 
 
+def test_queue_deadline_holds_on_a_later_loop() -> None:
+    """A waiter left queued when its loop closed must not leave the next
+    loop's waiters without a timer."""
+    limiter = Limiter(1, max_queue=10, timeout=0.05)
+
+    async def leave_one_waiting() -> None:
+        await limiter.acquire()
+        asyncio.get_running_loop().create_task(limiter.acquire())
+        await asyncio.sleep(0)
+
+    async def wait_in_line() -> None:
+        with pytest.raises(UpstreamBusy):
+            await asyncio.wait_for(limiter.acquire(), 5)
+
+    with asyncio.Runner() as runner:
+        runner.run(leave_one_waiting())
+    with asyncio.Runner() as runner:
+        runner.run(wait_in_line())
+
+
 async def test_cancelled_waiter_leaks_nothing() -> None:
     limiter = Limiter(1, max_queue=10, timeout=5)
     await limiter.acquire()
