@@ -225,6 +225,15 @@ class Proxy:
         self._routes[(raw_path, raw_query)] = route
         return route
 
+    def _request(self, scope: Scope) -> ProxyRequest:
+        """The request of a GET whose target :meth:`__call__` already parsed
+        (a miss): reuse the memoised parse instead of parsing it again."""
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        route = self._routes.get((raw_path, scope["query_string"]))
+        if route is None:  # the memo was cleared meanwhile
+            return from_scope(scope)
+        return from_scope(scope, (route.segments, route.query))
+
     async def _not_cached(
         self, scope: Scope, receive: Receive, send: Send, route: _Route | None = None
     ) -> None:
@@ -318,7 +327,7 @@ class Proxy:
         outcome = "fwd=miss; collapsed"
         if flight is None:
             outcome = "fwd=miss"
-            req = from_scope(scope)
+            req = self._request(scope)
             flight = self.coalescer.start(
                 flight_key,
                 found.generations,
@@ -340,7 +349,7 @@ class Proxy:
             flight.status, b""
         ):
             # The leader's credential was refused; ours may not be.
-            await self._forward(from_scope(scope), match, None, send, "fwd=miss")
+            await self._forward(self._request(scope), match, None, send, "fwd=miss")
             return
         if fallback is not None and await self._flight_failed(flight):
             await self._send_stale(send, fallback, match, "stale-if-error", accept_encoding)
