@@ -167,3 +167,17 @@ async def test_get_with_a_body_still_forwards_it(
     (sent,) = transport.sent
     assert sent.body == b"odd but legal"
     assert (b"content-length", b"13") in sent.headers
+
+
+async def test_cacheable_miss_forwards_its_raw_target(
+    client: httpx.AsyncClient, transport: ASGITransport
+) -> None:
+    """A miss reuses the memoised parse of its target, never another's: what
+    goes upstream is the target exactly as this request wrote it."""
+    first = "/slurm/v0.0.43/%6Aobs?b=1&a=%32"
+    r = await client.get("http://proxy.test" + first, headers=auth("alice"))
+    assert r.headers["cache-status"] == "cacheproxy; fwd=miss; stored"
+    second = "/slurm/v0.0.43/jobs?a=2&b=1"  # the same resource, spelt otherwise
+    r = await client.get("http://proxy.test" + second, headers=auth("bob"))
+    assert r.headers["cache-status"] == "cacheproxy; fwd=miss; stored"
+    assert [s.target for s in transport.sent] == [first, second]
