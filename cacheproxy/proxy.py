@@ -185,9 +185,10 @@ class Proxy:
         plan = self._plan(scope)
         if isinstance(plan, _Route):
             if plan.cacheable:  # no usable identity: slurmrestd judges the request
-                await self._forward(from_scope(scope), plan.match, receive, send, "fwd=request")
+                req = from_scope(scope, (plan.segments, plan.query))
+                await self._forward(req, plan.match, receive, send, "fwd=request")
             else:
-                await self._not_cached(scope, receive, send, plan.match)
+                await self._not_cached(scope, receive, send, plan)
             return
         if plan is None:
             await self._not_cached(scope, receive, send)
@@ -340,12 +341,28 @@ class Proxy:
         self._routes[(raw_path, raw_query)] = route
         return route
 
+    def _request(self, scope: Scope) -> ProxyRequest:
+        """The request of a GET whose target :meth:`__call__` already parsed
+        (a miss): reuse the memoised parse instead of parsing it again."""
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        route = self._routes.get((raw_path, scope["query_string"]))
+        if route is None:  # the memo was cleared meanwhile
+            return from_scope(scope)
+        return from_scope(scope, (route.segments, route.query))
+
     async def _not_cached(
-        self, scope: Scope, receive: Receive, send: Send, match: Match | None = None
+        self, scope: Scope, receive: Receive, send: Send, route: _Route | None = None
     ) -> None:
-        """Everything but a cacheable GET with credentials: validate, forward."""
+        """Everything but a cacheable GET with credentials: validate, forward.
+
+        ``route`` is the GET's memoised parse and match: not redone here."""
+        match = None
         try:
-            req = from_scope(scope)
+            if route is None:
+                req = from_scope(scope)
+            else:
+                req = from_scope(scope, (route.segments, route.query))
+                match = route.match
         except BadRequest as exc:
             self.stats.bad_requests += 1
             await self._error(send, errors.bad_request(str(exc)), "fwd=request; detail=bad-request")
@@ -420,7 +437,7 @@ class Proxy:
         outcome = "fwd=miss; collapsed"
         if flight is None:
             outcome = "fwd=miss"
-            req = from_scope(scope)
+            req = self._request(scope)
             flight = self.coalescer.start(
                 flight_key,
                 found.generations,
@@ -442,7 +459,7 @@ class Proxy:
             flight.status, b""
         ):
             # The leader's credential was refused; ours may not be.
-            await self._forward(from_scope(scope), match, None, send, "fwd=miss")
+            await self._forward(self._request(scope), match, None, send, "fwd=miss")
             return
         if fallback is not None and await self._flight_failed(flight):
             await self._send_stale(send, fallback, match, "stale-if-error", accept_encoding)
@@ -792,6 +809,13 @@ class Proxy:
         read (bounded) so slurmrestd always gets a Content-Length.
         """
         if receive is None:
+            return b"", None
+        for k, _ in req.headers:
+            if k == b"content-length" or k == b"transfer-encoding":
+                break
+        else:
+            # Neither header: HTTP/1.1 framing says there is no body (RFC 9112
+            # §6.3), so skip the wait for an empty message (most GETs).
             return b"", None
         limit = self.config.max_body_bytes
         raw_length = req.header(b"content-length")

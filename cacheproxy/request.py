@@ -19,6 +19,7 @@ from cacheproxy.upstream.base import Headers
 MAX_URL_BYTES = 8192
 
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 class BadRequest(ValueError):
@@ -52,13 +53,18 @@ class ProxyRequest:
 
 
 def _decode(part: bytes, what: str) -> str:
-    if _BAD_PERCENT.search(part):
-        raise BadRequest(f"malformed percent-encoding in the {what}")
+    # Most parts hold no escape at all: skip the escape check and unquoting
+    # (this runs for every segment of every request that is not memoised).
+    raw = part
+    if b"%" in part:
+        if _BAD_PERCENT.search(part):
+            raise BadRequest(f"malformed percent-encoding in the {what}")
+        raw = unquote_to_bytes(part)
     try:
-        text = unquote_to_bytes(part).decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest(f"the {what} is not valid UTF-8") from None
-    if what == "path" and any(ord(c) < 0x20 or c == "\x7f" for c in text):
+    if what == "path" and _CONTROL.search(text):
         raise BadRequest(f"control character in the {what}")
     return text
 
@@ -94,14 +100,27 @@ def parse_query(raw_query: bytes) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def from_scope(scope: Mapping[str, Any]) -> ProxyRequest:
-    """Parse an ASGI HTTP scope; raises :class:`BadRequest` on bad input."""
+def from_scope(
+    scope: Mapping[str, Any],
+    parsed: tuple[tuple[str, ...], tuple[tuple[str, str], ...]] | None = None,
+) -> ProxyRequest:
+    """Parse an ASGI HTTP scope; raises :class:`BadRequest` on bad input.
+
+    ``parsed`` is this very target's (segments, query), already parsed and
+    checked by the caller (the proxy memoises them per target): given, the
+    target is not parsed again.
+    """
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
     raw_query: bytes = scope.get("query_string", b"")
-    if len(raw_path) + len(raw_query) + 1 > MAX_URL_BYTES:
-        raise BadRequest("the URL is too long")
-    if not raw_path.startswith(b"/"):
-        raise BadRequest("the request target must be an absolute path")
+    if parsed is None:
+        if len(raw_path) + len(raw_query) + 1 > MAX_URL_BYTES:
+            raise BadRequest("the URL is too long")
+        if not raw_path.startswith(b"/"):
+            raise BadRequest("the request target must be an absolute path")
+        segments = split_path(raw_path)
+        query = parse_query(raw_query)
+    else:
+        segments, query = parsed
     target = raw_path.decode("latin-1")
     if raw_query:
         target += "?" + raw_query.decode("latin-1")
@@ -109,8 +128,8 @@ def from_scope(scope: Mapping[str, Any]) -> ProxyRequest:
     return ProxyRequest(
         method=scope["method"],
         raw_target=target,
-        segments=split_path(raw_path),
-        query=parse_query(raw_query),
+        segments=segments,
+        query=query,
         headers=list(scope["headers"]),
         client=client[0] if client else "",
         scheme=scope.get("scheme", "http"),

@@ -38,7 +38,7 @@ from cacheproxy.upstream.base import (
     UpstreamRequest,
     UpstreamTimeout,
 )
-from cacheproxy.upstream.h1_conn import H1Connection, StaleConnection
+from cacheproxy.upstream.h1_conn import H1Connection, StaleConnection, read_buffer
 from cacheproxy.upstream.retry import may_retry
 from cacheproxy.upstream.urls import UpstreamAddress, parse_upstream_url
 
@@ -172,6 +172,8 @@ class H1Transport:
         """Connections open or being opened, idle or busy."""
         self._waiters: deque[asyncio.Future[H1Connection | None]] = deque()
         self._closed = False
+        self._read_buffer = read_buffer()
+        """Shared by all connections (each read is parsed before the next)."""
 
     # --- the Transport protocol ---------------------------------------------------------
 
@@ -319,7 +321,7 @@ class H1Transport:
     async def _connect(self, deadline: float | None = None) -> H1Connection:
         loop = asyncio.get_running_loop()
         self._open += 1
-        conn = H1Connection(loop, self._read_timeout)
+        conn = H1Connection(loop, self._read_timeout, self._read_buffer)
         address = self._address
         try:
             async with asyncio.timeout_at(

@@ -24,7 +24,6 @@ so the proxy does not know it is there.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -53,17 +52,30 @@ DEFAULT_MAX_CONCURRENT = 16
 FAILURE_STATUSES = frozenset({502, 503, 504})
 """Answers that mean slurmrestd (or slurmctld/slurmdbd behind it) is failing."""
 _MAX_COOLDOWN = 60.0
+_TIMER_SLACK = 0.001
+"""Loop timers may fire a clock tick early; a waiter that close to its
+deadline has waited long enough."""
 
 
 class Limiter:
-    """A counting semaphore with a bounded FIFO queue and a wait deadline."""
+    """A counting semaphore with a bounded FIFO queue and a wait deadline.
+
+    Every waiter waits the same ``timeout`` and joins at the back, so the
+    deadlines along the queue never decrease: one timer, armed for the oldest
+    waiter, expires them all in order.  (A timeout scope per waiter cost a
+    timer handle and a task-cancellation dance on every queued request, a
+    measurable share of a forwarded request whenever more than
+    ``limit`` are in flight.)
+    """
 
     def __init__(self, limit: int, max_queue: int, timeout: float) -> None:
         self.limit = limit
         self.max_queue = max_queue
         self.timeout = timeout
         self._free = limit
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def in_use(self) -> int:
@@ -81,29 +93,51 @@ class Limiter:
             return
         if len(self._waiters) >= self.max_queue or self.timeout <= 0:
             raise UpstreamBusy("too many requests in flight to slurmrestd")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        deadline = loop.time() + self.timeout
+        self._waiters.append((deadline, fut))
+        if self._timer is None or self._timer_loop is not loop:
+            # (A timer left on another loop, closed since, would never fire.)
+            self._timer = loop.call_at(deadline, self._expire, loop)
+            self._timer_loop = loop
         try:
-            async with asyncio.timeout(self.timeout):
-                await fut
-        except BaseException as exc:
-            if fut.done() and not fut.cancelled():
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self.release()  # the slot arrived as we gave up: pass it on
-            else:
+            elif not fut.done():
                 fut.cancel()
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(fut)
-            if isinstance(exc, TimeoutError):
-                raise UpstreamBusy("timed out waiting for a slot to slurmrestd") from None
+                self._forget(fut)
             raise
 
     def release(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()[1]
             if not fut.done():
                 fut.set_result(None)  # the slot goes straight to the next in line
                 return
         self._free = min(self._free + 1, self.limit)
+
+    def _forget(self, fut: asyncio.Future[None]) -> None:
+        """Take a cancelled waiter out of the line (rare: O(queue))."""
+        for item in self._waiters:
+            if item[1] is fut:
+                self._waiters.remove(item)
+                return
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail every waiter whose deadline passed; re-arm for the next one."""
+        self._timer = None
+        waiters = self._waiters
+        now = loop.time()
+        while waiters and waiters[0][0] <= now + _TIMER_SLACK:
+            fut = waiters.popleft()[1]
+            if not fut.done():
+                fut.set_exception(UpstreamBusy("timed out waiting for a slot to slurmrestd"))
+        if waiters:
+            self._timer = loop.call_at(waiters[0][0], self._expire, loop)
 
 
 class Breaker:
@@ -180,6 +214,8 @@ class Breaker:
 class _Guarded:
     """The inner response; its body feeds the breaker and its close frees the slot."""
 
+    __slots__ = ("_inner", "_owner", "_probe", "_released", "headers", "status")
+
     def __init__(self, inner: UpstreamResponse, owner: ProtectedTransport, probe: bool) -> None:
         self._inner = inner
         self._owner = owner
@@ -188,19 +224,40 @@ class _Guarded:
         self.status: int = inner.status
         self.headers: Headers = inner.headers
 
-    async def aiter_body(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._inner.aiter_body():
-                yield chunk
-        except UpstreamError:
-            self._owner.breaker.failure(self._probe)
-            raise
+    def aiter_body(self) -> _GuardedBody:
+        return _GuardedBody(self._inner.aiter_body(), self._owner.breaker, self._probe)
 
     async def aclose(self) -> None:
         if not self._released:
             self._released = True
             self._owner.limiter.release()
         await self._inner.aclose()
+
+
+class _GuardedBody:
+    """The inner body, telling the breaker when it breaks.
+
+    A class rather than an async generator: the loop registers every async
+    generator for shutdown, and each chunk would cross one more generator
+    frame, costs paid on every forwarded request.
+    """
+
+    __slots__ = ("_breaker", "_chunks", "_probe")
+
+    def __init__(self, chunks: AsyncIterator[bytes], breaker: Breaker, probe: bool) -> None:
+        self._chunks = chunks.__aiter__()
+        self._breaker = breaker
+        self._probe = probe
+
+    def __aiter__(self) -> _GuardedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._chunks.__anext__()
+        except UpstreamError:
+            self._breaker.failure(self._probe)
+            raise
 
 
 class ProtectedTransport:

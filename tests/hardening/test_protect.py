@@ -107,6 +107,51 @@ async def test_queue_wait_is_bounded() -> None:
     await limiter.acquire()  # no slot leaked by the timed-out waiter
 
 
+async def test_each_waiter_times_out_at_its_own_deadline() -> None:
+    """One timer serves the whole line: it re-arms for the next waiter, so a
+    later waiter is neither failed early nor left waiting past its deadline."""
+    limiter = Limiter(1, max_queue=10, timeout=0.1)
+    await limiter.acquire()
+    loop = asyncio.get_running_loop()
+    first = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(limiter.acquire())
+    third = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)
+    started = loop.time()
+    with pytest.raises(UpstreamBusy):
+        await first
+    assert not second.done()  # queued 50 ms later: 50 ms still to wait
+    limiter.release()  # the slot goes to the second in line, before its deadline
+    await second
+    with pytest.raises(UpstreamBusy):
+        await third
+    assert loop.time() - started < 1.0
+    assert limiter.queued == 0
+    limiter.release()
+    assert limiter.in_use == 0
+
+
+def test_queue_deadline_holds_on_a_later_loop() -> None:
+    """A waiter left queued when its loop closed must not leave the next
+    loop's waiters without a timer."""
+    limiter = Limiter(1, max_queue=10, timeout=0.05)
+
+    async def leave_one_waiting() -> None:
+        await limiter.acquire()
+        asyncio.get_running_loop().create_task(limiter.acquire())
+        await asyncio.sleep(0)
+
+    async def wait_in_line() -> None:
+        with pytest.raises(UpstreamBusy):
+            await asyncio.wait_for(limiter.acquire(), 5)
+
+    with asyncio.Runner() as runner:
+        runner.run(leave_one_waiting())
+    with asyncio.Runner() as runner:
+        runner.run(wait_in_line())
+
+
 async def test_cancelled_waiter_leaks_nothing() -> None:
     limiter = Limiter(1, max_queue=10, timeout=5)
     await limiter.acquire()

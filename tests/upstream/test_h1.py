@@ -155,3 +155,41 @@ async def test_header_flood_refused() -> None:
     finally:
         await transport.aclose()
         await srv.stop()
+
+
+async def test_interleaved_bodies_arrive_intact() -> None:
+    """Connections share one read buffer: answers read in turns, in pieces
+    larger and smaller than the buffer, each arrive byte for byte (on
+    asyncio and on uvloop, which fill a buffered protocol by their own code)."""
+    size = 700 * 1024  # more than the shared buffer: several reads each
+
+    def body_for(path: str) -> bytes:
+        seed = path.encode()
+        return (seed * (size // len(seed) + 1))[:size]
+
+    async def handler(req: Received, conn: Conn) -> None:
+        body = body_for(req.target.decode())
+        await conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for start in range(0, size, 90_001):
+            await conn.write(body[start : start + 90_001])
+            await asyncio.sleep(0.001)
+
+    srv = RawServer(handler)
+    url = await srv.start()
+    transport = H1Transport(parse_upstream_url(url))
+
+    async def fetch(path: str) -> bytes:
+        resp = await transport.send(UpstreamRequest("GET", path, [(b"host", b"up")]))
+        try:
+            return b"".join([c async for c in resp.aiter_body()])
+        finally:
+            await resp.aclose()
+
+    try:
+        paths = [f"/{n}/{chr(97 + n) * (n + 1)}" for n in range(6)]
+        for _ in range(2):  # the second round reuses the pooled connections
+            got = await asyncio.gather(*(fetch(p) for p in paths))
+            assert [g == body_for(p) for g, p in zip(got, paths, strict=True)] == [True] * 6
+    finally:
+        await transport.aclose()
+        await srv.stop()
