@@ -6,7 +6,10 @@ In one run, with the same payloads (2 KiB, 200 KiB, 5 MiB by default), wrk
   * proxy:  cacheproxy (in-process tier), every request a hit;
   * redis:  cacheproxy with the Redis tier (if redis-server is installed);
   * nginx:  nginx proxy_cache keyed on the user and token (if installed).
-Prints req/s and the ratio to bare.  Bounded: --seconds per target.
+Prints req/s and the ratio to bare, then the server's CPU time per request
+(utime + stime of the server process and its children over the measured run,
+divided by the requests wrk completed): unlike req/s, that figure holds when
+other work shares the machine.  Bounded: --seconds per target.
 
     .venv/bin/python benchmarks/hit_bench.py [--seconds 5] [--sizes 2048,204800]
 """
@@ -69,7 +72,28 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def wrk(url: str, seconds: int, core: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and its descendants (0.0 for vanished ones)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(d.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, (0, 0.0))[1]
+        todo += [c for c, (ppid, _) in stats.items() if ppid == p]
+    return total
+
+
+def wrk(url: str, seconds: int, core: int) -> tuple[float, int]:
+    """(requests per second, requests completed)."""
     cmd = ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency"]
     for k, v in HEADERS.items():
         cmd += ["-H", f"{k}: {v}"]
@@ -78,7 +102,8 @@ def wrk(url: str, seconds: int, core: int) -> float:
         cmd = ["taskset", "-c", str(core), *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    return float(m.group(1)) if m else 0.0
+    n = re.search(r"(\d+) requests in", out)
+    return (float(m.group(1)) if m else 0.0), (int(n.group(1)) if n else 0)
 
 
 NGINX_CONF = """
@@ -109,8 +134,12 @@ http {{
 """
 
 
-def bench_size(size: int, seconds: int, targets: list[str]) -> dict[str, float]:
+def bench_size(
+    size: int, seconds: int, targets: list[str]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """req/s and server CPU microseconds per request, per target."""
     results: dict[str, float] = {}
+    cpu_us: dict[str, float] = {}
     up_port = free_port()
     upstream = start(
         [PY, str(HERE / "fixed_upstream.py"), "--port", str(up_port), "--size", str(size)], core=1
@@ -180,7 +209,11 @@ def bench_size(size: int, seconds: int, targets: list[str]) -> dict[str, float]:
             try:
                 wait_http(f"http://127.0.0.1:{port}{PATH}")
                 wrk(f"http://127.0.0.1:{port}{PATH}", 1, core=1)  # warm up
-                results[target] = wrk(f"http://127.0.0.1:{port}{PATH}", seconds, core=1)
+                before = cpu_seconds(proc.pid)
+                rps, n = wrk(f"http://127.0.0.1:{port}{PATH}", seconds, core=1)
+                used = cpu_seconds(proc.pid) - before
+                results[target] = rps
+                cpu_us[target] = used / n * 1e6 if n else 0.0
             finally:
                 stop(proc)
                 if redis is not None:
@@ -188,7 +221,7 @@ def bench_size(size: int, seconds: int, targets: list[str]) -> dict[str, float]:
                 shutil.rmtree(tmp, ignore_errors=True)
     finally:
         stop(upstream)
-    return results
+    return results, cpu_us
 
 
 def main() -> None:
@@ -212,13 +245,17 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, {cpu}; wrk -t1 -c50 -d{a.seconds}s")
     print(f"{'size':>9} " + " ".join(f"{t:>10}" for t in targets) + "   ratios to bare")
     for size in (int(s) for s in a.sizes.split(",")):
-        r = bench_size(size, a.seconds, targets)
+        r, cpu_us = bench_size(size, a.seconds, targets)
         bare = r.get("bare") or 0.0
         ratios = " ".join(
             f"{t}={r[t] / bare:.0%}" for t in targets if t != "bare" and bare and t in r
         )
         print(
             f"{size:>9} " + " ".join(f"{r.get(t, 0):>10.0f}" for t in targets) + "   " + ratios,
+            flush=True,
+        )
+        print(
+            f"{'cpu us/req':>9} " + " ".join(f"{cpu_us.get(t, 0):>10.1f}" for t in targets),
             flush=True,
         )
 
