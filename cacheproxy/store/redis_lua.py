@@ -55,6 +55,37 @@ return out
 """,
 )
 
+PROBE = Script(
+    "probe",
+    """
+-- KEYS[1] epoch, KEYS[2] entry, KEYS[3] acceptance, KEYS[4..] generation keys
+-- ARGV[1] epoch candidate, ARGV[2] generation ttl (ms), ARGV[3] value
+-- candidate (for every missing generation: values are compared per key).
+-- What a local tier needs on a hit, as one reply: {epoch, version or false,
+-- acceptance or false, value...}.  Generations exactly as GENERATIONS gives
+-- them; the version is the entry's 32-byte header (epoch .. id) when the entry
+-- belongs to the current epoch.  The body is never copied.
+local e = redis.call('GET', KEYS[1])
+if not e then
+  e = ARGV[1]
+  redis.call('SET', KEYS[1], e)
+end
+local head = e .. ':'
+local out = {e, false, redis.call('GET', KEYS[3])}
+for i = 4, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  if (not v) or string.sub(v, 1, #head) ~= head then
+    v = head .. ARGV[3]
+    redis.call('SET', KEYS[i], v, 'PX', ARGV[2])
+  end
+  out[i] = v
+end
+local h = redis.call('GETRANGE', KEYS[2], 0, 31)
+if #h == 32 and string.sub(h, 1, #e) == e then out[2] = h end
+return out
+""",
+)
+
 PUT = Script(
     "put",
     """
@@ -145,5 +176,5 @@ return 0
 """,
 )
 
-ALL = (GENERATIONS, PUT, BUMP, ACQUIRE_LEASE, RELEASE_LEASE)
+ALL = (GENERATIONS, PROBE, PUT, BUMP, ACQUIRE_LEASE, RELEASE_LEASE)
 """Scripts called by SHA (loaded again on NOSCRIPT); SERVER is sent whole."""
