@@ -352,8 +352,7 @@ class RedisStore:
     async def _on_lean_connect(self, conn: RespConnection) -> None:
         """:meth:`_on_connect` for the hit path's connections (handshake done)."""
         command = [b"EVAL", lua.SERVER.source.encode(), b"2", self._k_server, self._k_epoch]
-        wait = self._connect_timeout
-        (reply,) = await conn.request(pack([*command, _new_epoch().encode()]), 1, wait, wait)
+        (reply,) = await conn.request(pack([*command, _new_epoch().encode()]), 1)
         if isinstance(reply, ResponseError):
             raise reply
         self._note_server(reply)

@@ -122,34 +122,53 @@ class Endpoint:
 
 
 class _Waiter:
-    """One request in flight: ``want`` replies for ``future``."""
+    """One request in flight: ``want`` replies for ``future``, due by ``end``."""
 
-    __slots__ = ("future", "replies", "want")
+    __slots__ = ("end", "future", "replies", "want")
 
-    def __init__(self, future: asyncio.Future[list[Any]], want: int) -> None:
+    def __init__(self, future: asyncio.Future[list[Any]], want: int, end: float) -> None:
         self.future = future
         self.want = want
+        self.end = end
         self.replies: list[Any] = []
 
 
 class RespConnection(asyncio.Protocol):
-    """One connection; requests pipelined on it are answered in order."""
+    """One connection; requests pipelined on it are answered in order.
+
+    Requests made in one turn of the event loop are written together (one
+    syscall; Redis then reads them at once and answers in one write), and
+    one timer per busy connection, not one per request, watches for stalls.
+    """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
+        per_reply: float,
+        guard: float,
         on_close: Callable[[RespConnection], None] | None = None,
     ) -> None:
         self._loop = loop
+        self.per_reply = per_reply
+        """Socket timeout: the longest silence while a reply is due."""
+        self.guard = guard
+        """The longest a request may wait for its replies in all."""
         self._on_close = on_close
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
         self._transport: asyncio.Transport | None = None
         self.pending: collections.deque[_Waiter] = collections.deque()
-        """Requests written and not fully answered yet, oldest first."""
+        """Requests made and not fully answered yet, oldest first."""
+        self._out: list[bytes] = []
+        self._timer: asyncio.TimerHandle | None = None
         self._last_data = 0.0
         """When bytes last arrived, or the connection last became busy."""
         self.broken = False
         """True once the connection must not be used again."""
+
+    @property
+    def filling(self) -> bool:
+        """Requests are waiting to be written at the end of this loop turn."""
+        return bool(self._out)
 
     # -- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -184,38 +203,58 @@ class RespConnection(asyncio.Protocol):
         self.close()
 
     # -- use -----------------------------------------------------------------
-    async def request(self, payload: bytes, n: int, per_reply: float, guard: float) -> list[Any]:
-        """Write ``payload`` (``n`` commands) and return their ``n`` replies."""
-        transport = self._transport
-        if self.broken or transport is None:
+    async def request(self, payload: bytes, n: int) -> list[Any]:
+        """Send ``payload`` (``n`` commands) and return their ``n`` replies.
+
+        A cancelled request leaves its place in the queue: its replies are
+        read and dropped, and the connection stays usable.
+        """
+        if self.broken:
             raise RedisConnectionError("connection to redis closed")
         loop = self._loop
-        waiter = _Waiter(loop.create_future(), n)
         now = loop.time()
+        waiter = _Waiter(loop.create_future(), n, now + self.guard)
         if not self.pending:
             self._last_data = now  # a socket timeout counts from here
         self.pending.append(waiter)
-        transport.write(payload)
-        timer = loop.call_at(now + per_reply, self._on_timer, waiter, per_reply, now + guard)
-        try:
-            return await waiter.future
-        finally:
-            timer.cancel()
+        if not self._out:
+            loop.call_soon(self._flush)
+        self._out.append(payload)
+        if self._timer is None:
+            self._timer = loop.call_at(now + self.per_reply, self._on_timer)
+        return await waiter.future
 
-    def _on_timer(self, waiter: _Waiter, per_reply: float, end: float) -> None:
-        if waiter.future.done():
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self._transport is not None:
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _on_timer(self, last_look: bool = False) -> None:
+        self._timer = None
+        if not self.pending or self.broken:
             return
         now = self._loop.time()
-        if now >= self._last_data + per_reply:
+        if now >= self._last_data + self.per_reply:
+            if not last_look:
+                # Timers run before the loop reads its sockets: after a long
+                # turn of the loop (a busy proxy, not a slow Redis) the replies
+                # may be waiting unread.  Look again after the next read.
+                self._timer = self._loop.call_at(now + 0.001, self._on_timer, True)
+                return
             # Nothing came for a whole socket timeout: the server is stalled
             # (or gone quiet); every request on this connection times out.
             self._fail_all(RedisTimeoutError("timeout reading from redis"))
             self.close()
-        elif now >= end:  # bytes keep coming, but not this reply in time
-            waiter.future.set_exception(RedisTimeoutError("redis reply took too long"))
-        else:
-            due = min(self._last_data + per_reply, end)
-            self._loop.call_at(due, self._on_timer, waiter, per_reply, end)
+            return
+        due = self._last_data + self.per_reply
+        for waiter in self.pending:  # bytes keep coming, but some replies late
+            if waiter.future.done():
+                continue
+            if waiter.end <= now:
+                waiter.future.set_exception(RedisTimeoutError("redis reply took too long"))
+            elif waiter.end < due:
+                due = waiter.end
+        self._timer = self._loop.call_at(due, self._on_timer)
 
     def _fail_all(self, exc: Exception) -> None:
         pending, self.pending = self.pending, collections.deque()
@@ -227,9 +266,14 @@ class RespConnection(asyncio.Protocol):
         if self.broken:
             return
         self.broken = True
+        self._out.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._transport is not None:
             self._transport.abort()
             self._transport = None
+        self._fail_all(RedisConnectionError("connection to redis closed"))
         if self._on_close is not None:
             self._on_close(self)
 
@@ -263,6 +307,7 @@ class RespPool:
         """Open connections, ready for use."""
         self._opening: list[asyncio.Task[RespConnection]] = []
         """Connections being opened (kept here until done)."""
+        self._last: RespConnection | None = None
         self._closed = False
 
     @property
@@ -276,7 +321,7 @@ class RespPool:
         for attempt in (0, 1):
             try:
                 conn = await self._pick()
-                return await conn.request(payload, n, self.timeout, self.guard)
+                return await conn.request(payload, n)
             except RedisConnectionError:
                 if attempt == 1:
                     raise
@@ -297,10 +342,15 @@ class RespPool:
 
     # -- internals -----------------------------------------------------------
     async def _pick(self) -> RespConnection:
-        """An idle connection, else a new one, else the least busy one."""
+        """The connection requests of this loop turn already go to, else an
+        idle one, else a new one, else the least busy one."""
+        last = self._last
+        if last is not None and last.filling:
+            return last
         best = None
         for conn in self._conns:
             if not conn.pending:
+                self._last = conn
                 return conn
             if best is None or len(conn.pending) < len(best.pending):
                 best = conn
@@ -311,6 +361,7 @@ class RespPool:
             self._opening.append(task)
             task.add_done_callback(self._opened)
         elif best is not None:
+            self._last = best
             return best
         else:
             task = self._opening[-1]  # all are being opened: ride on one
@@ -332,13 +383,16 @@ class RespPool:
     def _forget(self, conn: RespConnection) -> None:
         if conn in self._conns:
             self._conns.remove(conn)
+        if self._last is conn:
+            self._last = None
 
     async def _connect(self) -> RespConnection:
         loop = asyncio.get_running_loop()
         ep = self.endpoint
 
         def factory() -> RespConnection:
-            return RespConnection(loop, self._forget)
+            wait = self.connect_timeout  # the handshake's replies: see __init__
+            return RespConnection(loop, wait, wait, self._forget)
 
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -363,6 +417,8 @@ class RespPool:
                 except BaseException:
                     conn.close()
                     raise
+                conn.per_reply = self.timeout
+                conn.guard = self.guard
         except TimeoutError as exc:
             raise RedisTimeoutError("timeout connecting to redis") from exc
         except OSError as exc:
@@ -385,8 +441,7 @@ class RespPool:
             commands.append(pack([b"SELECT", b"%d" % ep.db]))
         if not commands:
             return
-        wait = self.connect_timeout
-        replies = await conn.request(b"".join(commands), len(commands), wait, wait)
+        replies = await conn.request(b"".join(commands), len(commands))
         for i, r in enumerate(replies):
             if isinstance(r, ResponseError):
                 if i == 0 and ep.password is not None:
