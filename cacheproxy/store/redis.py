@@ -117,7 +117,7 @@ _BUMP_CONNECTIONS = 8
 _BUMP_PAUSE = 0.02
 """Seconds between two attempts of one bump."""
 _SCAN_COUNT = 1000
-_MAX_CACHED_TAG_KEYS = 4096
+_MAX_CACHED_TAG_SETS = 4096
 _GLOB_SPECIAL = frozenset(b"*?[]\\")
 
 
@@ -269,7 +269,8 @@ class RedisStore:
         self._sha_probe = lua.PROBE.sha.encode()
         self._sha_generations = lua.GENERATIONS.sha.encode()
         self._gen_ttl_arg = b"%d" % self._gen_ttl_ms
-        self._tag_keys: dict[str, bytes] = {}
+        self._gen_ttl_bulk = b"$%d\r\n%b\r\n" % (len(self._gen_ttl_arg), self._gen_ttl_arg)
+        self._probe_heads: dict[tuple[str, ...], bytes] = {}
         self.bump_retries = 0
         """Bump attempts that failed and were tried again."""
         self._closed = False
@@ -366,17 +367,19 @@ class RedisStore:
     def _k_gen(self, tag: str) -> bytes:
         return self._p + b"g:" + tag.encode()
 
-    def _k_gens(self, tags: Sequence[str]) -> list[bytes]:
-        """Generation keys, remembered (a hit needs them for the rule's tags)."""
-        cache = self._tag_keys
-        try:
-            return [cache[t] for t in tags]
-        except KeyError:
-            if len(cache) >= _MAX_CACHED_TAG_KEYS:
-                cache.clear()
-            for t in tags:
-                cache[t] = self._k_gen(t)
-            return [cache[t] for t in tags]
+    def _probe_head(self, tags: Sequence[str]) -> bytes:
+        """The PROBE call packed up to its per-call part, remembered per tag
+        set (a hit would otherwise pack the same keys every time)."""
+        tags = tuple(tags)
+        head = self._probe_heads.get(tags)
+        if head is None:
+            keys = [self._k_epoch, *map(self._k_gen, tags), b"", b""]
+            packed = pack([b"EVALSHA", self._sha_probe, b"%d" % len(keys), *keys[:-2]])
+            head = b"*%d\r\n" % (len(keys) + 6) + packed.split(b"\r\n", 1)[1]
+            if len(self._probe_heads) >= _MAX_CACHED_TAG_SETS:
+                self._probe_heads.clear()
+            self._probe_heads[tags] = head
+        return head
 
     def _k_entry(self, key: bytes) -> bytes:
         return self._p + b"e:" + key.hex().encode()
@@ -583,9 +586,19 @@ class RedisStore:
         acceptance, in one round trip: what a local tier needs to trust its
         own copy of the entry."""
         epoch_candidate, value = _candidates()
-        keys = [self._k_epoch, self._k_entry(key), self._k_accept(credential), *self._k_gens(tags)]
-        command = [b"EVALSHA", self._sha_probe, b"%d" % len(keys), *keys]
-        payload = pack([*command, epoch_candidate, self._gen_ttl_arg, value])
+        k_entry = self._k_entry(key)
+        k_acc = self._k_accept(credential)
+        payload = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b$16\r\n%b\r\n$%d\r\n%b\r\n" % (
+            self._probe_head(tags),
+            len(k_entry),
+            k_entry,
+            len(k_acc),
+            k_acc,
+            self._gen_ttl_bulk,
+            epoch_candidate,
+            len(value),
+            value,
+        )
         ((_, version, acc, *gens),) = await self._run_lean(payload, 1)
         return version, tuple([int(v[_EPOCH_LEN + 1 :]) for v in gens]), self._parse_acceptance(acc)
 
@@ -805,7 +818,7 @@ class RedisStore:
     def _generations_command(self, tags: Sequence[str]) -> bytes:
         """The GENERATIONS script call, packed (see :mod:`~cacheproxy.store.resp`)."""
         epoch_candidate, value = _candidates()
-        keys = [self._k_epoch, *self._k_gens(tags)]
+        keys = [self._k_epoch, *map(self._k_gen, tags)]
         command = [b"EVALSHA", self._sha_generations, b"%d" % len(keys), *keys]
         return pack([*command, epoch_candidate, self._gen_ttl_arg, *[value] * len(tags)])
 

@@ -58,29 +58,32 @@ return out
 PROBE = Script(
     "probe",
     """
--- KEYS[1] epoch, KEYS[2] entry, KEYS[3] acceptance, KEYS[4..] generation keys
--- ARGV[1] epoch candidate, ARGV[2] generation ttl (ms), ARGV[3] value
+-- KEYS[1] epoch, KEYS[2..n-2] generation keys, KEYS[n-1] entry,
+-- KEYS[n] acceptance (n = #KEYS: what varies per call comes last, so the
+-- client packs the rest once per tag set)
+-- ARGV[1] generation ttl (ms), ARGV[2] epoch candidate, ARGV[3] value
 -- candidate (for every missing generation: values are compared per key).
 -- What a local tier needs on a hit, as one reply: {epoch, version or false,
 -- acceptance or false, value...}.  Generations exactly as GENERATIONS gives
 -- them; the version is the entry's 32-byte header (epoch .. id) when the entry
 -- belongs to the current epoch.  The body is never copied.
+local n = #KEYS
 local e = redis.call('GET', KEYS[1])
 if not e then
-  e = ARGV[1]
+  e = ARGV[2]
   redis.call('SET', KEYS[1], e)
 end
 local head = e .. ':'
-local out = {e, false, redis.call('GET', KEYS[3])}
-for i = 4, #KEYS do
+local out = {e, false, redis.call('GET', KEYS[n])}
+for i = 2, n - 2 do
   local v = redis.call('GET', KEYS[i])
   if (not v) or string.sub(v, 1, #head) ~= head then
     v = head .. ARGV[3]
-    redis.call('SET', KEYS[i], v, 'PX', ARGV[2])
+    redis.call('SET', KEYS[i], v, 'PX', ARGV[1])
   end
-  out[i] = v
+  out[i + 2] = v
 end
-local h = redis.call('GETRANGE', KEYS[2], 0, 31)
+local h = redis.call('GETRANGE', KEYS[n - 1], 0, 31)
 if #h == 32 and string.sub(h, 1, #e) == e then out[2] = h end
 return out
 """,

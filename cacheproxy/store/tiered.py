@@ -133,8 +133,10 @@ class TieredStore:
 
     # -- Store protocol ----------------------------------------------------
     async def lookup(self, key: bytes, tags: Sequence[str], credential: bytes) -> Lookup:
-        started = self._mono()
-        held = await self._local_get(key)
+        # What _observe records serves only the outage grace: no clock reads
+        # on the hit path without it.
+        started = self._mono() if self.outage_grace > 0 else 0.0
+        held = self._local_get(key)
         if held is not None:
             entry, version = held
             try:
@@ -225,7 +227,7 @@ class TieredStore:
         (generation,) = await self.local.generations((_MARK,))
         await self.local.put(key, _wrap(entry, version, generation))
 
-    async def _local_get(self, key: bytes) -> tuple[Entry, bytes] | None:
+    def _local_get(self, key: bytes) -> tuple[Entry, bytes] | None:
         entry = self.local.get(key)
         return None if entry is None else _unwrap(entry)
 
@@ -260,7 +262,8 @@ class TieredStore:
             self._seen_acc.pop(credential, None)
 
     def _note_ok(self) -> None:
-        self._last_ok = self._mono()
+        if self.outage_grace > 0:
+            self._last_ok = self._mono()
 
     def _remember_gens(self, started: float, tags: Sequence[str], gens: Generations) -> None:
         if self.outage_grace <= 0:
