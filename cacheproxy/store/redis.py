@@ -41,6 +41,18 @@ calls fail at once and requests go straight upstream, then one call probes.
 redis-py retries only a broken connection, once and at once (every pooled
 connection is dead after a Redis restart); timeouts are never retried.
 
+Two clients.  The calls every hit makes (:meth:`RedisStore.probe`,
+:meth:`RedisStore.lookup_versioned`, and :meth:`RedisStore.generations`) go
+through :mod:`~cacheproxy.store.resp`, a lean pipelining client that costs a
+few tens of microseconds of CPU where redis-py's asyncio pipeline cost
+several hundred; everything else (stores, bumps, leases, admin, Sentinel
+discovery) stays on redis-py.  Both run the server check below on every new
+connection, reload scripts on NOSCRIPT, and raise the same redis-py
+exceptions, so :meth:`RedisStore._run` and :meth:`RedisStore._run_lean` map
+faults identically.  With Sentinel the lean client connects to the master
+redis-py's Sentinel pool reports, and drops its connections when the
+once-a-second check sees the master move.
+
 Bumps are the exception: read-your-writes rests on them, so they are patient
 (own pool, ``bump_timeout``, tried again until ``bump_deadline``; see
 :meth:`RedisStore.bump`).  A bump that still fails is kept as *pending*: the
