@@ -40,6 +40,7 @@ import collections
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any, cast
 
 import hiredis
@@ -161,9 +162,20 @@ class RespConnection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
         self._last_data = 0.0
-        """When bytes last arrived, or the connection last became busy."""
+        """When bytes last arrived, or requests were sent to an idle
+        connection (``time.monotonic``: uvloop's ``loop.time()`` is read once
+        per loop turn, and a long turn would make replies look late)."""
         self.broken = False
         """True once the connection must not be used again."""
+
+    def set_timeouts(self, per_reply: float, guard: float) -> None:
+        """New timeouts (the handshake's were the connect timeout's), from
+        the next request on: a timer armed with the old ones is dropped."""
+        self.per_reply = per_reply
+        self.guard = guard
+        if self._timer is not None and not self.pending:
+            self._timer.cancel()
+            self._timer = None
 
     @property
     def filling(self) -> bool:
@@ -176,7 +188,7 @@ class RespConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self._last_data = self._loop.time()
+        self._last_data = monotonic()
         reader = self._reader
         reader.feed(data)
         pending = self.pending
@@ -215,20 +227,19 @@ class RespConnection(asyncio.Protocol):
             failed: asyncio.Future[list[Any]] = loop.create_future()
             failed.set_exception(RedisConnectionError("connection to redis closed"))
             return failed
-        now = loop.time()
-        waiter = _Waiter(loop.create_future(), n, now + self.guard)
-        if not self.pending:
-            self._last_data = now  # a socket timeout counts from here
+        waiter = _Waiter(loop.create_future(), n, monotonic() + self.guard)
         self.pending.append(waiter)
         if not self._out:
             loop.call_soon(self._flush)
         self._out.append(payload)
         if self._timer is None:
-            self._timer = loop.call_at(now + self.per_reply, self._on_timer)
+            self._timer = loop.call_later(self.per_reply, self._on_timer)
         return waiter.future
 
     def _flush(self) -> None:
         out, self._out = self._out, []
+        if len(out) >= len(self.pending):  # nothing was due before: count from now
+            self._last_data = monotonic()
         if self._transport is not None:
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
 
@@ -236,13 +247,13 @@ class RespConnection(asyncio.Protocol):
         self._timer = None
         if not self.pending or self.broken:
             return
-        now = self._loop.time()
+        now = monotonic()
         if now >= self._last_data + self.per_reply:
             if not last_look:
                 # Timers run before the loop reads its sockets: after a long
                 # turn of the loop (a busy proxy, not a slow Redis) the replies
                 # may be waiting unread.  Look again after the next read.
-                self._timer = self._loop.call_at(now + 0.001, self._on_timer, True)
+                self._timer = self._loop.call_later(0.001, self._on_timer, True)
                 return
             # Nothing came for a whole socket timeout: the server is stalled
             # (or gone quiet); every request on this connection times out.
@@ -257,7 +268,7 @@ class RespConnection(asyncio.Protocol):
                 waiter.future.set_exception(RedisTimeoutError("redis reply took too long"))
             elif waiter.end < due:
                 due = waiter.end
-        self._timer = self._loop.call_at(due, self._on_timer)
+        self._timer = self._loop.call_later(max(due - now, 0.001), self._on_timer)
 
     def _fail_all(self, exc: Exception) -> None:
         pending, self.pending = self.pending, collections.deque()
@@ -424,8 +435,7 @@ class RespPool:
                 except BaseException:
                     conn.close()
                     raise
-                conn.per_reply = self.timeout
-                conn.guard = self.guard
+                conn.set_timeouts(self.timeout, self.guard)
         except TimeoutError as exc:
             raise RedisTimeoutError("timeout connecting to redis") from exc
         except OSError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -338,3 +339,36 @@ async def test_pool_round_trips_and_error_replies(redis_server: Any) -> None:
         await pool.aclose()
     with pytest.raises(redis.ConnectionError):
         await pool.execute(pack([b"PING"]), 1)
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_long_loop_turn_is_not_a_redis_timeout(
+    debug_redis: servers.RedisServer, prefix: str, clock: Any, loop_kind: str
+) -> None:
+    """The proxy's loop can be busy (or descheduled) for longer than the
+    Redis timeout between making a request and sending it.  The timeout
+    counts from the send: Redis answering within it is no fault."""
+
+    async def main() -> None:
+        store = RedisStore(debug_redis.url, prefix=prefix, clock=clock, timeout=0.1)
+        try:
+            await store.generations(TAGS)  # connected, scripts loaded
+            await asyncio.sleep(0.6)  # the handshake's (longer) timer has run out
+            sleeper = stall(debug_redis, 0.3)  # Redis answers at +0.3 s
+            try:
+                request = asyncio.ensure_future(store.generations(TAGS))
+                # The request is made, then the loop is stuck before it can
+                # send it: it goes out at +0.25 s.
+                asyncio.get_running_loop().call_soon(time.sleep, 0.25)
+                assert len(await request) == len(TAGS)
+            finally:
+                sleeper.recv(64)
+                sleeper.close()
+            assert store.stats()["faults"] == 0
+        finally:
+            await store.aclose()
+
+    if loop_kind == "uvloop":
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
