@@ -59,6 +59,15 @@ class MemoryStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def get(self, key: bytes) -> Entry | None:
+        """The live entry under ``key`` (marked recently used), or None.
+
+        For a tier that keeps its own freshness data in front of this store
+        (:class:`~cacheproxy.store.tiered.TieredStore`): no generations or
+        acceptance are looked up, and no coroutine is made.
+        """
+        return self._get(key)
+
     # -- Store protocol ----------------------------------------------------
     async def lookup(self, key: bytes, tags: Sequence[str], credential: bytes) -> Lookup:
         return self.lookup_now(key, tags, credential)

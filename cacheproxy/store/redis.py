@@ -41,6 +41,18 @@ calls fail at once and requests go straight upstream, then one call probes.
 redis-py retries only a broken connection, once and at once (every pooled
 connection is dead after a Redis restart); timeouts are never retried.
 
+Two clients.  The calls every hit makes (:meth:`RedisStore.probe`,
+:meth:`RedisStore.lookup_versioned`, and :meth:`RedisStore.generations`) go
+through :mod:`~cacheproxy.store.resp`, a lean pipelining client that costs a
+few tens of microseconds of CPU where redis-py's asyncio pipeline cost
+several hundred; everything else (stores, bumps, leases, admin, Sentinel
+discovery) stays on redis-py.  Both run the server check below on every new
+connection, reload scripts on NOSCRIPT, and raise the same redis-py
+exceptions, so :meth:`RedisStore._run` and :meth:`RedisStore._run_lean` map
+faults identically.  With Sentinel the lean client connects to the master
+redis-py's Sentinel pool reports, and drops its connections when the
+once-a-second check sees the master move.
+
 Bumps are the exception: read-your-writes rests on them, so they are patient
 (own pool, ``bump_timeout``, tried again until ``bump_deadline``; see
 :meth:`RedisStore.bump`).  A bump that still fails is kept as *pending*: the
@@ -65,6 +77,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import secrets
 import struct
 import time
@@ -86,6 +99,14 @@ from cacheproxy.store import codec
 from cacheproxy.store import redis_lua as lua
 from cacheproxy.store.base import Entry, Generations, Lookup, StoreError
 from cacheproxy.store.circuit import Circuit
+from cacheproxy.store.resp import (
+    Address,
+    Endpoint,
+    RespConnection,
+    RespPool,
+    classify,
+    pack,
+)
 
 __all__ = ["RedisStore", "parse_sentinel_url", "redacted_url"]
 
@@ -108,6 +129,7 @@ _BUMP_CONNECTIONS = 8
 _BUMP_PAUSE = 0.02
 """Seconds between two attempts of one bump."""
 _SCAN_COUNT = 1000
+_MAX_CACHED_TAG_SETS = 4096
 _GLOB_SPECIAL = frozenset(b"*?[]\\")
 
 
@@ -118,6 +140,16 @@ def _new_epoch() -> str:
 def _new_value() -> int:
     """A generation value: random, non-zero, fits an i64 and a Lua string."""
     return secrets.randbelow((1 << 62) - 1) + 1
+
+
+def _candidates() -> tuple[bytes, bytes]:
+    """An epoch candidate and a generation candidate, from one read of the
+    OS's randomness: every lookup sends them, in case the epoch or a
+    generation is missing.  One value serves every tag of the lookup: a
+    generation must never return to a value *its own key* had, and values
+    are only compared per key."""
+    raw = os.urandom(8)
+    return raw.hex().encode(), b"%d" % ((int.from_bytes(raw) >> 2) or 1)
 
 
 def _glob_escape(raw: bytes) -> bytes:
@@ -241,6 +273,16 @@ class RedisStore:
         )
         self._bump_slots = asyncio.Semaphore(_BUMP_CONNECTIONS)
         """Bumps have their own small pool with a patient timeout: see :meth:`bump`."""
+        self._lean = self._make_lean_pool(url, max_connections)
+        """The hit path's own connections (see :mod:`~cacheproxy.store.resp`)."""
+        self._load_payload = b"".join(
+            pack([b"SCRIPT", b"LOAD", script.source.encode()]) for script in lua.ALL
+        )
+        self._sha_probe = lua.PROBE.sha.encode()
+        self._sha_generations = lua.GENERATIONS.sha.encode()
+        self._gen_ttl_arg = b"%d" % self._gen_ttl_ms
+        self._gen_ttl_bulk = b"$%d\r\n%b\r\n" % (len(self._gen_ttl_arg), self._gen_ttl_arg)
+        self._probe_heads: dict[tuple[str, ...], bytes] = {}
         self.bump_retries = 0
         """Bump attempts that failed and were tried again."""
         self._closed = False
@@ -285,6 +327,32 @@ class RedisStore:
         pool = ConnectionPool.from_url(url, **common)
         return aioredis.Redis.from_pool(pool)
 
+    def _make_lean_pool(self, url: str, max_connections: int) -> RespPool:
+        """The hit path's pool.  With Sentinel its address is the master's as
+        redis-py's Sentinel pool finds it, asked for every new connection
+        (:meth:`_follow_sentinel` drops its connections when it moves)."""
+        address = None
+        if self._sentinel:
+            target = parse_sentinel_url(url)
+            endpoint = Endpoint(db=target.db, username=target.username, password=target.password)
+            address = self._master_address
+        else:
+            endpoint = Endpoint.from_url(url)
+        return RespPool(
+            endpoint,
+            max_connections=max_connections,
+            timeout=self.timeout,
+            connect_timeout=self._connect_timeout,
+            guard=self._guard,
+            on_connect=self._on_lean_connect,
+            address=address,
+        )
+
+    async def _master_address(self) -> Address:
+        pool: Any = self._client.connection_pool
+        host, port = await pool.get_master_address()
+        return str(host), int(port)
+
     async def _on_connect(self, conn: AbstractConnection) -> None:
         """Every new connection: handshake, then renew the epoch if the server
         is not the one whose data we knew (restart from disk, failover)."""
@@ -292,13 +360,38 @@ class RedisStore:
         await conn.send_command(
             "EVAL", lua.SERVER.source, 2, self._k_server, self._k_epoch, _new_epoch()
         )
-        if await conn.read_response() == 2:
+        self._note_server(await conn.read_response())
+
+    async def _on_lean_connect(self, conn: RespConnection) -> None:
+        """:meth:`_on_connect` for the hit path's connections (handshake done)."""
+        command = [b"EVAL", lua.SERVER.source.encode(), b"2", self._k_server, self._k_epoch]
+        (reply,) = await conn.request(pack([*command, _new_epoch().encode()]), 1)
+        if isinstance(reply, ResponseError):
+            raise reply
+        self._note_server(reply)
+
+    def _note_server(self, reply: Any) -> None:
+        if reply == 2:
             self.server_changes += 1
             _log.info("redis %s: new server behind the URL; epoch renewed", redacted_url(self.url))
 
     # -- keys --------------------------------------------------------------
     def _k_gen(self, tag: str) -> bytes:
         return self._p + b"g:" + tag.encode()
+
+    def _probe_head(self, tags: Sequence[str]) -> bytes:
+        """The PROBE call packed up to its per-call part, remembered per tag
+        set (a hit would otherwise pack the same keys every time)."""
+        tags = tuple(tags)
+        head = self._probe_heads.get(tags)
+        if head is None:
+            keys = [self._k_epoch, *map(self._k_gen, tags), b"", b""]
+            packed = pack([b"EVALSHA", self._sha_probe, b"%d" % len(keys), *keys[:-2]])
+            head = b"*%d\r\n" % (len(keys) + 6) + packed.split(b"\r\n", 1)[1]
+            if len(self._probe_heads) >= _MAX_CACHED_TAG_SETS:
+                self._probe_heads.clear()
+            self._probe_heads[tags] = head
+        return head
 
     def _k_entry(self, key: bytes) -> bytes:
         return self._p + b"e:" + key.hex().encode()
@@ -359,6 +452,55 @@ class RedisStore:
         self.circuit.success(ticket)
         return result
 
+    async def _run_lean(self, payload: bytes, n: int) -> list[Any]:
+        """:meth:`_run` for the hit path: ``n`` commands in one round trip on
+        the lean pool, with the same fault mapping.  No semaphore and no
+        extra timeout: the pool bounds its connections (requests beyond them
+        are pipelined, never queued) and every reply."""
+        if self._closed:
+            raise StoreError("redis store is closed")
+        ticket = self.circuit.enter()
+        if ticket is None:
+            raise StoreError("redis circuit open")
+        if self._sentinel:
+            await self._follow_sentinel()
+        try:
+            if ticket.probe:
+                await self._flush_pending()
+            replies = await self._lean.execute(payload, n)
+            for r in replies:
+                if isinstance(r, ResponseError):
+                    replies = await self._lean_again(payload, n, r)
+                    break
+        except ResponseError as exc:
+            self.circuit.abandon(ticket)
+            raise StoreError(f"redis error reply: {exc}") from exc
+        except (RedisTimeoutError, TimeoutError) as exc:
+            self.circuit.timeout(ticket, exc)
+            raise StoreError(f"redis timed out: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            self.circuit.failure(ticket, exc)
+            raise StoreError(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            self.circuit.abandon(ticket)
+            raise
+        self.circuit.success(ticket)
+        return replies
+
+    async def _lean_again(self, payload: bytes, n: int, error: ResponseError) -> list[Any]:
+        """An error reply: raise it, unless scripts were missing (a restart,
+        ``SCRIPT FLUSH``): then load them and run again, in one round trip
+        on one connection so they are surely on the server that runs them."""
+        error = classify(error)
+        if not isinstance(error, NoScriptError):
+            raise error
+        k = len(lua.ALL)
+        replies = await self._lean.execute(self._load_payload + payload, k + n)
+        for r in replies:
+            if isinstance(r, ResponseError):
+                raise classify(r)
+        return replies[k:]
+
     async def _follow_sentinel(self, *, force: bool = False) -> bool:
         """At most once a second (or now: ``force``), ask Sentinel where the
         master is; True when it moved.
@@ -384,6 +526,8 @@ class RedisStore:
                 _log.debug("redis sentinel: master not confirmed (%s)", exc)
                 return False
             moved = moved or (before is not None and pool.master_address != before)
+        if moved:
+            self._lean.drop_all()
         return moved
 
     async def _pipeline(
@@ -432,15 +576,12 @@ class RedisStore:
     ) -> tuple[Lookup, bytes | None]:
         """:meth:`lookup`, plus the stored entry's version (epoch + id) for a
         local tier to recognise the very same bytes later."""
-        k_entry = self._k_entry(key)
-        k_acc = self._k_accept(credential)
-
-        def build(pipe: Any) -> None:
-            self._add_generations(pipe, tags)
-            pipe.get(k_entry)
-            pipe.get(k_acc)
-
-        gens_reply, raw, acc = await self._run(lambda: self._pipeline(build))
+        payload = (
+            self._generations_command(tags)
+            + pack([b"GET", self._k_entry(key)])
+            + pack([b"GET", self._k_accept(credential)])
+        )
+        gens_reply, raw, acc = await self._run_lean(payload, 3)
         epoch, gens = self._parse_generations(gens_reply)
         accepted = self._parse_acceptance(acc)
         if raw is None or raw[:_EPOCH_LEN] != epoch:
@@ -456,22 +597,26 @@ class RedisStore:
         """The stored entry's version (not its body), the generations and the
         acceptance, in one round trip: what a local tier needs to trust its
         own copy of the entry."""
+        epoch_candidate, value = _candidates()
         k_entry = self._k_entry(key)
         k_acc = self._k_accept(credential)
-
-        def build(pipe: Any) -> None:
-            self._add_generations(pipe, tags)
-            pipe.getrange(k_entry, 0, _HEADER - 1)
-            pipe.get(k_acc)
-
-        gens_reply, head, acc = await self._run(lambda: self._pipeline(build))
-        epoch, gens = self._parse_generations(gens_reply)
-        version = bytes(head) if len(head) == _HEADER and head[:_EPOCH_LEN] == epoch else None
-        return version, gens, self._parse_acceptance(acc)
+        payload = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b$16\r\n%b\r\n$%d\r\n%b\r\n" % (
+            self._probe_head(tags),
+            len(k_entry),
+            k_entry,
+            len(k_acc),
+            k_acc,
+            self._gen_ttl_bulk,
+            epoch_candidate,
+            len(value),
+            value,
+        )
+        ((_, version, acc, *gens),) = await self._run_lean(payload, 1)
+        return version, tuple([int(v[_EPOCH_LEN + 1 :]) for v in gens]), self._parse_acceptance(acc)
 
     async def generations(self, tags: Sequence[str]) -> Generations:
-        reply = await self._run(lambda: self._pipeline(lambda p: self._add_generations(p, tags)))
-        return self._parse_generations(reply[0])[1]
+        (reply,) = await self._run_lean(self._generations_command(tags), 1)
+        return self._parse_generations(reply)[1]
 
     async def put(self, key: bytes, entry: Entry) -> None:
         await self.put_versioned(key, entry)
@@ -609,6 +754,7 @@ class RedisStore:
         if self._closed:
             return
         self._closed = True
+        await self._lean.aclose()
         await self._client.aclose()
         await self._bump_client.aclose()
         for client in self._sentinel_clients:
@@ -681,10 +827,12 @@ class RedisStore:
         }
 
     # -- helpers -----------------------------------------------------------
-    def _add_generations(self, pipe: Any, tags: Sequence[str]) -> None:
+    def _generations_command(self, tags: Sequence[str]) -> bytes:
+        """The GENERATIONS script call, packed (see :mod:`~cacheproxy.store.resp`)."""
+        epoch_candidate, value = _candidates()
         keys = [self._k_epoch, *map(self._k_gen, tags)]
-        cands = [_new_value() for _ in tags]
-        self._evalsha(pipe, lua.GENERATIONS, keys, _new_epoch(), self._gen_ttl_ms, *cands)
+        command = [b"EVALSHA", self._sha_generations, b"%d" % len(keys), *keys]
+        return pack([*command, epoch_candidate, self._gen_ttl_arg, *[value] * len(tags)])
 
     def _add_bump(self, pipe: Any, tags: Sequence[str]) -> None:
         keys = [self._k_epoch, *map(self._k_gen, tags)]

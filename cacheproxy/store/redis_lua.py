@@ -55,6 +55,40 @@ return out
 """,
 )
 
+PROBE = Script(
+    "probe",
+    """
+-- KEYS[1] epoch, KEYS[2..n-2] generation keys, KEYS[n-1] entry,
+-- KEYS[n] acceptance (n = #KEYS: what varies per call comes last, so the
+-- client packs the rest once per tag set)
+-- ARGV[1] generation ttl (ms), ARGV[2] epoch candidate, ARGV[3] value
+-- candidate (for every missing generation: values are compared per key).
+-- What a local tier needs on a hit, as one reply: {epoch, version or false,
+-- acceptance or false, value...}.  Generations exactly as GENERATIONS gives
+-- them; the version is the entry's 32-byte header (epoch .. id) when the entry
+-- belongs to the current epoch.  The body is never copied.
+local n = #KEYS
+local e = redis.call('GET', KEYS[1])
+if not e then
+  e = ARGV[2]
+  redis.call('SET', KEYS[1], e)
+end
+local head = e .. ':'
+local out = {e, false, redis.call('GET', KEYS[n])}
+for i = 2, n - 2 do
+  local v = redis.call('GET', KEYS[i])
+  if (not v) or string.sub(v, 1, #head) ~= head then
+    v = head .. ARGV[3]
+    redis.call('SET', KEYS[i], v, 'PX', ARGV[1])
+  end
+  out[i + 2] = v
+end
+local h = redis.call('GETRANGE', KEYS[n - 1], 0, 31)
+if #h == 32 and string.sub(h, 1, #e) == e then out[2] = h end
+return out
+""",
+)
+
 PUT = Script(
     "put",
     """
@@ -145,5 +179,5 @@ return 0
 """,
 )
 
-ALL = (GENERATIONS, PUT, BUMP, ACQUIRE_LEASE, RELEASE_LEASE)
+ALL = (GENERATIONS, PROBE, PUT, BUMP, ACQUIRE_LEASE, RELEASE_LEASE)
 """Scripts called by SHA (loaded again on NOSCRIPT); SERVER is sent whole."""

@@ -24,7 +24,6 @@ LRU of bytes; tags are never bumped in it).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -37,6 +36,17 @@ __all__ = ["SharedTier", "TieredStore"]
 
 _MARK = "\x00tiered\x00"
 _MAX_SEEN = 65_536
+
+
+class _Held(str):
+    """The synthetic tag of a local copy: reads as ``_MARK`` to the local
+    MemoryStore, and carries the real entry and its Redis version, so that a
+    local hit unwraps with two attribute reads (it used to parse JSON and
+    rebuild the Entry on every hit).  It shares the body with the wrapped
+    copy: nothing is held twice, and it goes when the local store drops it."""
+
+    entry: Entry
+    version: bytes
 
 
 class SharedTier(Protocol):
@@ -71,18 +81,21 @@ class SharedTier(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _wrap(entry: Entry, version: bytes) -> Entry:
-    """Hide the real tags, generations and version in one synthetic tag whose
-    local generation is 0 forever, so the local MemoryStore accepts it."""
-    meta = json.dumps([version.hex(), list(entry.tags), list(entry.generations)])
-    return replace(entry, tags=(_MARK + meta,), generations=(0,))
+def _wrap(entry: Entry, version: bytes, local_generation: int) -> Entry:
+    """Hide the real tags, generations and version in one synthetic tag that
+    is never bumped locally, so the local MemoryStore accepts the copy."""
+    held = _Held(_MARK)
+    held.entry = entry
+    held.version = version
+    return replace(entry, tags=(held,), generations=(local_generation,))
 
 
 def _unwrap(local: Entry) -> tuple[Entry, bytes] | None:
-    if len(local.tags) != 1 or not local.tags[0].startswith(_MARK):
+    tags = local.tags
+    if len(tags) != 1 or type(tags[0]) is not _Held:
         return None
-    version, tags, gens = json.loads(local.tags[0][len(_MARK) :])
-    return replace(local, tags=tuple(tags), generations=tuple(gens)), bytes.fromhex(version)
+    held = tags[0]
+    return held.entry, held.version
 
 
 class TieredStore:
@@ -120,8 +133,10 @@ class TieredStore:
 
     # -- Store protocol ----------------------------------------------------
     async def lookup(self, key: bytes, tags: Sequence[str], credential: bytes) -> Lookup:
-        started = self._mono()
-        held = await self._local_get(key)
+        # What _observe records serves only the outage grace: no clock reads
+        # on the hit path without it.
+        started = self._mono() if self.outage_grace > 0 else 0.0
+        held = self._local_get(key)
         if held is not None:
             entry, version = held
             try:
@@ -145,7 +160,7 @@ class TieredStore:
             and got.is_valid(tags, found.generations)
             and got.size <= self.local_max_entry_bytes
         ):
-            await self.local.put(key, _wrap(got, stored))
+            await self._local_put(key, got, stored)
         return found
 
     async def generations(self, tags: Sequence[str]) -> Generations:
@@ -159,7 +174,7 @@ class TieredStore:
         version = await self.shared.put_versioned(key, entry)
         self._note_ok()
         if version is not None and entry.size <= self.local_max_entry_bytes:
-            await self.local.put(key, _wrap(entry, version))
+            await self._local_put(key, entry, version)
 
     async def remove(self, key: bytes) -> None:
         await self.local.remove(key)
@@ -206,8 +221,14 @@ class TieredStore:
         await self.local.aclose()
 
     # -- internals ---------------------------------------------------------
-    async def _local_get(self, key: bytes) -> tuple[Entry, bytes] | None:
-        entry = (await self.local.lookup(key, (), b"")).entry
+    async def _local_put(self, key: bytes, entry: Entry, version: bytes) -> None:
+        # The marker tag reads the local store's floor, which clear() raises:
+        # a fixed 0 made every local copy refused after the first clear.
+        (generation,) = await self.local.generations((_MARK,))
+        await self.local.put(key, _wrap(entry, version, generation))
+
+    def _local_get(self, key: bytes) -> tuple[Entry, bytes] | None:
+        entry = self.local.get(key)
         return None if entry is None else _unwrap(entry)
 
     def _outage_lookup(self, entry: Entry, tags: Sequence[str], credential: bytes) -> Lookup:
@@ -241,7 +262,8 @@ class TieredStore:
             self._seen_acc.pop(credential, None)
 
     def _note_ok(self) -> None:
-        self._last_ok = self._mono()
+        if self.outage_grace > 0:
+            self._last_ok = self._mono()
 
     def _remember_gens(self, started: float, tags: Sequence[str], gens: Generations) -> None:
         if self.outage_grace <= 0:

@@ -77,6 +77,32 @@ async def test_a_local_hit_transfers_no_body(
     assert tiered.local_hits == 5
 
 
+async def test_local_copies_are_kept_again_after_a_clear(
+    tiered: TieredStore, shared: CountingRedis, clock: Any
+) -> None:
+    """clear() raises the local store's floor: copies stored after it must
+    still be accepted locally, or every later hit transfers the body."""
+    await tiered.clear()
+    e = entry(clock(), await tiered.generations(TAGS))
+    await tiered.put(b"k", e)
+    for _ in range(3):
+        assert (await tiered.lookup(b"k", TAGS, CRED)).entry == e
+    assert shared.full == 0
+    assert tiered.local_hits == 3
+
+
+async def test_a_local_hit_returns_the_stored_entry_itself(tiered: TieredStore, clock: Any) -> None:
+    """The local copy carries its real tags and generations: nothing is
+    parsed or rebuilt per hit."""
+    e = entry(clock(), await tiered.generations(TAGS))
+    await tiered.put(b"k", e)
+    first = (await tiered.lookup(b"k", TAGS, CRED)).entry
+    second = (await tiered.lookup(b"k", TAGS, CRED)).entry
+    assert first is e
+    assert second is e
+    assert tiered.local_hits == 2
+
+
 async def test_an_entry_stored_by_another_replica_is_fetched_once(
     tiered: TieredStore, shared: CountingRedis, other: RedisStore, clock: Any
 ) -> None:
