@@ -91,6 +91,9 @@ class _Route:
     """The rule caches it and the query is not a delta (``update_time``)."""
 
 
+_PLANNED = "cacheproxy.plan"
+"""Scope key: ``(the result of _plan,)`` as the fast lane computed it, so the
+ASGI path does not scan, parse and hash the same request again."""
 _PREFETCHED = "cacheproxy.lookup"
 """Scope key: the store's answer the fast lane got for a request that was
 not a hit after all, ``(cache key, Lookup or StoreError)``."""
@@ -182,7 +185,8 @@ class Proxy:
         if method != "GET":
             await self._not_cached(scope, receive, send)
             return
-        plan = self._plan(scope)
+        planned = scope.pop(_PLANNED, None)
+        plan = self._plan(scope) if planned is None else planned[0]
         if isinstance(plan, _Route):
             if plan.cacheable:  # no usable identity: slurmrestd judges the request
                 req = from_scope(scope, (plan.segments, plan.query))
@@ -208,6 +212,7 @@ class Proxy:
         if scope["method"] != "GET":
             return None
         plan = self._plan(scope)
+        scope[_PLANNED] = (plan,)  # whatever the lane decides, the ASGI path reuses it
         if plan is None or isinstance(plan, _Route) or plan.has_body:
             return None
         lookup_now = self._lookup_now

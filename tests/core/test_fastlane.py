@@ -443,3 +443,28 @@ async def test_a_miss_after_an_awaited_lane_asks_the_store_once(
                 await settle(app)
                 assert store.lookups - before == 1, url
     assert app.stats.fast_hits == 0
+
+
+async def test_requests_the_lane_declines_are_planned_once(
+    stack: Stack, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane's parse of the request (headers scanned, target matched,
+    credential hashed) is what the ASGI path uses: a miss or a pass-through
+    pays for it once."""
+    proxy = stack.app.proxy
+    assert proxy is not None
+    plans = 0
+    real_plan = proxy._plan
+
+    def counting(scope: Any) -> Any:
+        nonlocal plans
+        plans += 1
+        return real_plan(scope)
+
+    monkeypatch.setattr(proxy, "_plan", counting)
+    c = await connect(stack.fast)
+    for path in (NODES, "/slurm/v0.0.43/diag", "/slurm/v0.0.43/jobs?update_time=1"):
+        before = plans
+        await c.send(get(path))
+        assert (await c.response()).status in (200, 404)  # the fake has no /diag
+        assert plans - before == 1, path
