@@ -78,6 +78,7 @@ import asyncio
 import logging
 import math
 import os
+import random
 import secrets
 import struct
 import time
@@ -142,14 +143,21 @@ def _new_value() -> int:
     return secrets.randbelow((1 << 62) - 1) + 1
 
 
+_CANDIDATE_RNG = random.Random(os.urandom(16))
+"""Candidates must be unique, not secret (anyone who can read Redis sees the
+values), so a per-process generator seeded from the OS serves them without a
+system call per lookup; reseeded in a forked child (``--workers``), which
+would otherwise repeat its parent's sequence."""
+os.register_at_fork(after_in_child=lambda: _CANDIDATE_RNG.seed(os.urandom(16)))
+
+
 def _candidates() -> tuple[bytes, bytes]:
-    """An epoch candidate and a generation candidate, from one read of the
-    OS's randomness: every lookup sends them, in case the epoch or a
-    generation is missing.  One value serves every tag of the lookup: a
-    generation must never return to a value *its own key* had, and values
-    are only compared per key."""
-    raw = os.urandom(8)
-    return raw.hex().encode(), b"%d" % ((int.from_bytes(raw) >> 2) or 1)
+    """An epoch candidate and a generation candidate: every lookup sends
+    them, in case the epoch or a generation is missing.  One value serves
+    every tag of the lookup: a generation must never return to a value *its
+    own key* had, and values are only compared per key."""
+    raw = _CANDIDATE_RNG.getrandbits(64)
+    return b"%016x" % raw, b"%d" % ((raw >> 2) or 1)
 
 
 def _glob_escape(raw: bytes) -> bytes:
