@@ -9,7 +9,7 @@ In one run, with the same payloads (2 KiB, 200 KiB, 5 MiB by default), wrk
 Prints req/s, the server's CPU per request (utime+stime from /proc, robust
 when the machine is busy) and both ratios to bare.  Bounded: --seconds per target.
 
-    .venv/bin/python benchmarks/hit_bench.py [--seconds 5] [--sizes 2048,204800]
+    .venv/bin/python benchmarks/hit_bench.py [--seconds 5] [--sizes 2048,204800] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -205,6 +206,7 @@ def main() -> None:
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--sizes", default="2048,204800,5242880")
     p.add_argument("--targets", default="bare,proxy,redis,nginx")
+    p.add_argument("--repeat", type=int, default=1, help="rounds per size (medians printed)")
     a = p.parse_args()
     targets = [t for t in a.targets.split(",") if t]
     if "redis" in targets and not shutil.which("redis-server"):
@@ -222,17 +224,55 @@ def main() -> None:
     print("req/s (server CPU us per request); ratios: req/s, and bare's CPU / target's CPU")
     print(f"{'size':>9} " + " ".join(f"{t:>15}" for t in targets) + "   ratios to bare")
     for size in (int(s) for s in a.sizes.split(",")):
-        r = bench_size(size, a.seconds, targets)
-        bare_rate, bare_cpu = r.get("bare", (0.0, 0.0))
-        ratios = " ".join(
-            f"{t}={r[t][0] / bare_rate:.0%}/{bare_cpu / r[t][1]:.0%}"
-            for t in targets
-            if t != "bare" and bare_rate and t in r and r[t][1]
-        )
-        cells = " ".join(
-            f"{r[t][0]:>7.0f} ({r[t][1]:>4.0f})" if t in r else f"{'-':>15}" for t in targets
-        )
-        print(f"{size:>9} {cells}   {ratios}", flush=True)
+        rounds = [bench_size(size, a.seconds, targets) for _ in range(a.repeat)]
+        for i, r in enumerate(rounds):
+            label = str(size) if a.repeat == 1 else f"{size}#{i + 1}"
+            print(f"{label:>9} {cells(r, targets)}   {ratios(r, targets)}", flush=True)
+        if a.repeat > 1:
+            # The median of each round's ratio: every round compares targets
+            # run back to back, so a slow minute on a shared box cancels out.
+            med = {
+                t: (
+                    statistics.median(r[t][0] for r in rounds),
+                    statistics.median(r[t][1] for r in rounds),
+                )
+                for t in targets
+                if all(t in r for r in rounds)
+            }
+            rate_ratio = {t: _median_ratio(rounds, t, 0) for t in targets if t != "bare"}
+            cpu_ratio = {t: _median_ratio(rounds, t, 1) for t in targets if t != "bare"}
+            summary = " ".join(
+                f"{t}={rate_ratio[t]:.0%}/{cpu_ratio[t]:.0%}"
+                for t in targets
+                if t != "bare" and rate_ratio.get(t) and cpu_ratio.get(t)
+            )
+            print(f"{'median':>9} {cells(med, targets)}   {summary}", flush=True)
+
+
+def cells(r: dict[str, tuple[float, float]], targets: list[str]) -> str:
+    return " ".join(
+        f"{r[t][0]:>7.0f} ({r[t][1]:>4.0f})" if t in r else f"{'-':>15}" for t in targets
+    )
+
+
+def ratios(r: dict[str, tuple[float, float]], targets: list[str]) -> str:
+    bare_rate, bare_cpu = r.get("bare", (0.0, 0.0))
+    return " ".join(
+        f"{t}={r[t][0] / bare_rate:.0%}/{bare_cpu / r[t][1]:.0%}"
+        for t in targets
+        if t != "bare" and bare_rate and t in r and r[t][1]
+    )
+
+
+def _median_ratio(rounds: list[dict[str, tuple[float, float]]], target: str, field: int) -> float:
+    """Median over rounds of target/bare (req/s) or bare/target (CPU)."""
+    values = []
+    for r in rounds:
+        if target not in r or "bare" not in r or not r["bare"][field] or not r[target][field]:
+            continue
+        a, b = r[target][field], r["bare"][field]
+        values.append(a / b if field == 0 else b / a)
+    return statistics.median(values) if values else 0.0
 
 
 if __name__ == "__main__":
