@@ -8,9 +8,8 @@ the same few lists all day, so almost every request is such a hit.
 
 How: the server protocol (:class:`cacheproxy.protocol.CacheProxyProtocol`)
 asks the application for a *fast response* as soon as a request head is
-parsed.  Every layer of the hardened application offers the same
-synchronous call, ``fast_response(scope) -> HitResponse | None``, and either
-answers or steps aside:
+parsed.  Every layer of the hardened application offers the same call,
+``fast_response(scope) -> FastResult``, and either answers or steps aside:
 
     protocol -> RequestContext -> AuthGuard -> JwtCheck -> CacheProxyApp -> Proxy
 
@@ -20,7 +19,8 @@ answers or steps aside:
   awaited (the Redis tier) it answers with an awaitable, which the protocol
   runs as a small task of its own (still no ASGI cycle), and which yields
   None when the entry turns out not to be a hit: the request then takes the
-  ASGI path (one more store round trip, only for such requests);
+  ASGI path, which reuses the lane's parse of the request and the store's
+  answer (both left in the scope), so declining costs no second round trip;
 * :class:`~cacheproxy.guard.AuthGuard` steps aside while anything is blocked
   or when the per-user rate limit is on;
 * :class:`~cacheproxy.jwtcheck.JwtCheck` steps aside for any token that fails
@@ -29,7 +29,7 @@ answers or steps aside:
   writes the access log line, as on the ASGI path.
 
 ``None`` is always safe: the request then takes the ordinary ASGI path,
-which decides everything again from scratch.  So the fast lane can only make
+which makes every decision itself (from the same parse and store answer).  So the fast lane can only make
 a hit cheaper, never change what any request gets.  A layer that does not
 offer ``fast_response`` (an unknown middleware) turns the lane off.
 """
