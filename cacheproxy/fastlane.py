@@ -29,9 +29,10 @@ parsed.  Every layer of the hardened application offers the same call,
   writes the access log line, as on the ASGI path.
 
 ``None`` is always safe: the request then takes the ordinary ASGI path,
-which makes every decision itself (from the same parse and store answer).  So the fast lane can only make
-a hit cheaper, never change what any request gets.  A layer that does not
-offer ``fast_response`` (an unknown middleware) turns the lane off.
+which makes every decision itself (from the same parse and store answer).
+So the fast lane can only make a hit cheaper, never change what any request
+gets.  A layer that does not offer ``fast_response`` (an unknown middleware)
+turns the lane off.
 """
 
 from __future__ import annotations
