@@ -99,7 +99,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from cacheproxy.store import codec
 from cacheproxy.store import redis_lua as lua
 from cacheproxy.store.base import Entry, Generations, Lookup, StoreError
-from cacheproxy.store.circuit import Circuit
+from cacheproxy.store.circuit import Circuit, Ticket
 from cacheproxy.store.resp import (
     Address,
     Endpoint,
@@ -412,13 +412,10 @@ class RedisStore:
 
     # -- the fault boundary -------------------------------------------------
     async def _run(self, op: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis call under the circuit, the slot limit and the guard.
-
-        Connection faults open the circuit, timeouts are strikes (see
-        :mod:`~cacheproxy.store.circuit`), and a Redis error reply (e.g. OOM)
-        does neither: the server is there and answering.  Waiting for a free
-        connection is not a fault either.
-        """
+        """Run one Redis call under the circuit, the slot limit and the guard;
+        faults are told to the circuit by :meth:`_fault` (see
+        :mod:`~cacheproxy.store.circuit`).  Waiting for a free connection is
+        not a fault."""
         if self._closed:
             raise StoreError("redis store is closed")
         ticket = self.circuit.enter()
@@ -443,22 +440,33 @@ class RedisStore:
                     result = await op()
             finally:
                 self._slots.release()
-        except ResponseError as exc:
-            self.circuit.abandon(ticket)
-            raise StoreError(f"redis error reply: {exc}") from exc
-        except (RedisTimeoutError, TimeoutError) as exc:
-            self.circuit.timeout(ticket, exc)
-            raise StoreError(f"redis timed out: {exc}") from exc
-        except (RedisError, OSError) as exc:
-            self.circuit.failure(ticket, exc)
-            raise StoreError(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
-        except StoreError:
-            raise
-        except BaseException:
-            self.circuit.abandon(ticket)
-            raise
+        except BaseException as exc:
+            error = self._fault(ticket, exc)
+            if error is exc:
+                raise
+            raise error from exc
         self.circuit.success(ticket)
         return result
+
+    def _fault(self, ticket: Ticket, exc: BaseException) -> BaseException:
+        """Tell the circuit how a call ended in ``exc``; what to raise.
+
+        Connection faults open the circuit, timeouts are strikes, and a Redis
+        error reply (e.g. OOM) does neither: the server is there and
+        answering.  Anything else (our own StoreError, a cancellation) just
+        gives the ticket back and is raised as it is.
+        """
+        if isinstance(exc, ResponseError):
+            self.circuit.abandon(ticket)
+            return StoreError(f"redis error reply: {exc}")
+        if isinstance(exc, RedisTimeoutError | TimeoutError):
+            self.circuit.timeout(ticket, exc)
+            return StoreError(f"redis timed out: {exc}")
+        if isinstance(exc, RedisError | OSError):
+            self.circuit.failure(ticket, exc)
+            return StoreError(f"redis unavailable: {type(exc).__name__}: {exc}")
+        self.circuit.abandon(ticket)
+        return exc
 
     async def _run_lean(self, payload: bytes, n: int) -> list[Any]:
         """:meth:`_run` for the hit path: ``n`` commands in one round trip on
@@ -480,18 +488,11 @@ class RedisStore:
                 if isinstance(r, ResponseError):
                     replies = await self._lean_again(payload, n, r)
                     break
-        except ResponseError as exc:
-            self.circuit.abandon(ticket)
-            raise StoreError(f"redis error reply: {exc}") from exc
-        except (RedisTimeoutError, TimeoutError) as exc:
-            self.circuit.timeout(ticket, exc)
-            raise StoreError(f"redis timed out: {exc}") from exc
-        except (RedisError, OSError) as exc:
-            self.circuit.failure(ticket, exc)
-            raise StoreError(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
-        except BaseException:
-            self.circuit.abandon(ticket)
-            raise
+        except BaseException as exc:
+            error = self._fault(ticket, exc)
+            if error is exc:
+                raise
+            raise error from exc
         self.circuit.success(ticket)
         return replies
 
