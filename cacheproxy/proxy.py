@@ -108,6 +108,8 @@ class _GetPlan:
     """A cacheable GET with one usable identity: what the lookup needs.
     (Not frozen: built per request, and a frozen init costs four times more.)"""
 
+    route: _Route
+    """The memoised parse of the target (a miss builds its request from it)."""
     match: Match
     """The rule's match, with the user's tag added."""
     identity: Identity
@@ -318,7 +320,7 @@ class Proxy:
                 self._keys.clear()
             self._keys[key_id] = memo
         key, match = memo
-        return _GetPlan(match, identity, key, accept_encoding, has_body)
+        return _GetPlan(route, match, identity, key, accept_encoding, has_body)
 
     def user_tag(self, name: str) -> str:
         """The tag every entry cached for user ``name`` carries (admin purge by user)."""
@@ -345,15 +347,6 @@ class Proxy:
             self._routes.clear()
         self._routes[(raw_path, raw_query)] = route
         return route
-
-    def _request(self, scope: Scope) -> ProxyRequest:
-        """The request of a GET whose target :meth:`__call__` already parsed
-        (a miss): reuse the memoised parse instead of parsing it again."""
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        route = self._routes.get((raw_path, scope["query_string"]))
-        if route is None:  # the memo was cleared meanwhile
-            return from_scope(scope)
-        return from_scope(scope, (route.segments, route.query))
 
     async def _not_cached(
         self, scope: Scope, receive: Receive, send: Send, route: _Route | None = None
@@ -442,7 +435,7 @@ class Proxy:
         outcome = "fwd=miss; collapsed"
         if flight is None:
             outcome = "fwd=miss"
-            req = self._request(scope)
+            req = from_scope(scope, (plan.route.segments, plan.route.query))
             flight = self.coalescer.start(
                 flight_key,
                 found.generations,
@@ -464,7 +457,8 @@ class Proxy:
             flight.status, b""
         ):
             # The leader's credential was refused; ours may not be.
-            await self._forward(self._request(scope), match, None, send, "fwd=miss")
+            req = from_scope(scope, (plan.route.segments, plan.route.query))
+            await self._forward(req, match, None, send, "fwd=miss")
             return
         if fallback is not None and await self._flight_failed(flight):
             await self._send_stale(send, fallback, match, "stale-if-error", accept_encoding)
