@@ -26,7 +26,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,10 +59,33 @@ def _new_request_id() -> bytes:
 
 
 def _with_request_id(message: Message, rid: bytes) -> Message:
-    headers = message.get("headers", [])
-    if any(k == REQUEST_ID for k, _ in headers):  # ours wins: an echo may be a cached one
+    return {**message, "headers": _tagged(message.get("headers", []), rid)}
+
+
+def _tagged(headers: Sequence[tuple[bytes, bytes]], rid: bytes) -> list[tuple[bytes, bytes]]:
+    """Response headers ending with our request id; ours wins over any
+    other (an echo may be a cached one)."""
+    if any(k == REQUEST_ID for k, _ in headers):
         headers = [(k, v) for k, v in headers if k != REQUEST_ID]
-    return {**message, "headers": [*headers, (REQUEST_ID, rid)]}
+    return [*headers, (REQUEST_ID, rid)]
+
+
+def _given_request_id(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes | None, int, bool]:
+    """The client's request id when it gave one sane one (else None), how
+    many it gave, and whether the request came through a proxy that names
+    the client (``X-Forwarded-For``): one scan for both paths."""
+    rid: bytes | None = None
+    count = 0
+    forwarded = False
+    for k, v in headers:
+        if k == REQUEST_ID:
+            count += 1
+            rid = v
+        elif k == b"x-forwarded-for":
+            forwarded = True
+    if count != 1 or rid is None or not sane_request_id(rid):
+        rid = None
+    return rid, count, forwarded
 
 
 def sane_request_id(value: bytes) -> bool:
@@ -111,21 +134,11 @@ class RequestContext:
         inner = self._inner_fast
         if inner is None:
             return None
-        rid: bytes | None = None
-        count = 0
-        forwarded = False
-        for k, v in scope["headers"]:
-            if k == REQUEST_ID:
-                count += 1
-                rid = v
-            elif k == b"x-forwarded-for":
-                forwarded = True
+        rid, _, forwarded = _given_request_id(scope["headers"])
         if forwarded and self.access_log:
             # The logged client is the one uvicorn's proxy-headers middleware
             # derives, which only the ASGI path runs.
             return None
-        if count != 1 or rid is None or not sane_request_id(rid):
-            rid = None
         started = time.perf_counter() if self.access_log else 0.0
         result = inner(scope)
         if result is None:
@@ -150,17 +163,9 @@ class RequestContext:
         if rid is None:
             rid = _new_request_id()
         status, out, body = response
-        cache = b""
-        echoed = False
-        for k, v in out:
-            if k == b"cache-status":
-                cache = v
-            elif k == REQUEST_ID:
-                echoed = True
-        if echoed:  # ours wins, as in _with_request_id
-            out = [(k, v) for k, v in out if k != REQUEST_ID]
-        out.append((REQUEST_ID, rid))
+        out = _tagged(out, rid)
         if self.access_log:
+            cache = next((v for k, v in out if k == b"cache-status"), b"")
             self._log(scope, rid, status, len(body), cache, started)
         return status, out, body
 
@@ -168,13 +173,8 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid: bytes | None = None
-        count = 0
-        for k, v in scope["headers"]:
-            if k == REQUEST_ID:
-                count += 1
-                rid = v
-        if count != 1 or rid is None or not sane_request_id(rid):
+        rid, count, _ = _given_request_id(scope["headers"])
+        if rid is None:
             rid = _new_request_id()
             kept = scope["headers"]
             if count:
