@@ -44,9 +44,10 @@ from cacheproxy.httplimits import LimitedHttpToolsProtocol, raw_error
 
 log = logging.getLogger("cacheproxy")
 
-_JOIN_BELOW = 256 * 1024
-"""Bodies up to this size go out with the head in one write (one syscall);
-larger ones are written as they are, never copied."""
+_JOIN_BELOW = 16 * 1024
+"""Bodies up to this size go out with the head in one write: one system call
+instead of two costs more than copying a few KiB.  Larger ones are written as
+they are (a hit copies no body)."""
 
 LANE_SUPPORTED = hasattr(HttpToolsProtocol, "_start_asgi_task")
 if not LANE_SUPPORTED:  # pragma: no cover - depends on the installed uvicorn
