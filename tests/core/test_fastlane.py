@@ -22,7 +22,7 @@ from cacheproxy.settings import Settings
 from cacheproxy.store.base import Lookup
 from cacheproxy.store.memory import MemoryStore
 from tests.clock import Clock
-from tests.core.fake_slurmrestd import FakeSlurmrestd
+from tests.core.fake_slurmrestd import FakeSlurmrestd, Job
 from tests.core.servers import serve
 
 JOBS = "/slurm/v0.0.43/jobs"
@@ -468,3 +468,30 @@ async def test_requests_the_lane_declines_are_planned_once(
         await c.send(get(path))
         assert (await c.response()).status in (200, 404)  # the fake has no /diag
         assert plans - before == 1, path
+
+
+async def test_the_lane_serves_no_other_user_and_no_refused_token(
+    stack: Stack, connect: Connect
+) -> None:
+    """No leak through the lane: with alice's list cached, bob gets his own
+    (fetched), and a wrong token in alice's name gets slurmrestd's refusal,
+    never alice's cached bytes."""
+    upstream = stack.upstream
+    upstream.jobs[7] = Job(7, "alice")
+    await warm(stack, connect)
+    c = await connect(stack.fast)
+    await c.send(get(JOBS))
+    alice = await c.response()
+    assert alice.header(b"cache-status") == HIT
+    assert b'"job_id": 7' in alice.body
+    await c.send(get(JOBS, "bob"))
+    bob = await c.response()
+    assert (bob.header(b"cache-status") or b"").startswith(b"cacheproxy; fwd=")
+    assert b'"job_id": 7' not in bob.body
+    forged = await connect(stack.fast)
+    await forged.send(get(JOBS, token="guess"))
+    refused = await forged.response()
+    assert refused.status == 500  # 22.05's answer to a bad token, from upstream
+    assert b'"job_id": 7' not in refused.body
+    assert stack.app.stats.fast_hits == 1
+    assert upstream.total("GET", "/jobs") == 3  # warm, bob, the forged one
