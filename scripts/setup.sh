@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests start for real: Redis and HAProxy (shared tier),
 # nginx and wrk (comparisons and benchmarks), Chromium (status page), and a
-# real Slurm (slurmctld, slurmd, slurmrestd with JWT, munge).
+# real Slurm (slurmctld, slurmd, slurmrestd with JWT, munge; slurmdbd on MariaDB).
 DEB_PACKAGES=(
   redis-server haproxy nginx wrk chromium
   slurmctld slurmd slurmrestd slurm-wlm-jwt-plugin munge slurm-client
