@@ -23,19 +23,12 @@ from collections.abc import (
 from dataclasses import dataclass
 from typing import Any
 
-from cacheproxy import compress, errors, headers, policy, usertag
+from cacheproxy import compress, errors, headers, policy
 from cacheproxy.coalesce import Coalescer, Flight
 from cacheproxy.fastlane import FastResult, HitResponse
 from cacheproxy.identity import Identity, IdentityResolver
-from cacheproxy.keys import cache_key
-from cacheproxy.request import (
-    MAX_URL_BYTES,
-    BadRequest,
-    ProxyRequest,
-    from_scope,
-    parse_query,
-    split_path,
-)
+from cacheproxy.plan import GetPlan, Planner, Route
+from cacheproxy.request import BadRequest, ProxyRequest, from_scope
 from cacheproxy.rules import Match, RuleSet
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry, Lookup, Store, StoreError
@@ -64,31 +57,19 @@ _BUFFER_BODY_BELOW = 1024 * 1024
 Cache-Status, one write); larger ones stream as they arrive."""
 _READ_REQUEST_BELOW = 1024 * 1024
 
-
-_MEMO_MAX = 16_384
 UPDATE_TIME_MARGIN = 2
 """Seconds subtracted from the cached copy's time when revalidating: covers
 clock skew with slurmctld (an earlier update_time only costs a full list)."""
 _NO_CHANGE_MAX = 64 * 1024
 """A 25.x "No job changes" answer is small; larger 200s are full lists."""
 _COMPRESS_INLINE_BELOW = 64 * 1024
+_MEMO_MAX = 16_384
 _STORE_DOWN = -1
 """First generation while the store cannot answer (no stored value has it)."""
 _AUTHORITATIVE_FAMILIES = frozenset({"slurm", "slurmdb"})
 """Answers under these asked slurmctld or slurmdbd, which checked the token."""
 _STALE_ON_STATUS = frozenset({502, 503, 504})
 """Upstream answers that let a stale entry stand in (``stale_if_error``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Route:
-    """A parsed, matched GET target (memoised by raw path and query)."""
-
-    segments: tuple[str, ...]
-    query: tuple[tuple[str, str], ...]
-    match: Match
-    cacheable: bool
-    """The rule caches it and the query is not a delta (``update_time``)."""
 
 
 _PLANNED = "cacheproxy.plan"
@@ -101,22 +82,6 @@ _FAST_STATUSES = frozenset({200})
 """Cached statuses the fast lane answers (only 200s are stored today).  Never
 401, 511 or 500: the brute-force guard must see every authentication failure
 (:mod:`cacheproxy.guard`) and only the ASGI path shows them to it."""
-
-
-@dataclass(slots=True)
-class _GetPlan:
-    """A cacheable GET with one usable identity: what the lookup needs.
-    (Not frozen: built per request, and a frozen init costs four times more.)"""
-
-    route: _Route
-    """The memoised parse of the target (a miss builds its request from it)."""
-    match: Match
-    """The rule's match, with the user's tag added."""
-    identity: Identity
-    key: bytes
-    accept_encoding: bytes
-    has_body: bool
-    """The request announced a body (a GET should not: left to the ASGI path)."""
 
 
 class _AbortResponse(Exception):
@@ -153,7 +118,7 @@ class Proxy:
         clock: Callable[[], float] = time.time,
         shared_store: bool = False,
     ) -> None:
-        self.rules = rules
+        self.planner = Planner(rules, resolver)
         self.store = store
         self.transport = transport
         self.resolver = resolver
@@ -166,13 +131,21 @@ class Proxy:
         self._background: set[asyncio.Task[None]] = set()
         self._recorded: dict[bytes, float] = {}
         """credential hash -> acceptance this process recorded, until when."""
-        self._routes: dict[tuple[bytes, bytes], _Route] = {}
-        self._keys: dict[tuple[bytes, bytes, bytes, str], tuple[bytes, Match]] = {}
+        self._plan = self.planner.plan
+        """Bound once: every GET calls it (on the fast lane too)."""
         self._lookup_now: Callable[[bytes, Sequence[str], bytes], Lookup] | None = getattr(
             store, "lookup_now", None
         )
         """The store's synchronous lookup, when it has one (the in-process
         tier): what lets :meth:`fast_response` answer without awaiting."""
+
+    @property
+    def rules(self) -> RuleSet:
+        return self.planner.rules
+
+    @rules.setter
+    def rules(self, rules: RuleSet) -> None:
+        self.planner.rules = rules
 
     async def aclose(self) -> None:
         await self.coalescer.aclose()
@@ -189,7 +162,7 @@ class Proxy:
             return
         planned = scope.pop(_PLANNED, None)
         plan = self._plan(scope) if planned is None else planned[0]
-        if isinstance(plan, _Route):
+        if isinstance(plan, Route):
             if plan.cacheable:  # no usable identity: slurmrestd judges the request
                 req = from_scope(scope, (plan.segments, plan.query))
                 await self._forward(req, plan.match, receive, send, "fwd=request")
@@ -215,7 +188,7 @@ class Proxy:
             return None
         plan = self._plan(scope)
         scope[_PLANNED] = (plan,)  # whatever the lane decides, the ASGI path reuses it
-        if plan is None or isinstance(plan, _Route) or plan.has_body:
+        if plan is None or isinstance(plan, Route) or plan.has_body:
             return None
         lookup_now = self._lookup_now
         if lookup_now is None:
@@ -226,7 +199,7 @@ class Proxy:
             return None
         return self._fast_hit(plan, found)
 
-    async def _fast_later(self, scope: Scope, plan: _GetPlan) -> HitResponse | None:
+    async def _fast_later(self, scope: Scope, plan: GetPlan) -> HitResponse | None:
         try:
             found = await self.store.lookup(plan.key, plan.match.tags, plan.identity.credential)
         except StoreError as exc:
@@ -237,7 +210,7 @@ class Proxy:
             scope[_PREFETCHED] = (plan.key, found)
         return hit
 
-    async def _lookup(self, scope: Scope, plan: _GetPlan) -> Lookup:
+    async def _lookup(self, scope: Scope, plan: GetPlan) -> Lookup:
         """The store's answer for this GET: the one the fast lane already got
         for this very request when it has one (the Redis tier: one round
         trip, not two, for a request that turned out not to be a hit)."""
@@ -250,7 +223,7 @@ class Proxy:
             return answer
         return await self.store.lookup(plan.key, plan.match.tags, plan.identity.credential)
 
-    def _fast_hit(self, plan: _GetPlan, found: Lookup) -> HitResponse | None:
+    def _fast_hit(self, plan: GetPlan, found: Lookup) -> HitResponse | None:
         match = plan.match
         now = self.clock()
         entry = found.entry
@@ -267,89 +240,12 @@ class Proxy:
         stats.fast_hits += 1
         return _hit_response(entry, now, plan.accept_encoding)
 
-    def _plan(self, scope: Scope) -> _GetPlan | _Route | None:
-        """Everything a cached GET needs from the request, from one scan of
-        its headers and memoised parsing and keys.
-
-        None: a target that does not parse.  A bare :class:`_Route`: the GET
-        is not served from the cache (the rule does not cache it, or there is
-        no single usable identity; ``route.cacheable`` tells which).
-        """
-        name = token = auth = None
-        accept = b""
-        accept_encoding = b""
-        repeated = False
-        has_body = False
-        for k, v in scope["headers"]:
-            if k == b"x-slurm-user-name":
-                repeated |= name is not None
-                name = v
-            elif k == b"x-slurm-user-token":
-                repeated |= token is not None
-                token = v
-            elif k == b"authorization":
-                repeated |= auth is not None
-                auth = v
-            elif k == b"accept":
-                accept = v if not accept else accept + b", " + v
-            elif k == b"accept-encoding":
-                accept_encoding = v
-            elif k == b"content-length":
-                has_body |= v != b"0"
-            elif k == b"transfer-encoding":
-                has_body = True
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        raw_query: bytes = scope["query_string"]
-        route = self._routes.get((raw_path, raw_query))
-        if route is None:
-            try:
-                route = self._route(raw_path, raw_query)
-            except BadRequest:
-                return None
-        if not route.cacheable:
-            return route
-        identity = None if repeated else self.resolver.resolve_values(name, token, auth)
-        if identity is None:
-            return route
-        key_id = (raw_path, raw_query, accept, identity.user)
-        memo = self._keys.get(key_id)
-        if memo is None:
-            key = cache_key(identity.user, "GET", route.segments, route.query, accept)
-            memo = (key, self._with_user_tag(route.match, identity.user))
-            if len(self._keys) >= _MEMO_MAX:
-                self._keys.clear()
-            self._keys[key_id] = memo
-        key, match = memo
-        return _GetPlan(route, match, identity, key, accept_encoding, has_body)
-
     def user_tag(self, name: str) -> str:
         """The tag every entry cached for user ``name`` carries (admin purge by user)."""
         return self.resolver.user_tag(name)
 
-    def _with_user_tag(self, match: Match, user: str) -> Match:
-        """``match`` with the user's tag added to the entry's tags, so one bump
-        purges a user's entries (keys are digests: nothing can list them)."""
-        name = usertag.user_name(user)
-        if name is None:  # an anonymous credential: no admin can name it
-            return match
-        return dataclasses.replace(match, tags=(*match.tags, self.user_tag(name)))
-
-    def _route(self, raw_path: bytes, raw_query: bytes) -> _Route:
-        """Parse and match a GET target once; later requests reuse it."""
-        if len(raw_path) + len(raw_query) + 1 > MAX_URL_BYTES or not raw_path.startswith(b"/"):
-            raise BadRequest("bad request target")
-        segments = split_path(raw_path)
-        query = parse_query(raw_query)
-        match = self.rules.match("GET", segments)
-        cacheable = match.cache and not any(k == "update_time" for k, _ in query)
-        route = _Route(segments, query, match, cacheable)
-        if len(self._routes) >= _MEMO_MAX:
-            self._routes.clear()
-        self._routes[(raw_path, raw_query)] = route
-        return route
-
     async def _not_cached(
-        self, scope: Scope, receive: Receive, send: Send, route: _Route | None = None
+        self, scope: Scope, receive: Receive, send: Send, route: Route | None = None
     ) -> None:
         """Everything but a cacheable GET with credentials: validate, forward.
 
@@ -383,7 +279,7 @@ class Proxy:
         await self._forward(req, match, receive, send, outcome)
 
     # -- the cached GET -----------------------------------------------------
-    async def _cached_get(self, scope: Scope, plan: _GetPlan, send: Send) -> None:
+    async def _cached_get(self, scope: Scope, plan: GetPlan, send: Send) -> None:
         match, identity, key = plan.match, plan.identity, plan.key
         accept_encoding = plan.accept_encoding
         try:
