@@ -24,6 +24,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from cacheproxy import compress, errors, headers, policy
+from cacheproxy.answer import (
+    BUFFER_BODY_BELOW,
+    AbortResponse,
+    hit_response,
+    relay,
+    send_entry,
+    send_flight,
+    send_proxy_error,
+    send_upstream_error,
+)
 from cacheproxy.coalesce import Coalescer, Flight
 from cacheproxy.fastlane import FastResult, HitResponse
 from cacheproxy.identity import Identity, IdentityResolver
@@ -35,12 +45,9 @@ from cacheproxy.store.base import Entry, Lookup, Store, StoreError
 from cacheproxy.upstream.base import (
     Headers,
     Transport,
-    UpstreamBusy,
     UpstreamError,
     UpstreamRequest,
     UpstreamResponse,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
 
 log = logging.getLogger("cacheproxy.proxy")
@@ -52,9 +59,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
 """CONNECT makes no sense to slurmrestd and TRACE reflects credentials."""
-_BUFFER_BODY_BELOW = 1024 * 1024
-"""Responses smaller than this are sent in one piece once complete (accurate
-Cache-Status, one write); larger ones stream as they arrive."""
 _READ_REQUEST_BELOW = 1024 * 1024
 
 UPDATE_TIME_MARGIN = 2
@@ -82,11 +86,6 @@ _FAST_STATUSES = frozenset({200})
 """Cached statuses the fast lane answers (only 200s are stored today).  Never
 401, 511 or 500: the brute-force guard must see every authentication failure
 (:mod:`cacheproxy.guard`) and only the ASGI path shows them to it."""
-
-
-class _AbortResponse(Exception):
-    """The upstream body broke after the head was sent: drop the connection
-    so the client sees a truncated response, never a complete-looking one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +237,7 @@ class Proxy:
         stats = self.stats
         stats.requests[(match.name, "hit")] += 1
         stats.fast_hits += 1
-        return _hit_response(entry, now, plan.accept_encoding)
+        return hit_response(entry, now, plan.accept_encoding)
 
     def user_tag(self, name: str) -> str:
         """The tag every entry cached for user ``name`` carries (admin purge by user)."""
@@ -259,14 +258,16 @@ class Proxy:
                 match = route.match
         except BadRequest as exc:
             self.stats.bad_requests += 1
-            await self._error(send, errors.bad_request(str(exc)), "fwd=request; detail=bad-request")
+            await send_proxy_error(
+                send, errors.bad_request(str(exc)), "fwd=request; detail=bad-request"
+            )
             return
         method = req.method
         if method in REFUSED_METHODS:
             err = errors.ProxyError(
                 errors.METHOD_NOT_ALLOWED, "Method not allowed", f"{method} is not proxied"
             )
-            await self._error(send, err, "fwd=request; detail=method")
+            await send_proxy_error(send, err, "fwd=request; detail=method")
             return
         if match is None:
             match = self.rules.match(method, req.segments)
@@ -304,7 +305,7 @@ class Proxy:
             and entry.is_valid(match.tags, found.generations)
         ):
             self.stats.requests[(match.name, "hit")] += 1
-            await self._send_entry(send, entry, now, accept_encoding)
+            await send_entry(send, entry, now, accept_encoding)
             return
         stale = None
         if (
@@ -347,7 +348,7 @@ class Proxy:
                 await self._send_stale(send, fallback, match, "stale-if-error", accept_encoding)
                 return
             self.stats.requests[(match.name, "error")] += 1
-            await self._upstream_error(send, exc, outcome)
+            await send_upstream_error(send, exc, outcome, self.stats)
             return
         if flight.credential != identity.credential and policy.credential_refused(
             flight.status, b""
@@ -359,7 +360,7 @@ class Proxy:
         if fallback is not None and await self._flight_failed(flight):
             await self._send_stale(send, fallback, match, "stale-if-error", accept_encoding)
             return
-        await self._send_flight(send, flight, match, outcome)
+        await send_flight(send, flight, match, outcome, self.stats)
 
     async def _fetch(
         self,
@@ -656,7 +657,7 @@ class Proxy:
             body, length = await self._request_body(req, receive)
         except _BodyTooLarge:
             self.stats.requests[(match.name, "error")] += 1
-            await self._error(send, errors.BODY_TOO_LARGE, outcome)
+            await send_proxy_error(send, errors.BODY_TOO_LARGE, outcome)
             return
         except _ClientGone:
             return  # nobody to answer, and a partial body must never go upstream
@@ -675,7 +676,7 @@ class Proxy:
             if tags and exc.sent:
                 await self._bump(tags)
             self.stats.requests[(match.name, "error")] += 1
-            await self._upstream_error(send, exc, outcome)
+            await send_upstream_error(send, exc, outcome, self.stats)
             return
         self.stats.observe_upstream(match.name, time.monotonic() - started)
         try:
@@ -688,10 +689,10 @@ class Proxy:
             )
             self.stats.requests[(match.name, outcome.split(";", 1)[0])] += 1
             try:
-                await _relay(send, resp.aiter_body())
+                await relay(send, resp.aiter_body())
             except UpstreamError as exc:
                 self.stats.upstream_errors += 1
-                raise _AbortResponse(str(exc)) from exc
+                raise AbortResponse(str(exc)) from exc
         finally:
             await resp.aclose()
 
@@ -760,80 +761,6 @@ class Proxy:
             scheme=req.scheme,
             body_length=length,
         )
-
-    async def _send_entry(
-        self, send: Send, entry: Entry, now: float, accept_encoding: bytes = b""
-    ) -> None:
-        status, out, body = _hit_response(entry, now, accept_encoding)
-        await send({"type": "http.response.start", "status": status, "headers": out})
-        await send({"type": "http.response.body", "body": body})
-
-    async def _send_flight(self, send: Send, flight: Flight, match: Match, outcome: str) -> None:
-        length = policy.header_value(flight.headers, b"content-length")
-        small = length is not None and length.isdigit() and int(length) < _BUFFER_BODY_BELOW
-        if small or flight.done:
-            await flight.wait_done()
-            if flight.error is not None:
-                self.stats.requests[(match.name, "error")] += 1
-                if isinstance(flight.error, UpstreamError):
-                    await self._upstream_error(send, flight.error, outcome)
-                    return
-                raise flight.error
-            if flight.from_peer:
-                outcome = "hit; detail=peer"
-            elif flight.revalidated:
-                outcome = outcome.replace("fwd=miss", "fwd=stale", 1) + "; fwd-status=304; stored"
-            elif flight.stored:
-                outcome += "; stored"
-            body = flight.body()
-            self.stats.requests[(match.name, outcome.split(";", 1)[0])] += 1
-            out = [*flight.headers, headers.cache_status(outcome)]
-            await send({"type": "http.response.start", "status": flight.status, "headers": out})
-            await send({"type": "http.response.body", "body": body})
-            return
-        self.stats.requests[(match.name, outcome.split(";", 1)[0])] += 1
-        out = [*flight.headers, headers.cache_status(outcome)]
-        await send({"type": "http.response.start", "status": flight.status, "headers": out})
-        try:
-            await _relay(send, flight.stream())
-        except Exception as exc:
-            self.stats.upstream_errors += 1
-            raise _AbortResponse(str(exc)) from exc
-
-    async def _upstream_error(self, send: Send, exc: BaseException, outcome: str) -> None:
-        self.stats.upstream_errors += 1
-        if isinstance(exc, UpstreamBusy | UpstreamUnavailable):
-            # The proxy's own protection (upstream/protect.py): one line per
-            # request would flood the log during an outage.
-            log.debug("upstream refused locally: %s", exc)
-            err = (
-                errors.UPSTREAM_BUSY
-                if isinstance(exc, UpstreamBusy)
-                else errors.UPSTREAM_CIRCUIT_OPEN
-            )
-            retry = b"%d" % max(1, int(exc.retry_after + 0.999))
-            await self._error(send, err, outcome, [(b"retry-after", retry)])
-            return
-        log.warning("upstream error: %s: %s", type(exc).__name__, exc)
-        err = (
-            errors.UPSTREAM_TIMEOUT
-            if isinstance(exc, UpstreamTimeout)
-            else (
-                errors.UPSTREAM_UNREACHABLE
-                if isinstance(exc, UpstreamError) and not exc.sent
-                else errors.UPSTREAM_BROKEN
-            )
-        )
-        await self._error(send, err, outcome)
-
-    async def _error(
-        self, send: Send, err: errors.ProxyError, outcome: str, extra: Headers | None = None
-    ) -> None:
-        status, hdrs, body = errors.error_response(
-            err, [headers.cache_status(outcome), *(extra or ())]
-        )
-        await send({"type": "http.response.start", "status": status, "headers": hdrs})
-        await send({"type": "http.response.body", "body": body})
 
     def _store_fault(self) -> None:
         # Counted here; the store itself logs once per episode.
@@ -906,7 +833,7 @@ class Proxy:
             return True
         length = policy.header_value(flight.headers, b"content-length")
         if flight.done or (
-            length is not None and length.isdigit() and int(length) < _BUFFER_BODY_BELOW
+            length is not None and length.isdigit() and int(length) < BUFFER_BODY_BELOW
         ):
             await flight.wait_done()
             return isinstance(flight.error, UpstreamError)
@@ -931,7 +858,7 @@ class Proxy:
                 ]
             await send(message)
 
-        await self._send_entry(mark, entry, now, accept_encoding)
+        await send_entry(mark, entry, now, accept_encoding)
 
 
 class _BodyTooLarge(Exception):
@@ -940,42 +867,6 @@ class _BodyTooLarge(Exception):
 
 class _ClientGone(Exception):
     """The request body ended in a disconnect, not in its last chunk."""
-
-
-def _hit_response(entry: Entry, now: float, accept_encoding: bytes) -> HitResponse:
-    """A cached entry as the response to one client: the variant its
-    ``Accept-Encoding`` takes, plus ``Cache-Status`` and ``Age``.  The body
-    is the stored object itself, never a copy."""
-    ttl = max(0, int(entry.stored_at + entry.ttl - now))
-    age = max(0, int(now - entry.stored_at))
-    body = entry.body
-    variant = compress.choose(accept_encoding, entry.variants) if entry.variants else None
-    if variant is None:
-        out = [*entry.headers]
-    else:
-        encoding, body = variant
-        out = [(k, v) for k, v in entry.headers if k != b"content-length"]
-        out += [
-            (b"content-length", b"%d" % len(body)),
-            (b"content-encoding", encoding),
-            (b"vary", b"accept-encoding"),
-        ]
-    out += [
-        (headers.CACHE_STATUS, b"cacheproxy; hit; ttl=%d" % ttl),
-        (headers.AGE, b"%d" % age),
-    ]
-    return entry.status, out, body
-
-
-async def _relay(send: Send, chunks: AsyncIterator[bytes]) -> None:
-    """Send a streamed body, holding one chunk back so the last goes out with
-    ``more_body=False`` (no empty closing message: one send fewer)."""
-    pending: bytes | None = None
-    async for chunk in chunks:
-        if pending is not None:
-            await send({"type": "http.response.body", "body": pending, "more_body": True})
-        pending = chunk
-    await send({"type": "http.response.body", "body": pending or b"", "more_body": False})
 
 
 async def _stream_body(receive: Receive, length: int) -> AsyncIterator[bytes]:

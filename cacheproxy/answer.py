@@ -1,0 +1,145 @@
+"""Writing the proxy's responses: a cached entry, a shared flight, an error.
+
+Every one carries ``Cache-Status`` (RFC 9211) saying how it was answered.
+(The middlewares' own refusals are in :mod:`cacheproxy.respond`.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from cacheproxy import compress, errors, headers, policy
+from cacheproxy.coalesce import Flight
+from cacheproxy.fastlane import HitResponse
+from cacheproxy.respond import Send
+from cacheproxy.rules import Match
+from cacheproxy.stats import Stats
+from cacheproxy.store.base import Entry
+from cacheproxy.upstream.base import (
+    Headers,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+log = logging.getLogger("cacheproxy.proxy")
+"""The proxy's log, as before these modules were split out of it."""
+
+BUFFER_BODY_BELOW = 1024 * 1024
+"""Responses smaller than this are sent in one piece once complete (accurate
+Cache-Status, one write); larger ones stream as they arrive."""
+
+
+class AbortResponse(Exception):
+    """The upstream body broke after the head was sent: drop the connection
+    so the client sees a truncated response, never a complete-looking one."""
+
+
+def hit_response(entry: Entry, now: float, accept_encoding: bytes) -> HitResponse:
+    """A cached entry as the response to one client: the variant its
+    ``Accept-Encoding`` takes, plus ``Cache-Status`` and ``Age``.  The body
+    is the stored object itself, never a copy."""
+    ttl = max(0, int(entry.stored_at + entry.ttl - now))
+    age = max(0, int(now - entry.stored_at))
+    body = entry.body
+    variant = compress.choose(accept_encoding, entry.variants) if entry.variants else None
+    if variant is None:
+        out = [*entry.headers]
+    else:
+        encoding, body = variant
+        out = [(k, v) for k, v in entry.headers if k != b"content-length"]
+        out += [
+            (b"content-length", b"%d" % len(body)),
+            (b"content-encoding", encoding),
+            (b"vary", b"accept-encoding"),
+        ]
+    out += [
+        (headers.CACHE_STATUS, b"cacheproxy; hit; ttl=%d" % ttl),
+        (headers.AGE, b"%d" % age),
+    ]
+    return entry.status, out, body
+
+
+async def send_entry(send: Send, entry: Entry, now: float, accept_encoding: bytes = b"") -> None:
+    status, out, body = hit_response(entry, now, accept_encoding)
+    await send({"type": "http.response.start", "status": status, "headers": out})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_flight(send: Send, flight: Flight, match: Match, outcome: str, stats: Stats) -> None:
+    length = policy.header_value(flight.headers, b"content-length")
+    small = length is not None and length.isdigit() and int(length) < BUFFER_BODY_BELOW
+    if small or flight.done:
+        await flight.wait_done()
+        if flight.error is not None:
+            stats.requests[(match.name, "error")] += 1
+            if isinstance(flight.error, UpstreamError):
+                await send_upstream_error(send, flight.error, outcome, stats)
+                return
+            raise flight.error
+        if flight.from_peer:
+            outcome = "hit; detail=peer"
+        elif flight.revalidated:
+            outcome = outcome.replace("fwd=miss", "fwd=stale", 1) + "; fwd-status=304; stored"
+        elif flight.stored:
+            outcome += "; stored"
+        body = flight.body()
+        stats.requests[(match.name, outcome.split(";", 1)[0])] += 1
+        out = [*flight.headers, headers.cache_status(outcome)]
+        await send({"type": "http.response.start", "status": flight.status, "headers": out})
+        await send({"type": "http.response.body", "body": body})
+        return
+    stats.requests[(match.name, outcome.split(";", 1)[0])] += 1
+    out = [*flight.headers, headers.cache_status(outcome)]
+    await send({"type": "http.response.start", "status": flight.status, "headers": out})
+    try:
+        await relay(send, flight.stream())
+    except Exception as exc:
+        stats.upstream_errors += 1
+        raise AbortResponse(str(exc)) from exc
+
+
+async def send_upstream_error(send: Send, exc: BaseException, outcome: str, stats: Stats) -> None:
+    stats.upstream_errors += 1
+    if isinstance(exc, UpstreamBusy | UpstreamUnavailable):
+        # The proxy's own protection (upstream/protect.py): one line per
+        # request would flood the log during an outage.
+        log.debug("upstream refused locally: %s", exc)
+        err = (
+            errors.UPSTREAM_BUSY if isinstance(exc, UpstreamBusy) else errors.UPSTREAM_CIRCUIT_OPEN
+        )
+        retry = b"%d" % max(1, int(exc.retry_after + 0.999))
+        await send_proxy_error(send, err, outcome, [(b"retry-after", retry)])
+        return
+    log.warning("upstream error: %s: %s", type(exc).__name__, exc)
+    err = (
+        errors.UPSTREAM_TIMEOUT
+        if isinstance(exc, UpstreamTimeout)
+        else (
+            errors.UPSTREAM_UNREACHABLE
+            if isinstance(exc, UpstreamError) and not exc.sent
+            else errors.UPSTREAM_BROKEN
+        )
+    )
+    await send_proxy_error(send, err, outcome)
+
+
+async def send_proxy_error(
+    send: Send, err: errors.ProxyError, outcome: str, extra: Headers | None = None
+) -> None:
+    status, hdrs, body = errors.error_response(err, [headers.cache_status(outcome), *(extra or ())])
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def relay(send: Send, chunks: AsyncIterator[bytes]) -> None:
+    """Send a streamed body, holding one chunk back so the last goes out with
+    ``more_body=False`` (no empty closing message: one send fewer)."""
+    pending: bytes | None = None
+    async for chunk in chunks:
+        if pending is not None:
+            await send({"type": "http.response.body", "body": pending, "more_body": True})
+        pending = chunk
+    await send({"type": "http.response.body", "body": pending or b"", "more_body": False})
