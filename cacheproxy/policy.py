@@ -1,5 +1,6 @@
 """Side-effect-free cache decisions: may this response be stored, did
-slurmrestd accept or refuse the credential, how long may it be trusted.
+slurmrestd accept or refuse the credential, how long may it be trusted, how
+long is an expired entry kept and when may it stand in for upstream.
 
 Kept apart from the mechanism (stores, HTTP) so each rule of the brief is one
 small function with its own tests.
@@ -8,11 +9,14 @@ small function with its own tests.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import orjson
 
 from cacheproxy.identity import Identity
 from cacheproxy.request import ProxyRequest
+from cacheproxy.rules import Match
+from cacheproxy.store.base import Entry
 from cacheproxy.upstream.base import Headers
 
 DEFAULT_AUTH_TTL = 60.0
@@ -128,3 +132,51 @@ def no_changes(body: bytes) -> bool:
     """slurmrestd 25.x's answer to ``/jobs?update_time=`` when nothing
     changed: a 200 with an empty list and a "No job changes" warning."""
     return b"No job changes" in body and _NO_JOB_CHANGES.search(body) is not None
+
+
+REVALIDATE_KEEP_TTLS = 12
+"""Expired revalidatable entries are kept this many TTLs (a minute for /jobs)."""
+
+
+def keep_after_expiry(match: Match) -> float:
+    """How long an expired entry is kept: to serve it stale on upstream
+    errors, or to revalidate it with ``update_time`` instead of a full fetch."""
+    rule = match.rule
+    if rule is None:
+        return 0.0
+    keep = max(rule.stale_if_error, rule.stale_while_revalidate)
+    if rule.revalidate is not None:
+        keep = max(keep, REVALIDATE_KEEP_TTLS * rule.ttl)
+    return keep
+
+
+STALE_ON_STATUS = frozenset({502, 503, 504})
+"""Upstream answers that let a stale entry stand in (``stale_if_error``)."""
+
+
+def stale_fallback(
+    entry: Entry | None,
+    accepted: bool,
+    match: Match,
+    generations: Sequence[int],
+    now: float,
+) -> Entry | None:
+    """An expired entry that may stand in for upstream's answer, or None.
+
+    Only while the rule's ``stale_if_error`` (or ``stale_while_revalidate``)
+    window lasts, only to a credential slurmrestd accepted, and only if no
+    write invalidated it (its tag generations are unchanged): stale data
+    must never undo read-your-writes.
+    """
+    rule = match.rule
+    if (
+        entry is None
+        or rule is None
+        or not accepted
+        or not entry.is_valid(match.tags, tuple(generations))
+    ):
+        return None
+    window = max(rule.stale_if_error, rule.stale_while_revalidate)
+    if window <= 0 or now >= entry.stored_at + entry.ttl + window:
+        return None
+    return entry

@@ -25,7 +25,6 @@ from typing import Any
 
 from cacheproxy import compress, errors, headers, policy
 from cacheproxy.answer import (
-    BUFFER_BODY_BELOW,
     AbortResponse,
     hit_response,
     relay,
@@ -40,6 +39,7 @@ from cacheproxy.identity import Identity, IdentityResolver
 from cacheproxy.plan import GetPlan, Planner, Route
 from cacheproxy.request import BadRequest, ProxyRequest, from_scope
 from cacheproxy.rules import Match, RuleSet
+from cacheproxy.stale import flight_failed, send_stale
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry, Lookup, Store, StoreError
 from cacheproxy.upstream.base import (
@@ -72,8 +72,6 @@ _STORE_DOWN = -1
 """First generation while the store cannot answer (no stored value has it)."""
 _AUTHORITATIVE_FAMILIES = frozenset({"slurm", "slurmdb"})
 """Answers under these asked slurmctld or slurmdbd, which checked the token."""
-_STALE_ON_STATUS = frozenset({502, 503, 504})
-"""Upstream answers that let a stale entry stand in (``stale_if_error``)."""
 
 
 _PLANNED = "cacheproxy.plan"
@@ -316,7 +314,7 @@ class Proxy:
             and entry.is_valid(match.tags, found.generations)
         ):
             stale = entry  # expired, but no write touched it: revalidate
-        fallback = self._stale_fallback(entry, accepted, match, found.generations, now)
+        fallback = policy.stale_fallback(entry, accepted, match, found.generations, now)
         if fallback is not None and await self._stale_while_revalidate(
             scope, send, fallback, match, identity, key, found.generations, stale, accept_encoding
         ):
@@ -345,7 +343,15 @@ class Proxy:
             await flight.wait_head()
         except UpstreamError as exc:
             if fallback is not None:
-                await self._send_stale(send, fallback, match, "stale-if-error", accept_encoding)
+                await send_stale(
+                    send,
+                    fallback,
+                    match,
+                    "stale-if-error",
+                    accept_encoding,
+                    self.clock(),
+                    self.stats,
+                )
                 return
             self.stats.requests[(match.name, "error")] += 1
             await send_upstream_error(send, exc, outcome, self.stats)
@@ -357,8 +363,10 @@ class Proxy:
             req = from_scope(scope, (plan.route.segments, plan.route.query))
             await self._forward(req, match, None, send, "fwd=miss")
             return
-        if fallback is not None and await self._flight_failed(flight):
-            await self._send_stale(send, fallback, match, "stale-if-error", accept_encoding)
+        if fallback is not None and await flight_failed(flight):
+            await send_stale(
+                send, fallback, match, "stale-if-error", accept_encoding, self.clock(), self.stats
+            )
             return
         await send_flight(send, flight, match, outcome, self.stats)
 
@@ -528,7 +536,7 @@ class Proxy:
                 ttl=match.ttl,
                 tags=match.tags,
                 generations=flight.generations,
-                stale_for=_keep_after_expiry(match),
+                stale_for=policy.keep_after_expiry(match),
                 variants=variants,
                 origin=sent_at,
             )
@@ -767,34 +775,6 @@ class Proxy:
         self.stats.store_errors += 1
 
     # -- stale serving (docs/hardening.md) ------------------------------------
-    def _stale_fallback(
-        self,
-        entry: Entry | None,
-        accepted: bool,
-        match: Match,
-        generations: Sequence[int],
-        now: float,
-    ) -> Entry | None:
-        """An expired entry that may stand in for upstream's answer, or None.
-
-        Only while the rule's ``stale_if_error`` (or ``stale_while_revalidate``)
-        window lasts, only to a credential slurmrestd accepted, and only if no
-        write invalidated it (its tag generations are unchanged): stale data
-        must never undo read-your-writes.
-        """
-        rule = match.rule
-        if (
-            entry is None
-            or rule is None
-            or not accepted
-            or not entry.is_valid(match.tags, tuple(generations))
-        ):
-            return None
-        window = max(rule.stale_if_error, rule.stale_while_revalidate)
-        if window <= 0 or now >= entry.stored_at + entry.ttl + window:
-            return None
-        return entry
-
     async def _stale_while_revalidate(
         self,
         scope: Scope,
@@ -823,42 +803,10 @@ class Proxy:
                 identity.credential,
                 lambda f: self._fetch(f, req, match, identity, key, True, revalidate),
             )
-        await self._send_stale(send, entry, match, "stale-while-revalidate", accept_encoding)
+        await send_stale(
+            send, entry, match, "stale-while-revalidate", accept_encoding, self.clock(), self.stats
+        )
         return True
-
-    async def _flight_failed(self, flight: Flight) -> bool:
-        """Did upstream fail this fetch (a 502/503/504, or a small body that
-        broke)?  Only asked when a stale entry could stand in."""
-        if flight.status in _STALE_ON_STATUS:
-            return True
-        length = policy.header_value(flight.headers, b"content-length")
-        if flight.done or (
-            length is not None and length.isdigit() and int(length) < BUFFER_BODY_BELOW
-        ):
-            await flight.wait_done()
-            return isinstance(flight.error, UpstreamError)
-        return False
-
-    async def _send_stale(
-        self, send: Send, entry: Entry, match: Match, reason: str, accept_encoding: bytes
-    ) -> None:
-        """Send ``entry`` marked stale in Cache-Status (RFC 9211), with Age."""
-        now = self.clock()
-        age = now - entry.stored_at
-        self.stats.observe_stale(match.name, age)
-        self.stats.requests[(match.name, "stale")] += 1
-        over = max(0, int(now - entry.stored_at - entry.ttl))
-        prefix = "hit; fwd=stale" if reason == "stale-while-revalidate" else "fwd=stale"
-        marked = headers.cache_status(f"{prefix}; detail={reason}; ttl=-{over}")
-
-        async def mark(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [
-                    marked if k == headers.CACHE_STATUS else (k, v) for k, v in message["headers"]
-                ]
-            await send(message)
-
-        await send_entry(mark, entry, now, accept_encoding)
 
 
 class _BodyTooLarge(Exception):
@@ -894,22 +842,6 @@ def _variants(body: bytes) -> tuple[tuple[bytes, bytes], ...]:
     except Exception:
         log.exception("compressing an entry failed; keeping it uncompressed")
         return ()
-
-
-def _keep_after_expiry(match: Match) -> float:
-    """How long an expired entry is kept: to serve it stale on upstream
-    errors, or to revalidate it with ``update_time`` instead of a full fetch."""
-    rule = match.rule
-    if rule is None:
-        return 0.0
-    keep = max(rule.stale_if_error, rule.stale_while_revalidate)
-    if rule.revalidate is not None:
-        keep = max(keep, REVALIDATE_KEEP_TTLS * rule.ttl)
-    return keep
-
-
-REVALIDATE_KEEP_TTLS = 12
-"""Expired revalidatable entries are kept this many TTLs (a minute for /jobs)."""
 
 
 def _with_length(resp_headers: Headers, length: int) -> Headers:
