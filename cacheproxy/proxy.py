@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import (
-    AsyncIterator,
     Awaitable,
     Callable,
     Coroutine,
@@ -23,21 +22,19 @@ from collections.abc import (
 from dataclasses import dataclass
 from typing import Any
 
-from cacheproxy import compress, errors, headers, policy
+from cacheproxy import compress, headers, policy
 from cacheproxy.answer import (
-    AbortResponse,
     hit_response,
-    relay,
     send_entry,
     send_flight,
-    send_proxy_error,
     send_upstream_error,
 )
 from cacheproxy.coalesce import Coalescer, Flight
 from cacheproxy.fastlane import FastResult, HitResponse
+from cacheproxy.forward import Forwarder, upstream_headers
 from cacheproxy.identity import Identity, IdentityResolver
 from cacheproxy.plan import GetPlan, Planner, Route
-from cacheproxy.request import BadRequest, ProxyRequest, from_scope
+from cacheproxy.request import ProxyRequest, from_scope
 from cacheproxy.rules import Match, RuleSet
 from cacheproxy.stale import flight_failed, send_stale
 from cacheproxy.stats import Stats
@@ -56,10 +53,6 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
-"""CONNECT makes no sense to slurmrestd and TRACE reflects credentials."""
-_READ_REQUEST_BELOW = 1024 * 1024
 
 UPDATE_TIME_MARGIN = 2
 """Seconds subtracted from the cached copy's time when revalidating: covers
@@ -124,12 +117,22 @@ class Proxy:
         self.clock = clock
         self.coalescer = Coalescer()
         self._shared = shared_store
-        self._local_writes = 0
+        self.forwarder = Forwarder(
+            rules=rules,
+            store=store,
+            transport=transport,
+            stats=self.stats,
+            upstream_host=self.config.upstream_host,
+            max_body_bytes=self.config.max_body_bytes,
+        )
         self._background: set[asyncio.Task[None]] = set()
         self._recorded: dict[bytes, float] = {}
         """credential hash -> acceptance this process recorded, until when."""
+        # Bound once: the per-request paths call these with no lookup through
+        # their owner (_plan runs for every GET, on the fast lane too).
         self._plan = self.planner.plan
-        """Bound once: every GET calls it (on the fast lane too)."""
+        self._not_cached = self.forwarder.not_cached
+        self._forward = self.forwarder.forward
         self._lookup_now: Callable[[bytes, Sequence[str], bytes], Lookup] | None = getattr(
             store, "lookup_now", None
         )
@@ -142,7 +145,7 @@ class Proxy:
 
     @rules.setter
     def rules(self, rules: RuleSet) -> None:
-        self.planner.rules = rules
+        self.planner.rules = self.forwarder.rules = rules
 
     async def aclose(self) -> None:
         await self.coalescer.aclose()
@@ -241,42 +244,6 @@ class Proxy:
         """The tag every entry cached for user ``name`` carries (admin purge by user)."""
         return self.resolver.user_tag(name)
 
-    async def _not_cached(
-        self, scope: Scope, receive: Receive, send: Send, route: Route | None = None
-    ) -> None:
-        """Everything but a cacheable GET with credentials: validate, forward.
-
-        ``route`` is the GET's memoised parse and match: not redone here."""
-        match = None
-        try:
-            if route is None:
-                req = from_scope(scope)
-            else:
-                req = from_scope(scope, (route.segments, route.query))
-                match = route.match
-        except BadRequest as exc:
-            self.stats.bad_requests += 1
-            await send_proxy_error(
-                send, errors.bad_request(str(exc)), "fwd=request; detail=bad-request"
-            )
-            return
-        method = req.method
-        if method in REFUSED_METHODS:
-            err = errors.ProxyError(
-                errors.METHOD_NOT_ALLOWED, "Method not allowed", f"{method} is not proxied"
-            )
-            await send_proxy_error(send, err, "fwd=request; detail=method")
-            return
-        if match is None:
-            match = self.rules.match(method, req.segments)
-        if match.cache:  # a cacheable path, but this request may not use the cache
-            outcome = "fwd=request"
-        elif match.invalidates or method not in ("GET", "HEAD", "OPTIONS"):
-            outcome = "fwd=method"
-        else:
-            outcome = "fwd=bypass" if match.rule is not None else "fwd=uri-miss"
-        await self._forward(req, match, receive, send, outcome)
-
     # -- the cached GET -----------------------------------------------------
     async def _cached_get(self, scope: Scope, plan: GetPlan, send: Send) -> None:
         match, identity, key = plan.match, plan.identity, plan.key
@@ -288,7 +255,7 @@ class Proxy:
             # same credential still share one fetch.  Local writes move the
             # generations, so read-your-writes holds through this process.
             self._store_fault()
-            found = Lookup(None, (_STORE_DOWN, self._local_writes), 0.0)
+            found = Lookup(None, (_STORE_DOWN, self.forwarder.local_writes), 0.0)
         now = self.clock()
         accepted = found.accepted_until > now
         if not accepted:
@@ -417,7 +384,7 @@ class Proxy:
         up = UpstreamRequest(
             method="GET",
             target=f"{req.raw_target}{sep}update_time={since}",
-            headers=self._upstream_headers(req, None),
+            headers=upstream_headers(req, self.config.upstream_host, None),
             retry_on_stale_connection=True,
         )
         self.stats.upstream_requests[match.name] += 1
@@ -462,7 +429,7 @@ class Proxy:
         up = UpstreamRequest(
             method=req.method,
             target=req.raw_target,
-            headers=self._upstream_headers(req, None),
+            headers=upstream_headers(req, self.config.upstream_host, None),
             retry_on_stale_connection=True,
         )
         self.stats.upstream_requests[match.name] += 1
@@ -646,130 +613,6 @@ class Proxy:
         except StoreError:
             self._store_fault()
 
-    # -- pass-through and writes ---------------------------------------------
-    async def _forward(
-        self,
-        req: ProxyRequest,
-        match: Match,
-        receive: Receive | None,
-        send: Send,
-        outcome: str,
-    ) -> None:
-        """Forward as is; for writes, invalidate before and after upstream."""
-        tags = match.invalidates
-        if tags:
-            # Before: narrows the window in which a reader refills the cache
-            # with pre-write data.  After (below): closes it.
-            await self._bump(tags)
-        try:
-            body, length = await self._request_body(req, receive)
-        except _BodyTooLarge:
-            self.stats.requests[(match.name, "error")] += 1
-            await send_proxy_error(send, errors.BODY_TOO_LARGE, outcome)
-            return
-        except _ClientGone:
-            return  # nobody to answer, and a partial body must never go upstream
-        up = UpstreamRequest(
-            method=req.method,
-            target=req.raw_target,
-            headers=self._upstream_headers(req, length),
-            body=body,
-            retry_on_stale_connection=req.method in ("GET", "HEAD", "OPTIONS"),
-        )
-        self.stats.upstream_requests[match.name] += 1
-        started = time.monotonic()
-        try:
-            resp = await self.transport.send(up)
-        except UpstreamError as exc:
-            if tags and exc.sent:
-                await self._bump(tags)
-            self.stats.requests[(match.name, "error")] += 1
-            await send_upstream_error(send, exc, outcome, self.stats)
-            return
-        self.stats.observe_upstream(match.name, time.monotonic() - started)
-        try:
-            if tags:
-                await self._bump(tags)
-            resp_headers = headers.response_headers(resp.headers)
-            resp_headers.append(headers.cache_status(outcome))
-            await send(
-                {"type": "http.response.start", "status": resp.status, "headers": resp_headers}
-            )
-            self.stats.requests[(match.name, outcome.split(";", 1)[0])] += 1
-            try:
-                await relay(send, resp.aiter_body())
-            except UpstreamError as exc:
-                self.stats.upstream_errors += 1
-                raise AbortResponse(str(exc)) from exc
-        finally:
-            await resp.aclose()
-
-    async def _request_body(
-        self, req: ProxyRequest, receive: Receive | None
-    ) -> tuple[bytes | AsyncIterator[bytes], int | None]:
-        """The request body, and its length when it is known up front.
-
-        A body with a Content-Length is streamed when large; one without is
-        read (bounded) so slurmrestd always gets a Content-Length.
-        """
-        if receive is None:
-            return b"", None
-        for k, _ in req.headers:
-            if k == b"content-length" or k == b"transfer-encoding":
-                break
-        else:
-            # Neither header: HTTP/1.1 framing says there is no body (RFC 9112
-            # §6.3), so skip the wait for an empty message (most GETs).
-            return b"", None
-        limit = self.config.max_body_bytes
-        raw_length = req.header(b"content-length")
-        if raw_length is not None:
-            if not raw_length.isdigit():
-                raise _BodyTooLarge  # uvicorn rejects these before us; belt and braces
-            length = int(raw_length)
-            if length > limit:
-                raise _BodyTooLarge
-            if length >= _READ_REQUEST_BELOW:
-                return _stream_body(receive, length), length
-        chunks = []
-        total = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                # The client left (or uvicorn refused the rest of the request):
-                # forwarding what arrived would send slurmrestd a cut body.
-                raise _ClientGone
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > limit:
-                raise _BodyTooLarge
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        if not body and raw_length is None:
-            return b"", None
-        return body, len(body)
-
-    async def _bump(self, tags: Sequence[str]) -> None:
-        self._local_writes += 1
-        try:
-            await self.store.bump(tags)
-        except StoreError:
-            self._store_fault()
-            return
-        self.stats.invalidated(tags)
-
-    # -- responses ----------------------------------------------------------
-    def _upstream_headers(self, req: ProxyRequest, length: int | None) -> Headers:
-        return headers.upstream_request_headers(
-            req.headers,
-            upstream_host=self.config.upstream_host,
-            client=req.client,
-            scheme=req.scheme,
-            body_length=length,
-        )
-
     def _store_fault(self) -> None:
         # Counted here; the store itself logs once per episode.
         self.stats.store_errors += 1
@@ -807,31 +650,6 @@ class Proxy:
             send, entry, match, "stale-while-revalidate", accept_encoding, self.clock(), self.stats
         )
         return True
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class _ClientGone(Exception):
-    """The request body ended in a disconnect, not in its last chunk."""
-
-
-async def _stream_body(receive: Receive, length: int) -> AsyncIterator[bytes]:
-    """Yield a request body from ASGI ``receive`` without holding it whole."""
-    seen = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise UpstreamError("client disconnected while sending the body")
-        chunk = message.get("body", b"")
-        seen += len(chunk)
-        if seen > length:
-            raise UpstreamError("request body longer than its Content-Length")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
 
 
 def _variants(body: bytes) -> tuple[tuple[bytes, bytes], ...]:

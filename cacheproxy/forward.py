@@ -1,0 +1,232 @@
+"""Pass-through: every request the cache does not answer goes to slurmrestd
+as is (hop-by-hop headers aside), and a write bumps the tags it invalidates,
+before and after it is forwarded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from cacheproxy import errors, headers
+from cacheproxy.answer import AbortResponse, relay, send_proxy_error, send_upstream_error
+from cacheproxy.plan import Route
+from cacheproxy.request import BadRequest, ProxyRequest, from_scope
+from cacheproxy.respond import Receive, Scope, Send
+from cacheproxy.rules import Match, RuleSet
+from cacheproxy.stats import Stats
+from cacheproxy.store.base import Store, StoreError
+from cacheproxy.upstream.base import Headers, Transport, UpstreamError, UpstreamRequest
+
+REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
+"""CONNECT makes no sense to slurmrestd and TRACE reflects credentials."""
+_READ_REQUEST_BELOW = 1024 * 1024
+
+
+class Forwarder:
+    """Forwards requests upstream; counts the writes it makes (``local_writes``)."""
+
+    def __init__(
+        self,
+        *,
+        rules: RuleSet,
+        store: Store,
+        transport: Transport,
+        stats: Stats,
+        upstream_host: bytes,
+        max_body_bytes: int,
+    ) -> None:
+        self.rules = rules
+        self.store = store
+        self.transport = transport
+        self.stats = stats
+        self.upstream_host = upstream_host
+        self.max_body_bytes = max_body_bytes
+        self.local_writes = 0
+        """Tag bumps this process made: what moves the generations a request
+        sees while the store cannot answer (read-your-writes holds)."""
+
+    async def not_cached(
+        self, scope: Scope, receive: Receive, send: Send, route: Route | None = None
+    ) -> None:
+        """Everything but a cacheable GET with credentials: validate, forward.
+
+        ``route`` is the GET's memoised parse and match: not redone here."""
+        match = None
+        try:
+            if route is None:
+                req = from_scope(scope)
+            else:
+                req = from_scope(scope, (route.segments, route.query))
+                match = route.match
+        except BadRequest as exc:
+            self.stats.bad_requests += 1
+            await send_proxy_error(
+                send, errors.bad_request(str(exc)), "fwd=request; detail=bad-request"
+            )
+            return
+        method = req.method
+        if method in REFUSED_METHODS:
+            err = errors.ProxyError(
+                errors.METHOD_NOT_ALLOWED, "Method not allowed", f"{method} is not proxied"
+            )
+            await send_proxy_error(send, err, "fwd=request; detail=method")
+            return
+        if match is None:
+            match = self.rules.match(method, req.segments)
+        if match.cache:  # a cacheable path, but this request may not use the cache
+            outcome = "fwd=request"
+        elif match.invalidates or method not in ("GET", "HEAD", "OPTIONS"):
+            outcome = "fwd=method"
+        else:
+            outcome = "fwd=bypass" if match.rule is not None else "fwd=uri-miss"
+        await self.forward(req, match, receive, send, outcome)
+
+    async def forward(
+        self,
+        req: ProxyRequest,
+        match: Match,
+        receive: Receive | None,
+        send: Send,
+        outcome: str,
+    ) -> None:
+        """Forward as is; for writes, invalidate before and after upstream."""
+        tags = match.invalidates
+        if tags:
+            # Before: narrows the window in which a reader refills the cache
+            # with pre-write data.  After (below): closes it.
+            await self._bump(tags)
+        try:
+            body, length = await self._request_body(req, receive)
+        except _BodyTooLarge:
+            self.stats.requests[(match.name, "error")] += 1
+            await send_proxy_error(send, errors.BODY_TOO_LARGE, outcome)
+            return
+        except _ClientGone:
+            return  # nobody to answer, and a partial body must never go upstream
+        up = UpstreamRequest(
+            method=req.method,
+            target=req.raw_target,
+            headers=upstream_headers(req, self.upstream_host, length),
+            body=body,
+            retry_on_stale_connection=req.method in ("GET", "HEAD", "OPTIONS"),
+        )
+        self.stats.upstream_requests[match.name] += 1
+        started = time.monotonic()
+        try:
+            resp = await self.transport.send(up)
+        except UpstreamError as exc:
+            if tags and exc.sent:
+                await self._bump(tags)
+            self.stats.requests[(match.name, "error")] += 1
+            await send_upstream_error(send, exc, outcome, self.stats)
+            return
+        self.stats.observe_upstream(match.name, time.monotonic() - started)
+        try:
+            if tags:
+                await self._bump(tags)
+            resp_headers = headers.response_headers(resp.headers)
+            resp_headers.append(headers.cache_status(outcome))
+            await send(
+                {"type": "http.response.start", "status": resp.status, "headers": resp_headers}
+            )
+            self.stats.requests[(match.name, outcome.split(";", 1)[0])] += 1
+            try:
+                await relay(send, resp.aiter_body())
+            except UpstreamError as exc:
+                self.stats.upstream_errors += 1
+                raise AbortResponse(str(exc)) from exc
+        finally:
+            await resp.aclose()
+
+    async def _request_body(
+        self, req: ProxyRequest, receive: Receive | None
+    ) -> tuple[bytes | AsyncIterator[bytes], int | None]:
+        """The request body, and its length when it is known up front.
+
+        A body with a Content-Length is streamed when large; one without is
+        read (bounded) so slurmrestd always gets a Content-Length.
+        """
+        if receive is None:
+            return b"", None
+        for k, _ in req.headers:
+            if k == b"content-length" or k == b"transfer-encoding":
+                break
+        else:
+            # Neither header: HTTP/1.1 framing says there is no body (RFC 9112
+            # §6.3), so skip the wait for an empty message (most GETs).
+            return b"", None
+        limit = self.max_body_bytes
+        raw_length = req.header(b"content-length")
+        if raw_length is not None:
+            if not raw_length.isdigit():
+                raise _BodyTooLarge  # uvicorn rejects these before us; belt and braces
+            length = int(raw_length)
+            if length > limit:
+                raise _BodyTooLarge
+            if length >= _READ_REQUEST_BELOW:
+                return _stream_body(receive, length), length
+        chunks = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                # The client left (or uvicorn refused the rest of the request):
+                # forwarding what arrived would send slurmrestd a cut body.
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if not body and raw_length is None:
+            return b"", None
+        return body, len(body)
+
+    async def _bump(self, tags: Sequence[str]) -> None:
+        self.local_writes += 1
+        try:
+            await self.store.bump(tags)
+        except StoreError:
+            self.stats.store_errors += 1  # the store logs once per episode
+            return
+        self.stats.invalidated(tags)
+
+
+def upstream_headers(req: ProxyRequest, upstream_host: bytes, length: int | None) -> Headers:
+    """The headers ``req`` carries upstream (a body of ``length`` bytes)."""
+    return headers.upstream_request_headers(
+        req.headers,
+        upstream_host=upstream_host,
+        client=req.client,
+        scheme=req.scheme,
+        body_length=length,
+    )
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _ClientGone(Exception):
+    """The request body ended in a disconnect, not in its last chunk."""
+
+
+async def _stream_body(receive: Receive, length: int) -> AsyncIterator[bytes]:
+    """Yield a request body from ASGI ``receive`` without holding it whole."""
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise UpstreamError("client disconnected while sending the body")
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > length:
+            raise UpstreamError("request body longer than its Content-Length")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
