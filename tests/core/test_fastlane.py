@@ -112,7 +112,7 @@ async def settle(app: CacheProxyApp) -> None:
     reaches the client before its entry is stored)."""
     proxy = app.proxy
     assert proxy is not None
-    await asyncio.gather(*proxy.coalescer._tasks, *proxy._background)
+    await asyncio.gather(*proxy.coalescer._tasks, *proxy.fill._background)
 
 
 def get(path: str, user: str = "alice", extra: bytes = b"", *, token: str | None = None) -> bytes:

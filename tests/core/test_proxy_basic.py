@@ -494,7 +494,7 @@ async def test_large_entries_are_compressed_off_the_response_path(
     first = await client.get("/slurm/v0.0.43/big", headers=headers)
     assert first.headers["cache-status"] == "cacheproxy; fwd=miss; stored"
     assert "content-encoding" not in first.headers  # a miss is never recompressed
-    await asyncio.gather(*app.proxy._background)
+    await asyncio.gather(*app.proxy.fill._background)
     hit = await client.get("/slurm/v0.0.43/big", headers=headers)
     assert hit.headers["cache-status"].startswith("cacheproxy; hit")
     assert hit.headers["content-encoding"] == "gzip"

@@ -1,0 +1,80 @@
+"""What slurmrestd's answers say of a credential, kept where every replica
+sees it: an accepted credential is recorded in the store (so later requests
+are served from the cache), a refused one revoked.
+
+Only answers that asked slurmctld or slurmdbd count; this process remembers
+the acceptances it recorded, to skip recording again until half spent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cacheproxy import policy
+from cacheproxy.identity import Identity
+from cacheproxy.rules import Match
+from cacheproxy.stats import Stats
+from cacheproxy.store.base import Store, StoreError
+from cacheproxy.upstream.base import Headers
+
+_MEMO_MAX = 16_384
+_AUTHORITATIVE_FAMILIES = frozenset({"slurm", "slurmdb"})
+"""Answers under these asked slurmctld or slurmdbd, which checked the token."""
+
+
+class Credentials:
+    """Judges credentials by upstream's answers; owns this process's record
+    of the acceptances it stored.  A store that cannot answer is only
+    counted (it logs once per episode itself)."""
+
+    def __init__(
+        self, *, store: Store, stats: Stats, clock: Callable[[], float], auth_ttl: float
+    ) -> None:
+        self.store = store
+        self.stats = stats
+        self.clock = clock
+        self.auth_ttl = auth_ttl
+        self._recorded: dict[bytes, float] = {}
+        """credential hash -> acceptance this process recorded, until when."""
+
+    def forget(self, credential: bytes) -> None:
+        """The store no longer holds ``credential``'s acceptance (revoked
+        elsewhere, or a restarted Redis): record the next one again."""
+        self._recorded.pop(credential, None)
+
+    async def judge(
+        self,
+        identity: Identity,
+        match: Match,
+        status: int,
+        body: bytes | None,
+        head: bytes,
+        resp_headers: Headers,
+    ) -> None:
+        """Trust a credential slurmrestd accepted; forget one it refused.
+
+        Called before the flight ends, so the next request already knows.
+        Only answers that asked slurmctld or slurmdbd count (never the OpenAPI
+        documents, which 22.05 serves to any token).
+        """
+        try:
+            if match.family in _AUTHORITATIVE_FAMILIES and policy.credential_accepted(
+                status, body, policy.header_value(resp_headers, b"content-type")
+            ):
+                now = self.clock()
+                until = policy.accepted_until(identity, now, self.auth_ttl)
+                recorded = self._recorded.get(identity.credential, 0.0)
+                if until > now and recorded - now < self.auth_ttl / 2:
+                    # (re)recorded only when the record is half spent: saves
+                    # a store round trip on most misses
+                    await self.store.accept(identity.credential, until)
+                    if len(self._recorded) >= _MEMO_MAX:
+                        self._recorded.clear()
+                    self._recorded[identity.credential] = until
+                    self.stats.auth_accepted += 1
+            elif policy.credential_refused(status, body if body is not None else head):
+                self._recorded.pop(identity.credential, None)
+                self.stats.auth_refused += 1
+                await self.store.revoke(identity.credential)
+        except StoreError:
+            self.stats.store_errors += 1

@@ -1,0 +1,331 @@
+"""The miss path: the body of a flight.  One upstream fetch, streamed to
+every consumer of the flight, its credential judged, and stored when policy
+allows; a stale copy of a list that revalidates is refreshed with
+``update_time`` instead; with a store shared by replicas, one replica at a
+time fetches a key (a lease) and the others read its entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from cacheproxy import compress, headers, policy
+from cacheproxy.coalesce import Flight
+from cacheproxy.credentials import Credentials
+from cacheproxy.forward import upstream_headers
+from cacheproxy.identity import Identity
+from cacheproxy.request import ProxyRequest
+from cacheproxy.rules import Match
+from cacheproxy.stats import Stats
+from cacheproxy.store.base import Entry, Store, StoreError
+from cacheproxy.upstream.base import Headers, Transport, UpstreamRequest, UpstreamResponse
+
+log = logging.getLogger("cacheproxy.proxy")
+"""The proxy's log, as before these modules were split out of it."""
+
+UPDATE_TIME_MARGIN = 2
+"""Seconds subtracted from the cached copy's time when revalidating: covers
+clock skew with slurmctld (an earlier update_time only costs a full list)."""
+_NO_CHANGE_MAX = 64 * 1024
+"""A 25.x "No job changes" answer is small; larger 200s are full lists."""
+_COMPRESS_INLINE_BELOW = 64 * 1024
+
+
+class Filler:
+    """Fills flights from upstream and the cache from flights; owns the
+    background tasks that compress large entries after they are stored.
+    A store that cannot answer is only counted (it logs once per episode
+    itself): the fetch is shared all the same."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        transport: Transport,
+        stats: Stats,
+        credentials: Credentials,
+        clock: Callable[[], float],
+        upstream_host: bytes,
+        max_entry_bytes: int,
+        shared: bool,
+        lease_seconds: float,
+        lease_wait: float,
+    ) -> None:
+        self.store = store
+        self.transport = transport
+        self.stats = stats
+        self.credentials = credentials
+        self.clock = clock
+        self.upstream_host = upstream_host
+        self.max_entry_bytes = max_entry_bytes
+        self.shared = shared
+        """The store is shared by replicas: fetches take a lease per key."""
+        self.lease_seconds = lease_seconds
+        self.lease_wait = lease_wait
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def fetch(
+        self,
+        flight: Flight,
+        req: ProxyRequest,
+        match: Match,
+        identity: Identity,
+        key: bytes,
+        accepted: bool,
+        stale: Entry | None = None,
+    ) -> None:
+        """The body of a flight: fetch once, share with every consumer, store.
+
+        ``stale`` is an expired but still valid entry of a rule that
+        revalidates with ``update_time``: slurmctld then only says whether the
+        list changed, instead of building and sending it again.
+        """
+        lease = False
+        if self.shared and accepted:
+            lease = await self._acquire_lease(key)
+            if not lease and await self._wait_for_peer(flight, match, identity, key):
+                return
+        try:
+            if stale is None or not await self._revalidate(flight, req, match, key, stale):
+                await self._fetch_upstream(flight, req, match, identity, key)
+        finally:
+            if lease:
+                try:
+                    await self.store.release_lease(key)
+                except StoreError:
+                    self.stats.store_errors += 1
+
+    async def _revalidate(
+        self, flight: Flight, req: ProxyRequest, match: Match, key: bytes, stale: Entry
+    ) -> bool:
+        """Ask slurmrestd whether ``stale`` is still current.
+
+        True when the flight was completed (renewed, or replaced by the full
+        list slurmrestd sent instead); False when the answer was neither
+        (e.g. an error some versions give for ``update_time``): the caller
+        then fetches the plain resource, so the client never sees an answer
+        to a question it did not ask.
+        """
+        since = int(stale.origin or stale.stored_at) - UPDATE_TIME_MARGIN
+        sep = "&" if "?" in req.raw_target else "?"
+        up = UpstreamRequest(
+            method="GET",
+            target=f"{req.raw_target}{sep}update_time={since}",
+            headers=upstream_headers(req, self.upstream_host, None),
+            retry_on_stale_connection=True,
+        )
+        self.stats.upstream_requests[match.name] += 1
+        sent_at = self.clock()
+        started = time.monotonic()
+        resp = await self.transport.send(up)
+        self.stats.observe_upstream(match.name, time.monotonic() - started)
+        try:
+            status = resp.status
+            resp_headers = headers.response_headers(resp.headers)
+            length = policy.header_value(resp_headers, b"content-length")
+            small = length is not None and length.isdigit() and int(length) <= _NO_CHANGE_MAX
+            if status == 304 or (status == 200 and small):
+                body = b"".join([c async for c in resp.aiter_body()])
+            elif status == 200:
+                # A full list: share and store it as any fetch would.
+                await self._fill_flight(flight, resp, resp_headers, match, key, sent_at)
+                return True
+            else:
+                return False
+        finally:
+            await resp.aclose()
+        if status == 304 or policy.no_changes(body):
+            renewed = dataclasses.replace(
+                stale, stored_at=self.clock(), origin=sent_at, generations=flight.generations
+            )
+            await self._put(flight, key, renewed)
+            flight.revalidated = True
+            flight.set_head(renewed.status, renewed.headers)
+            flight.push(renewed.body)
+            flight.finish()
+            return True
+        # A small full list: complete the flight with it.
+        flight.set_head(status, resp_headers)
+        flight.push(body)
+        await self._complete(flight, status, resp_headers, body, match, key, sent_at)
+        return True
+
+    async def _fetch_upstream(
+        self, flight: Flight, req: ProxyRequest, match: Match, identity: Identity, key: bytes
+    ) -> None:
+        up = UpstreamRequest(
+            method=req.method,
+            target=req.raw_target,
+            headers=upstream_headers(req, self.upstream_host, None),
+            retry_on_stale_connection=True,
+        )
+        self.stats.upstream_requests[match.name] += 1
+        sent_at = self.clock()
+        started = time.monotonic()
+        resp = await self.transport.send(up)
+        self.stats.observe_upstream(match.name, time.monotonic() - started)
+        try:
+            resp_headers = headers.response_headers(resp.headers)
+            await self._fill_flight(flight, resp, resp_headers, match, key, sent_at, identity)
+        finally:
+            await resp.aclose()
+
+    async def _fill_flight(
+        self,
+        flight: Flight,
+        resp: UpstreamResponse,
+        resp_headers: Headers,
+        match: Match,
+        key: bytes,
+        sent_at: float,
+        identity: Identity | None = None,
+    ) -> None:
+        """Stream ``resp`` to the flight's consumers, judge ``identity``'s
+        credential by the answer, and store it if it may be."""
+        limit = self.max_entry_bytes
+        status = resp.status
+        flight.set_head(status, resp_headers)
+        length = policy.header_value(resp_headers, b"content-length")
+        if status != 200 or (length is not None and length.isdigit() and int(length) > limit):
+            flight.stop_sharing()
+        size = 0
+        head = b""
+        async for chunk in resp.aiter_body():
+            if len(head) < 4096:
+                head += chunk[: 4096 - len(head)]
+            size += len(chunk)
+            flight.push(chunk)
+            if flight.shareable and size > limit:
+                flight.stop_sharing()
+        body = flight.body() if flight.shareable else b""
+        if identity is not None:
+            await self.credentials.judge(
+                identity, match, status, body if flight.shareable else None, head, resp_headers
+            )
+        await self._complete(flight, status, resp_headers, body, match, key, sent_at)
+
+    async def _complete(
+        self,
+        flight: Flight,
+        status: int,
+        resp_headers: Headers,
+        body: bytes,
+        match: Match,
+        key: bytes,
+        sent_at: float,
+    ) -> None:
+        """Store the flight's response if policy allows, then end the flight."""
+        limit = self.max_entry_bytes
+        if flight.shareable and policy.response_storable(status, resp_headers, body, limit):
+            variants: tuple[tuple[bytes, bytes], ...] = ()
+            compressible = compress.compressible(policy.header_value(resp_headers, b"content-type"))
+            later = compressible and len(body) >= _COMPRESS_INLINE_BELOW
+            if compressible and not later:
+                variants = _variants(body)
+            entry = Entry(
+                status=status,
+                headers=_with_length(resp_headers, len(body)),
+                body=body,
+                stored_at=self.clock(),
+                ttl=match.ttl,
+                tags=match.tags,
+                generations=flight.generations,
+                stale_for=policy.keep_after_expiry(match),
+                variants=variants,
+                origin=sent_at,
+            )
+            await self._put(flight, key, entry)
+            if later and flight.stored:
+                # Large bodies are compressed off the response path (tens of
+                # ms of CPU for a big list): the entry is stored plain now and
+                # replaced by its compressed form unless a write came between.
+                self._spawn(self._store_compressed(key, entry))
+        flight.finish()
+
+    async def _store_compressed(self, key: bytes, entry: Entry) -> None:
+        variants = await asyncio.to_thread(_variants, entry.body)
+        if variants:
+            try:
+                await self.store.put(key, dataclasses.replace(entry, variants=variants))
+            except StoreError:
+                self.stats.store_errors += 1
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background, keeping a reference until it ends
+        (the loop holds only weak ones)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _put(self, flight: Flight, key: bytes, entry: Entry) -> None:
+        try:
+            await self.store.put(key, entry)
+            flight.stored = True
+        except StoreError:
+            self.stats.store_errors += 1
+
+    async def _acquire_lease(self, key: bytes) -> bool:
+        try:
+            return await self.store.acquire_lease(key, self.lease_seconds)
+        except StoreError:
+            self.stats.store_errors += 1
+            return True
+
+    async def _wait_for_peer(
+        self, flight: Flight, match: Match, identity: Identity, key: bytes
+    ) -> bool:
+        """Another replica is fetching ``key``: wait (bounded) for its entry.
+
+        True when the flight was completed from the peer's entry.
+        """
+        deadline = time.monotonic() + self.lease_wait
+        delay = 0.005
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            try:
+                found = await self.store.lookup(key, match.tags, identity.credential)
+            except StoreError:
+                self.stats.store_errors += 1
+                return False
+            entry = found.entry
+            if (
+                entry is not None
+                and entry.is_fresh(self.clock())
+                and entry.is_valid(match.tags, found.generations)
+                and entry.generations == flight.generations
+            ):
+                flight.from_peer = True
+                flight.stored = True
+                flight.set_head(entry.status, entry.headers)
+                flight.push(entry.body)
+                flight.finish()
+                return True
+        return False
+
+
+def _variants(body: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    """Compressed copies of ``body``; none if compression fails (it is an
+    optimisation, never the reason a request fails)."""
+    try:
+        return compress.make_variants(body)
+    except Exception:
+        log.exception("compressing an entry failed; keeping it uncompressed")
+        return ()
+
+
+def _with_length(resp_headers: Headers, length: int) -> Headers:
+    out = [(k, v) for k, v in resp_headers if k != b"content-length"]
+    out.append((b"content-length", b"%d" % length))
+    return out
