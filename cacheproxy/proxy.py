@@ -2,6 +2,20 @@
 
 request -> identity -> rule -> key -> store -> coalescing -> upstream -> response
 
+Where each step lives:
+
+* ``plan.py``: request -> identity -> rule -> key, from one scan of the
+  headers (routes and keys memoised);
+* ``proxy.py`` (here): the ASGI entry and the fast lane's hits; store ->
+  coalescing: the lookup, hit or miss, one flight per key;
+* ``fill.py``: upstream, for a miss: one fetch feeds the flight and the
+  store (revalidated with ``update_time``; one replica at a time per key);
+* ``credentials.py``: what upstream's answer says of the credential;
+* ``forward.py``: everything the cache does not serve, writes' invalidation;
+* ``stale.py``: an expired entry standing in for upstream;
+* ``answer.py``: the response, marked in ``Cache-Status``;
+* ``policy.py``: what to cache and when it is fresh (no I/O).
+
 Raw ASGI rather than a framework route: a framework's routing, request and
 response objects cost about three quarters of the hit path's throughput.
 """
