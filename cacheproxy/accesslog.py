@@ -70,6 +70,16 @@ def _tagged(headers: Sequence[tuple[bytes, bytes]], rid: bytes) -> list[tuple[by
     return [*headers, (REQUEST_ID, rid)]
 
 
+def _with_id_header(
+    headers: list[tuple[bytes, bytes]], given: int, rid: bytes
+) -> list[tuple[bytes, bytes]]:
+    """Request headers with ``rid`` as the one request id (the ``given``
+    ones were not usable: several, or not sane)."""
+    if given:
+        headers = [(k, v) for k, v in headers if k != REQUEST_ID]
+    return [*headers, (REQUEST_ID, rid)]
+
+
 def _given_request_id(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes | None, int, bool]:
     """The client's request id when it gave one sane one (else None), how
     many it gave, and whether the request came through a proxy that names
@@ -134,11 +144,17 @@ class RequestContext:
         inner = self._inner_fast
         if inner is None:
             return None
-        rid, _, forwarded = _given_request_id(scope["headers"])
+        rid, count, forwarded = _given_request_id(scope["headers"])
         if forwarded and self.access_log:
             # The logged client is the one uvicorn's proxy-headers middleware
             # derives, which only the ASGI path runs.
             return None
+        if rid is None:
+            # In the scope, as on the ASGI path: a GET the lane forwards
+            # carries it upstream, and the ASGI path, should the lane decline,
+            # finds it there and keeps it.
+            rid = _new_request_id()
+            scope["headers"] = _with_id_header(scope["headers"], count, rid)
         started = time.perf_counter() if self.access_log else 0.0
         result = inner(scope)
         if result is None:
@@ -151,17 +167,15 @@ class RequestContext:
         self,
         scope: Scope,
         pending: Awaitable[HitResponse | None],
-        rid: bytes | None,
+        rid: bytes,
         started: float,
     ) -> HitResponse | None:
         response = await pending
         return None if response is None else self._tag_fast(scope, response, rid, started)
 
     def _tag_fast(
-        self, scope: Scope, response: HitResponse, rid: bytes | None, started: float
+        self, scope: Scope, response: HitResponse, rid: bytes, started: float
     ) -> HitResponse:
-        if rid is None:
-            rid = _new_request_id()
         status, out, body = response
         out = _tagged(out, rid)
         if self.access_log:
@@ -176,10 +190,7 @@ class RequestContext:
         rid, count, _ = _given_request_id(scope["headers"])
         if rid is None:
             rid = _new_request_id()
-            kept = scope["headers"]
-            if count:
-                kept = [(k, v) for k, v in kept if k != REQUEST_ID]
-            scope = {**scope, "headers": [*kept, (REQUEST_ID, rid)]}
+            scope = {**scope, "headers": _with_id_header(scope["headers"], count, rid)}
         if self.access_log:
             await self._call_logged(scope, receive, send, rid)
             return

@@ -1,4 +1,5 @@
-"""The fast lane: a fresh cache hit answered without an ASGI cycle.
+"""The fast lane: a fresh cache hit, or a GET passed through, answered
+without an ASGI cycle.
 
 Why: under uvicorn every request costs a task, a ``RequestResponseCycle``,
 two ASGI message dicts, a ``send`` wrapper per middleware and uvicorn's
@@ -21,6 +22,11 @@ parsed.  Every layer of the hardened application offers the same call,
   None when the entry turns out not to be a hit: the request then takes the
   ASGI path, which reuses the lane's parse of the request and the store's
   answer (both left in the scope), so declining costs no second round trip;
+* :class:`~cacheproxy.forward.Forwarder` forwards a GET the cache does not
+  serve (no rule caches it): an awaitable of slurmrestd's answer when that is
+  a success of known, moderate length; any other answer or fault is handed
+  to the ASGI path in the scope (:data:`HANDOVER`), which relays it through
+  every layer, so the guard sees every error status;
 * :class:`~cacheproxy.guard.AuthGuard` steps aside while anything is blocked
   or when the per-user rate limit is on;
 * :class:`~cacheproxy.jwtcheck.JwtCheck` steps aside for any token that fails
@@ -38,19 +44,31 @@ turns the lane off.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 HitResponse = tuple[int, list[tuple[bytes, bytes]], bytes]
-"""A response answered from the cache: status, headers (a fresh list the
-caller may extend), body."""
+"""A response the lane answers: status, headers (a fresh list the caller
+may extend), body."""
 
 FastResult = HitResponse | Awaitable[HitResponse | None] | None
-"""A hit's response now; or, when the store must be awaited (the Redis
-tier), an awaitable of it (None: not a hit after all); or None: the ASGI
-path."""
+"""A hit's response now; or, when it must be awaited (a Redis-tier lookup,
+a GET forwarded upstream), an awaitable of it (None: the ASGI path after
+all); or None: the ASGI path."""
 
 FastResponder = Callable[[MutableMapping[str, Any]], FastResult]
 """``fast_response(scope)``: see :data:`FastResult`."""
+
+
+HANDOVER = "cacheproxy.handover"
+"""Scope key: a :class:`Handover`, what a lane answer that came to None left
+for the ASGI path to finish (an upstream answer to relay).  The protocol
+releases it after the ASGI path, in case a layer answered before the one
+that takes it (the guard refusing a client blocked meanwhile)."""
+
+
+class Handover(Protocol):
+    async def release(self) -> None:
+        """Free what is held, unless the ASGI path took it (then nothing)."""
 
 
 def responder_of(app: object) -> FastResponder | None:

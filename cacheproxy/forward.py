@@ -1,26 +1,51 @@
 """Pass-through: every request the cache does not answer goes to slurmrestd
 as is (hop-by-hop headers aside), and a write bumps the tags it invalidates,
 before and after it is forwarded.
+
+A GET the cache does not serve may also be forwarded from the fast lane
+(:meth:`Forwarder.forward_fast`, see :mod:`cacheproxy.fastlane`): the server
+protocol writes slurmrestd's answer itself, with no ASGI cycle, when it is a
+success of known, moderate length.  Any other answer (an error status, which
+the guard must see; a large or unframed body, which must stream) and any
+upstream fault are handed to the ASGI path in the scope, which relays them
+exactly as it relays what it forwards itself.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 
 from cacheproxy import errors, headers
 from cacheproxy.answer import AbortResponse, relay, send_proxy_error, send_upstream_error
+from cacheproxy.fastlane import HANDOVER, HitResponse
 from cacheproxy.plan import Route
-from cacheproxy.request import BadRequest, ProxyRequest, from_scope
+from cacheproxy.request import BadRequest, ProxyRequest, client_host, from_scope, raw_target
 from cacheproxy.respond import Receive, Scope, Send
 from cacheproxy.rules import Match, RuleSet
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Store, StoreError
-from cacheproxy.upstream.base import Headers, Transport, UpstreamError, UpstreamRequest
+from cacheproxy.upstream.base import (
+    Headers,
+    Transport,
+    UpstreamError,
+    UpstreamRequest,
+    UpstreamResponse,
+)
 
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
 """CONNECT makes no sense to slurmrestd and TRACE reflects credentials."""
 _READ_REQUEST_BELOW = 1024 * 1024
+_LANE_BODY_MAX = 1024 * 1024
+"""The largest answer the fast lane holds whole before writing it; larger
+ones stream through the ASGI path."""
+_LANE_STEPS_ASIDE = frozenset(
+    {b"content-length", b"transfer-encoding", b"x-forwarded-for", b"x-forwarded-proto"}
+)
+"""Request headers that keep a GET off the fast lane: a body (the ASGI path
+reads it), and forwarding headers, which uvicorn's proxy-headers middleware
+(run only on the ASGI path) may turn into the client address and scheme
+slurmrestd is told of."""
 
 
 class Forwarder:
@@ -74,13 +99,68 @@ class Forwarder:
             return
         if match is None:
             match = self.rules.match(method, req.segments)
-        if match.cache:  # a cacheable path, but this request may not use the cache
-            outcome = "fwd=request"
-        elif match.invalidates or method not in ("GET", "HEAD", "OPTIONS"):
-            outcome = "fwd=method"
-        else:
-            outcome = "fwd=bypass" if match.rule is not None else "fwd=uri-miss"
+        outcome = _outcome(method, match)
+        handed = scope.get(HANDOVER)
+        if isinstance(handed, _Forwarded):
+            answer = handed.take()
+            if answer is not None:
+                await self._answer(answer, match, send, outcome, ())
+                return
         await self.forward(req, match, receive, send, outcome)
+
+    def forward_fast(self, scope: Scope, route: Route) -> Awaitable[HitResponse | None] | None:
+        """The fast lane's forward of a GET the cache does not serve (see the
+        module docstring), or None when the request must take the ASGI path
+        from the start."""
+        if route.match.invalidates:
+            return None
+        for k, _ in scope["headers"]:
+            if k in _LANE_STEPS_ASIDE:
+                return None
+        return self._forward_later(scope, route)
+
+    async def _forward_later(self, scope: Scope, route: Route) -> HitResponse | None:
+        match = route.match
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        up = UpstreamRequest(
+            method="GET",
+            target=raw_target(raw_path, scope["query_string"]),
+            headers=headers.upstream_request_headers(
+                scope["headers"],
+                upstream_host=self.upstream_host,
+                client=client_host(scope),
+                scheme=scope.get("scheme", "http"),
+                body_length=None,
+            ),
+            retry_on_stale_connection=True,
+        )
+        stats = self.stats
+        stats.upstream_requests[match.name] += 1
+        started = time.monotonic()
+        try:
+            resp = await self.transport.send(up)
+        except UpstreamError as exc:
+            scope[HANDOVER] = _Forwarded(exc)
+            return None
+        stats.observe_upstream(match.name, time.monotonic() - started)
+        length = _content_length(resp.headers)
+        if resp.status >= 400 or length is None or length > _LANE_BODY_MAX:
+            scope[HANDOVER] = _Forwarded(resp)  # the ASGI path relays and releases it
+            return None
+        try:
+            body = b"".join([chunk async for chunk in resp.aiter_body()])
+        except UpstreamError as exc:
+            # Nothing is sent yet: the client gets a clean error, not a cut body.
+            scope[HANDOVER] = _Forwarded(exc)
+            return None
+        finally:
+            await resp.aclose()
+        outcome = _outcome("GET", match)
+        out = headers.response_headers(resp.headers)
+        out.append(_LANE_STATUS[outcome])
+        stats.requests[(match.name, outcome)] += 1
+        stats.fast_forwards += 1
+        return resp.status, out, body
 
     async def forward(
         self,
@@ -122,6 +202,22 @@ class Forwarder:
             await send_upstream_error(send, exc, outcome, self.stats)
             return
         self.stats.observe_upstream(match.name, time.monotonic() - started)
+        await self._answer(resp, match, send, outcome, tags)
+
+    async def _answer(
+        self,
+        resp: UpstreamResponse | UpstreamError,
+        match: Match,
+        send: Send,
+        outcome: str,
+        tags: Sequence[str],
+    ) -> None:
+        """Relay upstream's answer (or error) to the client, then release it;
+        a write's tags are bumped again first."""
+        if isinstance(resp, UpstreamError):
+            self.stats.requests[(match.name, "error")] += 1
+            await send_upstream_error(send, resp, outcome, self.stats)
+            return
         try:
             if tags:
                 await self._bump(tags)
@@ -196,6 +292,29 @@ class Forwarder:
         self.stats.invalidated(tags)
 
 
+_LANE_STATUS = {
+    outcome: headers.cache_status(outcome)
+    for outcome in ("fwd=request", "fwd=method", "fwd=bypass", "fwd=uri-miss")
+}
+"""The ``Cache-Status`` of each :func:`_outcome`, made once."""
+
+
+def _outcome(method: str, match: Match) -> str:
+    """Why the cache did not answer, for ``Cache-Status`` (RFC 9211 ``fwd``)."""
+    if match.cache:  # a cacheable path, but this request may not use the cache
+        return "fwd=request"
+    if match.invalidates or method not in ("GET", "HEAD", "OPTIONS"):
+        return "fwd=method"
+    return "fwd=bypass" if match.rule is not None else "fwd=uri-miss"
+
+
+def _content_length(resp_headers: Headers) -> int | None:
+    for k, v in resp_headers:
+        if k == b"content-length":
+            return int(v) if v.isdigit() else None
+    return None
+
+
 def upstream_headers(req: ProxyRequest, upstream_host: bytes, length: int | None) -> Headers:
     """The headers ``req`` carries upstream (a body of ``length`` bytes)."""
     return headers.upstream_request_headers(
@@ -205,6 +324,26 @@ def upstream_headers(req: ProxyRequest, upstream_host: bytes, length: int | None
         scheme=req.scheme,
         body_length=length,
     )
+
+
+class _Forwarded:
+    """What the fast lane got from upstream for a GET it left to the ASGI
+    path (:data:`~cacheproxy.fastlane.HANDOVER`): the response, its head
+    read and its body not, or the upstream error.  Taken once."""
+
+    __slots__ = ("_answer",)
+
+    def __init__(self, answer: UpstreamResponse | UpstreamError) -> None:
+        self._answer: UpstreamResponse | UpstreamError | None = answer
+
+    def take(self) -> UpstreamResponse | UpstreamError | None:
+        answer, self._answer = self._answer, None
+        return answer
+
+    async def release(self) -> None:
+        answer = self.take()
+        if answer is not None and not isinstance(answer, UpstreamError):
+            await answer.aclose()
 
 
 class _BodyTooLarge(Exception):

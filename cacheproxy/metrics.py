@@ -169,6 +169,13 @@ def stats_families(stats: Stats) -> list[Metric]:
             "(included in cacheproxy_requests_total's hits).",
             stats.fast_hits,
         ),
+        _counter(
+            "cacheproxy_fast_lane_forwards",
+            "GETs passed through to slurmrestd and answered by the server "
+            "protocol without an ASGI cycle (included in "
+            "cacheproxy_requests_total's fwd outcomes).",
+            stats.fast_forwards,
+        ),
         invalidations,
         _counter(
             "cacheproxy_auth_accepted",

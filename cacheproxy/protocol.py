@@ -39,15 +39,15 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from cacheproxy import errors
-from cacheproxy.fastlane import FastResponder, FastResult, HitResponse, responder_of
+from cacheproxy.fastlane import HANDOVER, FastResponder, FastResult, HitResponse, responder_of
 from cacheproxy.httplimits import LimitedHttpToolsProtocol, raw_error
 
 log = logging.getLogger("cacheproxy")
 
 _JOIN_BELOW = 16 * 1024
-"""Bodies up to this size go out with the head in one write: one system call
-instead of two costs more than copying a few KiB.  Larger ones are written as
-they are (a hit copies no body)."""
+"""Bodies up to this size are joined to the head (one buffer is the cheapest
+write); larger ones go out beside it in the same system call (``writev``),
+uncopied (a hit copies no body)."""
 
 LANE_SUPPORTED = hasattr(HttpToolsProtocol, "_start_asgi_task")
 if not LANE_SUPPORTED:  # pragma: no cover - depends on the installed uvicorn
@@ -123,10 +123,15 @@ class CacheProxyProtocol(LimitedHttpToolsProtocol):
         except Exception:
             self._lane_failed()
             response = None
-        if cycle.disconnected or self.transport.is_closing():
-            return
         if response is None:
+            # Even for a client that left meanwhile: the lane may have handed
+            # the ASGI path something to finish (an upstream answer to drain
+            # and release), and a cycle knows its client is gone.
+            if HANDOVER in cycle.scope:
+                app = _releasing(app)
             super()._start_asgi_task(cycle, app)
+            return
+        if cycle.disconnected or self.transport.is_closing():
             return
         if self.flow.write_paused:
             await self.flow.drain()
@@ -158,9 +163,23 @@ class CacheProxyProtocol(LimitedHttpToolsProtocol):
         if len(body) <= _JOIN_BELOW:
             parts.append(body)
             transport.write(b"".join(parts))
-        else:
-            transport.write(b"".join(parts))
-            transport.write(body)
+        else:  # one writev, the body uncopied
+            transport.writelines((b"".join(parts), body))
         cycle.response_started = True
         cycle.response_complete = True
         cycle.on_response()
+
+
+def _releasing(app: Any) -> Any:
+    """``app``, then the release of what the lane handed over (a no-op once
+    the ASGI path took it), however the ASGI path ended."""
+
+    async def run(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await app(scope, receive, send)
+        finally:
+            handover = scope.get(HANDOVER)
+            if handover is not None:
+                await handover.release()
+
+    return run

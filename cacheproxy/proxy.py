@@ -11,7 +11,8 @@ Where each step lives:
 * ``fill.py``: upstream, for a miss: one fetch feeds the flight and the
   store (revalidated with ``update_time``; one replica at a time per key);
 * ``credentials.py``: what upstream's answer says of the credential;
-* ``forward.py``: everything the cache does not serve, writes' invalidation;
+* ``forward.py``: everything the cache does not serve (uncached GETs on the
+  fast lane too), writes' invalidation;
 * ``stale.py``: an expired entry standing in for upstream;
 * ``answer.py``: the response, marked in ``Cache-Status``;
 * ``policy.py``: what to cache and when it is fresh (no I/O).
@@ -129,6 +130,7 @@ class Proxy:
         self._plan = self.planner.plan
         self._not_cached = self.forwarder.not_cached
         self._forward = self.forwarder.forward
+        self._forward_fast = self.forwarder.forward_fast
         self._lookup_now: Callable[[bytes, Sequence[str], bytes], Lookup] | None = getattr(
             store, "lookup_now", None
         )
@@ -177,7 +179,8 @@ class Proxy:
         await self._cached_get(scope, plan, send)
 
     def fast_response(self, scope: Scope) -> FastResult:
-        """The response to a GET that is a fresh hit, else None.
+        """The response to a GET that is a fresh hit, else None; for a GET no
+        rule caches, the fast lane's forward of it (:mod:`cacheproxy.forward`).
 
         Free of side effects but the hit counters, so the server protocol can
         answer a hit without an ASGI cycle (see :mod:`cacheproxy.fastlane`);
@@ -190,7 +193,9 @@ class Proxy:
             return None
         plan = self._plan(scope)
         scope[_PLANNED] = (plan,)  # whatever the lane decides, the ASGI path reuses it
-        if plan is None or isinstance(plan, Route) or plan.has_body:
+        if isinstance(plan, Route):
+            return None if plan.cacheable else self._forward_fast(scope, plan)
+        if plan is None or plan.has_body:
             return None
         lookup_now = self._lookup_now
         if lookup_now is None:

@@ -121,16 +121,25 @@ def from_scope(
         query = parse_query(raw_query)
     else:
         segments, query = parsed
-    target = raw_path.decode("latin-1")
-    if raw_query:
-        target += "?" + raw_query.decode("latin-1")
-    client = scope.get("client")
     return ProxyRequest(
         method=scope["method"],
-        raw_target=target,
+        raw_target=raw_target(raw_path, raw_query),
         segments=segments,
         query=query,
         headers=list(scope["headers"]),
-        client=client[0] if client else "",
+        client=client_host(scope),
         scheme=scope.get("scheme", "http"),
     )
+
+
+def raw_target(raw_path: bytes, raw_query: bytes) -> str:
+    """The request target as received, as forwarded upstream."""
+    target = raw_path.decode("latin-1")
+    if raw_query:
+        target += "?" + raw_query.decode("latin-1")
+    return target
+
+
+def client_host(scope: Mapping[str, Any]) -> str:
+    client = scope.get("client")
+    return client[0] if client else ""

@@ -138,6 +138,9 @@ class Stats:
     fast_hits: int = 0
     """Hits answered in the server's fast lane (a subset of the ``hit``
     outcomes in :attr:`requests`; see :mod:`cacheproxy.fastlane`)."""
+    fast_forwards: int = 0
+    """GETs passed through and answered in the fast lane (a subset of the
+    ``fwd=...`` outcomes in :attr:`requests`)."""
     invalidations: Counter[str] = field(default_factory=Counter)
     """folded tag (``job:*``) -> times invalidated; see :meth:`invalidated`."""
     store_errors: int = 0
@@ -245,6 +248,7 @@ class Stats:
             "upstream_latency": {r: h.to_json() for r, h in self.upstream_latency.items()},
             "coalesced": self.coalesced,
             "fast_hits": self.fast_hits,
+            "fast_forwards": self.fast_forwards,
             "invalidations": dict(self.invalidations_folded()),
             "recent_invalidations": [
                 {

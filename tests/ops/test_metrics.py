@@ -123,6 +123,7 @@ async def test_exposition_parses_with_help_and_types(client: httpx.AsyncClient) 
         "cacheproxy_upstream_latency_seconds",
         "cacheproxy_coalesced",
         "cacheproxy_fast_lane_hits",
+        "cacheproxy_fast_lane_forwards",
         "cacheproxy_invalidations",
         "cacheproxy_cache_entries",
         "cacheproxy_cache_bytes",
