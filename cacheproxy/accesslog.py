@@ -154,7 +154,10 @@ class RequestContext:
             # carries it upstream, and the ASGI path, should the lane decline,
             # finds it there and keeps it.
             rid = _new_request_id()
-            scope["headers"] = _with_id_header(scope["headers"], count, rid)
+            if count:
+                scope["headers"] = _with_id_header(scope["headers"], count, rid)
+            else:  # this request's own list (uvicorn makes one per request)
+                scope["headers"].append((REQUEST_ID, rid))
         started = time.perf_counter() if self.access_log else 0.0
         result = inner(scope)
         if result is None:
