@@ -113,6 +113,26 @@ async def test_idle_keep_alive_is_closed(proxy: Proxy) -> None:
     assert r.seconds < 4
 
 
+async def test_keep_alive_expiry_is_its_own_and_spares_a_head_in_progress(
+    fake_upstream: tuple[FakeSlurmrestd, int],
+) -> None:
+    """keep_alive_timeout (1 s) closes an idle connection well before
+    header_timeout (10 s) would; a next request that began before the expiry
+    and is still arriving after it is answered (its head has 10 s)."""
+    _, port = fake_upstream
+    settings = stack_settings(f"http://127.0.0.1:{port}", header_timeout=10, keep_alive_timeout=1)
+    async with hardened_proxy(settings) as p:
+        idle = await exchange(p.port, request(), wait=8)
+        assert [s for s, _, _ in idle.responses] == [200]
+        assert idle.closed
+        assert 0.9 < idle.seconds < 4
+        head = request()
+        late = await exchange(p.port, [(head, 0.0), (head[:10], 0.7), (head[10:], 0.8)], wait=8)
+        assert [s for s, _, _ in late.responses] == [200, 200]
+        assert late.closed
+        assert 2.4 < late.seconds < 6  # closed 1 s after the second answer
+
+
 async def test_pipelined_requests_survive_the_head_timer(proxy: Proxy) -> None:
     r = await exchange(proxy.port, request() * 3, wait=2)
     assert [s for s, _, _ in r.responses] == [200, 200, 200]
