@@ -65,9 +65,17 @@ def _with_request_id(message: Message, rid: bytes) -> Message:
 def _tagged(headers: Sequence[tuple[bytes, bytes]], rid: bytes) -> list[tuple[bytes, bytes]]:
     """Response headers ending with our request id; ours wins over any
     other (an echo may be a cached one)."""
-    if any(k == REQUEST_ID for k, _ in headers):
-        headers = [(k, v) for k, v in headers if k != REQUEST_ID]
-    return [*headers, (REQUEST_ID, rid)]
+    return _tag_in_place(list(headers), rid)
+
+
+def _tag_in_place(headers: list[tuple[bytes, bytes]], rid: bytes) -> list[tuple[bytes, bytes]]:
+    """:func:`_tagged`, on a list the caller owns (the lane's answers)."""
+    for k, _ in headers:
+        if k == REQUEST_ID:
+            headers = [(k, v) for k, v in headers if k != REQUEST_ID]
+            break
+    headers.append((REQUEST_ID, rid))
+    return headers
 
 
 def _with_id_header(
@@ -180,7 +188,7 @@ class RequestContext:
         self, scope: Scope, response: HitResponse, rid: bytes, started: float
     ) -> HitResponse:
         status, out, body = response
-        out = _tagged(out, rid)
+        out = _tag_in_place(out, rid)  # a fresh list, ours (fastlane.HitResponse)
         if self.access_log:
             cache = next((v for k, v in out if k == b"cache-status"), b"")
             self._log(scope, rid, status, len(body), cache, started)

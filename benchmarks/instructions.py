@@ -1,0 +1,192 @@
+"""Instructions per request, counted by callgrind: a hot-path figure that a
+shared, drifting machine cannot blur.
+
+CPU time per request on a 2-core VM drifts by a third from minute to minute
+(``hit_bench.py`` and ``forward_bench.py`` repeat rounds and take medians for
+that reason).  valgrind's callgrind counts the instructions a process runs:
+the same code serving the same requests gives the same count whatever else
+the machine is doing, so a change to the hot path is measured exactly, A
+against B.  Two limits: the kernel's share (system calls: reads and writes
+on the sockets) is not counted (``strace -c -f -p PID`` counts those), and
+instructions are not time (cache misses and branch mispredictions cost
+cycles that no count shows).
+
+Each target runs alone under callgrind, with counting off while it starts
+and warms up (``--instr-atstart=no``), then on for exactly ``--requests``
+GETs sent over 50 keep-alive connections; the count is divided by the
+requests.  The upstream (``fixed_upstream.py``) runs outside valgrind.
+
+Targets:
+  bare     the bare uvicorn app (uvloop, httptools) serving a fixed body
+  hit      ``cacheproxy serve`` answering a fresh hit (in-process tier)
+  forward  ``cacheproxy serve`` passing through a GET no rule caches
+  h1       forward_bench's minimal forwarder over the h1 transport
+
+Usage (needs Debian's valgrind)::
+
+    .venv/bin/python benchmarks/instructions.py
+    .venv/bin/python benchmarks/instructions.py --targets hit,forward --requests 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+HEADERS = {"X-SLURM-USER-NAME": "root", "X-SLURM-USER-TOKEN": "t"}
+HIT_PATH = "/slurm/v0.0.43/jobs"
+"""Cached by benchmarks/bench_rules.toml."""
+FORWARD_PATH = "/slurm/v0.0.38/bench/2048"
+"""No rule: passed through."""
+CONNECTIONS = 50
+WARMUP = 400
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            req = urllib.request.Request(url, headers=HEADERS)
+            with urllib.request.urlopen(req, timeout=5) as r:
+                r.read()
+                return
+        except Exception:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def load(port: int, path: str, requests: int) -> None:
+    """Exactly ``requests`` GETs over CONNECTIONS keep-alive connections."""
+    head = "".join(f"{k}: {v}\r\n" for k, v in HEADERS.items())
+    raw = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{head}\r\n".encode()
+
+    async def one(count: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(count):
+            writer.write(raw)
+            response_head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in response_head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            await reader.readexactly(length)
+        writer.close()
+
+    share, extra = divmod(requests, CONNECTIONS)
+    await asyncio.gather(*(one(share + (i < extra)) for i in range(CONNECTIONS)))
+
+
+def target_argv(name: str, port: int, upstream: int, size: int) -> tuple[list[str], str]:
+    """The command serving ``name`` on ``port``, and the path to request."""
+    up = f"http://127.0.0.1:{upstream}"
+    serve = [PY, "-m", "cacheproxy", "serve", "--upstream", up, "--port", str(port)]
+    serve += ["--log-level", "warning"]
+    if name == "bare":
+        cmd = [PY, str(HERE / "fixed_upstream.py"), "--port", str(port), "--size", str(size)]
+        return cmd, HIT_PATH
+    if name == "hit":
+        rules = ["--auth-ttl", "3600", "--config", str(HERE / "bench_rules.toml")]
+        return [*serve, *rules], HIT_PATH
+    if name == "forward":
+        return serve, FORWARD_PATH
+    if name == "h1":
+        cmd = [PY, str(HERE / "forward_bench.py"), "serve-forwarder", "--kind", "h1"]
+        return [*cmd, "--upstream", up, "--port", str(port)], FORWARD_PATH
+    raise SystemExit(f"unknown target {name!r}")
+
+
+def count(name: str, upstream: int, args: argparse.Namespace, workdir: Path) -> int:
+    """Instructions the target ran for ``args.requests`` requests."""
+    port = free_port()
+    argv, path = target_argv(name, port, upstream, args.size)
+    out = workdir / f"cg.{name}"
+    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+    valgrind.append(f"--callgrind-out-file={out}")
+    proc = subprocess.Popen(
+        [*valgrind, *argv],
+        cwd=HERE.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}{path}", timeout=180)
+        asyncio.run(load(port, path, WARMUP))
+        control = ["callgrind_control"]
+        subprocess.run([*control, "-i", "on", str(proc.pid)], check=True, capture_output=True)
+        asyncio.run(load(port, path, args.requests))
+        subprocess.run([*control, "-d", str(proc.pid)], check=True, capture_output=True)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    dump = Path(f"{out}.1")
+    match = re.search(r"^summary: (\d+)$", dump.read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no summary line in {dump}")
+    return int(match.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("--targets", default="bare,hit,h1,forward")
+    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--size", type=int, default=2048, help="body size of the upstream")
+    args = p.parse_args(argv)
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is missing: apt-get install valgrind", file=sys.stderr)
+            return 2
+    upstream_port = free_port()
+    upstream_argv = [PY, str(HERE / "fixed_upstream.py"), "--port", str(upstream_port)]
+    upstream = subprocess.Popen(
+        [*upstream_argv, "--size", str(args.size)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    results: dict[str, float] = {}
+    try:
+        wait_http(f"http://127.0.0.1:{upstream_port}{HIT_PATH}", timeout=30)
+        with tempfile.TemporaryDirectory(prefix="instructions-") as d:
+            for name in args.targets.split(","):
+                per_request = count(name, upstream_port, args, Path(d)) / args.requests
+                results[name] = per_request
+                print(f"{name:8} {per_request:10,.0f} instructions per request", flush=True)
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
+    print()
+    print(f"{args.requests} requests per target, {args.size} B bodies")
+    print("| target | instructions per request |")
+    print("|---|---:|")
+    for name, value in results.items():
+        print(f"| {name} | {value:,.0f} |")
+    for target, base in (("hit", "bare"), ("forward", "h1")):
+        if target in results and base in results:
+            share = results[base] / results[target]
+            print(f"{base} / {target}: {share:.0%} (instructions only; system calls not counted)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
