@@ -19,13 +19,15 @@ requests.  The upstream (``fixed_upstream.py``) runs outside valgrind.
 Targets:
   bare     the bare uvicorn app (uvloop, httptools) serving a fixed body
   hit      ``cacheproxy serve`` answering a fresh hit (in-process tier)
+  redis    the same with the Redis tier (a redis-server of its own, outside
+           valgrind; its instructions are not counted)
   forward  ``cacheproxy serve`` passing through a GET no rule caches
   h1       forward_bench's minimal forwarder over the h1 transport
 
 Usage (needs Debian's valgrind)::
 
     .venv/bin/python benchmarks/instructions.py
-    .venv/bin/python benchmarks/instructions.py --targets hit,forward --requests 4000
+    .venv/bin/python benchmarks/instructions.py --targets hit,redis,forward --requests 4000
 """
 
 from __future__ import annotations
@@ -94,7 +96,9 @@ async def load(port: int, path: str, requests: int) -> None:
     await asyncio.gather(*(one(share + (i < extra)) for i in range(CONNECTIONS)))
 
 
-def target_argv(name: str, port: int, upstream: int, size: int) -> tuple[list[str], str]:
+def target_argv(
+    name: str, port: int, upstream: int, size: int, redis_port: int
+) -> tuple[list[str], str]:
     """The command serving ``name`` on ``port``, and the path to request."""
     up = f"http://127.0.0.1:{upstream}"
     serve = [PY, "-m", "cacheproxy", "serve", "--upstream", up, "--port", str(port)]
@@ -102,9 +106,11 @@ def target_argv(name: str, port: int, upstream: int, size: int) -> tuple[list[st
     if name == "bare":
         cmd = [PY, str(HERE / "fixed_upstream.py"), "--port", str(port), "--size", str(size)]
         return cmd, HIT_PATH
+    rules = ["--auth-ttl", "3600", "--config", str(HERE / "bench_rules.toml")]
     if name == "hit":
-        rules = ["--auth-ttl", "3600", "--config", str(HERE / "bench_rules.toml")]
         return [*serve, *rules], HIT_PATH
+    if name == "redis":
+        return [*serve, *rules, "--redis-url", f"redis://127.0.0.1:{redis_port}/0"], HIT_PATH
     if name == "forward":
         return serve, FORWARD_PATH
     if name == "h1":
@@ -113,10 +119,12 @@ def target_argv(name: str, port: int, upstream: int, size: int) -> tuple[list[st
     raise SystemExit(f"unknown target {name!r}")
 
 
-def count(name: str, upstream: int, args: argparse.Namespace, workdir: Path) -> int:
+def count(
+    name: str, upstream: int, args: argparse.Namespace, workdir: Path, redis_port: int
+) -> int:
     """Instructions the target ran for ``args.requests`` requests."""
     port = free_port()
-    argv, path = target_argv(name, port, upstream, args.size)
+    argv, path = target_argv(name, port, upstream, args.size, redis_port)
     out = workdir / f"cg.{name}"
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
     valgrind.append(f"--callgrind-out-file={out}")
@@ -149,13 +157,16 @@ def count(name: str, upstream: int, args: argparse.Namespace, workdir: Path) -> 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    p.add_argument("--targets", default="bare,hit,h1,forward")
+    p.add_argument("--targets", default="bare,hit,redis,h1,forward")
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--size", type=int, default=2048, help="body size of the upstream")
     args = p.parse_args(argv)
-    for tool in ("valgrind", "callgrind_control"):
+    tools = ["valgrind", "callgrind_control"]
+    if "redis" in args.targets.split(","):
+        tools.append("redis-server")
+    for tool in tools:
         if shutil.which(tool) is None:
-            print(f"{tool} is missing: apt-get install valgrind", file=sys.stderr)
+            print(f"{tool} is missing: apt-get install valgrind redis-server", file=sys.stderr)
             return 2
     upstream_port = free_port()
     upstream_argv = [PY, str(HERE / "fixed_upstream.py"), "--port", str(upstream_port)]
@@ -165,23 +176,34 @@ def main(argv: list[str] | None = None) -> int:
         stderr=subprocess.DEVNULL,
     )
     results: dict[str, float] = {}
+    redis_port = free_port()
+    redis = None
     try:
         wait_http(f"http://127.0.0.1:{upstream_port}{HIT_PATH}", timeout=30)
         with tempfile.TemporaryDirectory(prefix="instructions-") as d:
+            if "redis" in args.targets.split(","):
+                redis_argv = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
+                redis = subprocess.Popen(
+                    [*redis_argv, "--save", "", "--appendonly", "no", "--dir", d],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             for name in args.targets.split(","):
-                per_request = count(name, upstream_port, args, Path(d)) / args.requests
+                per_request = count(name, upstream_port, args, Path(d), redis_port) / args.requests
                 results[name] = per_request
                 print(f"{name:8} {per_request:10,.0f} instructions per request", flush=True)
     finally:
-        upstream.terminate()
-        upstream.wait(10)
+        for proc in (upstream, redis):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
     print()
     print(f"{args.requests} requests per target, {args.size} B bodies")
     print("| target | instructions per request |")
     print("|---|---:|")
     for name, value in results.items():
         print(f"| {name} | {value:,.0f} |")
-    for target, base in (("hit", "bare"), ("forward", "h1")):
+    for target, base in (("hit", "bare"), ("redis", "bare"), ("forward", "h1")):
         if target in results and base in results:
             share = results[base] / results[target]
             print(f"{base} / {target}: {share:.0%} (instructions only; system calls not counted)")
