@@ -65,6 +65,16 @@ class Planner:
         is not served from the cache (the rule does not cache it, or there is
         no single usable identity; ``route.cacheable`` tells which).
         """
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        raw_query: bytes = scope["query_string"]
+        route = self._routes.get((raw_path, raw_query))
+        if route is None:
+            try:
+                route = self._route(raw_path, raw_query)
+            except BadRequest:
+                return None
+        if not route.cacheable:
+            return route  # (before the header scan: a GET passed through needs none)
         name = token = auth = None
         accept = b""
         accept_encoding = b""
@@ -88,16 +98,6 @@ class Planner:
                 has_body |= v != b"0"
             elif k == b"transfer-encoding":
                 has_body = True
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        raw_query: bytes = scope["query_string"]
-        route = self._routes.get((raw_path, raw_query))
-        if route is None:
-            try:
-                route = self._route(raw_path, raw_query)
-            except BadRequest:
-                return None
-        if not route.cacheable:
-            return route
         identity = None if repeated else self.resolver.resolve_values(name, token, auth)
         if identity is None:
             return route
