@@ -188,6 +188,35 @@ async def test_broken_body_is_never_stored(
     record(stack)
 
 
+@pytest.mark.parametrize("mode", ["reset", "truncate"])
+@pytest.mark.parametrize("jobs", [300, 15_000], ids=["lane", "streamed"])
+async def test_broken_pass_through_body(
+    stack: Stack, client: httpx.AsyncClient, mode: str, jobs: int
+) -> None:
+    """A GET no rule caches, its body cut mid-way: a small answer, which the
+    fast lane holds whole before sending, becomes a clean 502; a large one,
+    streamed by the ASGI path, an aborted response.  Never a complete-looking
+    one, and the next request goes through."""
+    stack.fake.jobs = {i: Job(i, "alice") for i in range(1, jobs + 1)}
+    stack.fake.last_change = 10.0**10  # the delta is the whole list
+    delta = f"{JOBS}?update_time=1"
+    async with client as c:
+        await stack.faults.set_mode(mode)
+        try:
+            r = check(await c.get(delta, headers=auth("alice")))
+            assert is_ours(r, errors.UPSTREAM_BROKEN)
+            assert jobs < 10_000
+        except httpx.RemoteProtocolError:
+            assert jobs > 10_000  # only a streamed body can break after its head
+        await stack.faults.set_mode("pass")
+        good = check(await c.get(delta, headers=auth("alice")))
+        assert good.status_code == 200
+        assert cache_status(good) == "cacheproxy; fwd=request"
+        assert len(orjson.loads(good.content)["jobs"]) == jobs
+    assert stack.proxy.app.stats.fast_forwards == (1 if jobs < 10_000 else 0)
+    record(stack)
+
+
 async def test_burst_of_503s_stale_then_recovery(stack: Stack, client: httpx.AsyncClient) -> None:
     async with client as c:
         first = check(await c.get(JOBS, headers=auth("alice")))
