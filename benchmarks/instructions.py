@@ -36,15 +36,17 @@ import argparse
 import asyncio
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from hit_bench import free_port, wait_http  # noqa: E402
+
 PY = sys.executable
 HEADERS = {"X-SLURM-USER-NAME": "root", "X-SLURM-USER-TOKEN": "t"}
 HIT_PATH = "/slurm/v0.0.43/jobs"
@@ -53,26 +55,6 @@ FORWARD_PATH = "/slurm/v0.0.38/bench/2048"
 """No rule: passed through."""
 CONNECTIONS = 50
 WARMUP = 400
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            req = urllib.request.Request(url, headers=HEADERS)
-            with urllib.request.urlopen(req, timeout=5) as r:
-                r.read()
-                return
-        except Exception:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
 
 
 async def load(port: int, path: str, requests: int) -> None:

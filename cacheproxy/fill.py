@@ -119,17 +119,7 @@ class Filler:
         """
         since = int(stale.origin or stale.stored_at) - UPDATE_TIME_MARGIN
         sep = "&" if "?" in req.raw_target else "?"
-        up = UpstreamRequest(
-            method="GET",
-            target=f"{req.raw_target}{sep}update_time={since}",
-            headers=upstream_headers(req, self.upstream_host, None),
-            retry_on_stale_connection=True,
-        )
-        self.stats.upstream_requests[match.name] += 1
-        sent_at = self.clock()
-        started = time.monotonic()
-        resp = await self.transport.send(up)
-        self.stats.observe_upstream(match.name, time.monotonic() - started)
+        resp, sent_at = await self._send(req, match, f"{req.raw_target}{sep}update_time={since}")
         try:
             status = resp.status
             resp_headers = headers.response_headers(resp.headers)
@@ -164,9 +154,21 @@ class Filler:
     async def _fetch_upstream(
         self, flight: Flight, req: ProxyRequest, match: Match, identity: Identity, key: bytes
     ) -> None:
+        resp, sent_at = await self._send(req, match, req.raw_target)
+        try:
+            resp_headers = headers.response_headers(resp.headers)
+            await self._fill_flight(flight, resp, resp_headers, match, key, sent_at, identity)
+        finally:
+            await resp.aclose()
+
+    async def _send(
+        self, req: ProxyRequest, match: Match, target: str
+    ) -> tuple[UpstreamResponse, float]:
+        """GET ``target`` upstream for ``req``; the response (its head) and
+        the wall-clock time it was asked at (a cached copy's origin)."""
         up = UpstreamRequest(
-            method=req.method,
-            target=req.raw_target,
+            method="GET",
+            target=target,
             headers=upstream_headers(req, self.upstream_host, None),
             retry_on_stale_connection=True,
         )
@@ -175,11 +177,7 @@ class Filler:
         started = time.monotonic()
         resp = await self.transport.send(up)
         self.stats.observe_upstream(match.name, time.monotonic() - started)
-        try:
-            resp_headers = headers.response_headers(resp.headers)
-            await self._fill_flight(flight, resp, resp_headers, match, key, sent_at, identity)
-        finally:
-            await resp.aclose()
+        return resp, sent_at
 
     async def _fill_flight(
         self,
