@@ -22,6 +22,8 @@ Targets:
   redis    the same with the Redis tier (a redis-server of its own, outside
            valgrind; its instructions are not counted)
   forward  ``cacheproxy serve`` passing through a GET no rule caches
+  miss     ``cacheproxy serve`` with a rule that caches the same GET for a
+           microsecond: each request a miss (fetched, stored) or coalesced
   h1       forward_bench's minimal forwarder over the h1 transport
 
 Usage (needs Debian's valgrind)::
@@ -46,6 +48,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from hit_bench import free_port, wait_http  # noqa: E402
+from proxy_apps import MISS_RULES  # noqa: E402
 
 PY = sys.executable
 HEADERS = {"X-SLURM-USER-NAME": "root", "X-SLURM-USER-TOKEN": "t"}
@@ -79,7 +82,7 @@ async def load(port: int, path: str, requests: int) -> None:
 
 
 def target_argv(
-    name: str, port: int, upstream: int, size: int, redis_port: int
+    name: str, port: int, upstream: int, size: int, redis_port: int, workdir: Path
 ) -> tuple[list[str], str]:
     """The command serving ``name`` on ``port``, and the path to request."""
     up = f"http://127.0.0.1:{upstream}"
@@ -95,6 +98,10 @@ def target_argv(
         return [*serve, *rules, "--redis-url", f"redis://127.0.0.1:{redis_port}/0"], HIT_PATH
     if name == "forward":
         return serve, FORWARD_PATH
+    if name == "miss":
+        miss_rules = workdir / "miss_rules.toml"
+        miss_rules.write_text(MISS_RULES)
+        return [*serve, "--config", str(miss_rules)], FORWARD_PATH
     if name == "h1":
         cmd = [PY, str(HERE / "forward_bench.py"), "serve-forwarder", "--kind", "h1"]
         return [*cmd, "--upstream", up, "--port", str(port)], FORWARD_PATH
@@ -106,7 +113,7 @@ def count(
 ) -> int:
     """Instructions the target ran for ``args.requests`` requests."""
     port = free_port()
-    argv, path = target_argv(name, port, upstream, args.size, redis_port)
+    argv, path = target_argv(name, port, upstream, args.size, redis_port, workdir)
     out = workdir / f"cg.{name}"
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
     valgrind.append(f"--callgrind-out-file={out}")

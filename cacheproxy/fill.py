@@ -126,7 +126,9 @@ class Filler:
             length = policy.header_value(resp_headers, b"content-length")
             small = length is not None and length.isdigit() and int(length) <= _NO_CHANGE_MAX
             if status == 304 or (status == 200 and small):
-                body = b"".join([c async for c in resp.aiter_body()])
+                body = resp.body_if_complete()
+                if body is None:
+                    body = b"".join([c async for c in resp.aiter_body()])
             elif status == 200:
                 # A full list: share and store it as any fetch would.
                 await self._fill_flight(flight, resp, resp_headers, match, key, sent_at)
@@ -197,15 +199,22 @@ class Filler:
         length = policy.header_value(resp_headers, b"content-length")
         if status != 200 or (length is not None and length.isdigit() and int(length) > limit):
             flight.stop_sharing()
-        size = 0
-        head = b""
-        async for chunk in resp.aiter_body():
-            if len(head) < 4096:
-                head += chunk[: 4096 - len(head)]
-            size += len(chunk)
-            flight.push(chunk)
-            if flight.shareable and size > limit:
+        whole = resp.body_if_complete()
+        if whole is not None:  # a small answer, all in with its head
+            head = whole[:4096]
+            flight.push(whole)
+            if flight.shareable and len(whole) > limit:
                 flight.stop_sharing()
+        else:
+            size = 0
+            head = b""
+            async for chunk in resp.aiter_body():
+                if len(head) < 4096:
+                    head += chunk[: 4096 - len(head)]
+                size += len(chunk)
+                flight.push(chunk)
+                if flight.shareable and size > limit:
+                    flight.stop_sharing()
         body = flight.body() if flight.shareable else b""
         if identity is not None:
             await self.credentials.judge(

@@ -148,7 +148,9 @@ class Forwarder:
             scope[HANDOVER] = _Forwarded(resp)  # the ASGI path relays and releases it
             return None
         try:
-            body = b"".join([chunk async for chunk in resp.aiter_body()])
+            body = resp.body_if_complete()
+            if body is None:
+                body = b"".join([chunk async for chunk in resp.aiter_body()])
         except UpstreamError as exc:
             # Nothing is sent yet: the client gets a clean error, not a cut body.
             scope[HANDOVER] = _Forwarded(exc)

@@ -136,6 +136,9 @@ class AiohttpResponse:
         except (aiohttp.ClientError, OSError) as exc:
             raise map_error(exc) from exc
 
+    def body_if_complete(self) -> bytes | None:
+        return None  # aiohttp's buffers are its own: read through aiter_body
+
     async def aclose(self) -> None:
         # aiohttp puts the connection back in the pool only if the body was
         # read to the end and the server did not say ``Connection: close``;

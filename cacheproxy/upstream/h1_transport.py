@@ -102,6 +102,15 @@ class H1Response:
     def aiter_body(self) -> _Body:
         return _Body(self)
 
+    def body_if_complete(self) -> bytes | None:
+        conn = self._conn
+        if conn is None or not conn.complete or conn.error is not None:
+            return None
+        body = conn.take_body() if conn.body else b""
+        self._conn = None
+        self._pool.release(conn)  # drained: as _Body hands it back
+        return body
+
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:

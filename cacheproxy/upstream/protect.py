@@ -227,6 +227,9 @@ class _Guarded:
     def aiter_body(self) -> _GuardedBody:
         return _GuardedBody(self._inner.aiter_body(), self._owner.breaker, self._probe)
 
+    def body_if_complete(self) -> bytes | None:
+        return self._inner.body_if_complete()  # complete: nothing broke
+
     async def aclose(self) -> None:
         if not self._released:
             self._released = True

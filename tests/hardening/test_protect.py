@@ -39,6 +39,9 @@ class _BrokenBody:
         yield b"half"
         raise UpstreamProtocolError("reset")
 
+    def body_if_complete(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
 

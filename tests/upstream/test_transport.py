@@ -19,6 +19,7 @@ from cacheproxy.upstream.base import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from cacheproxy.upstream.h1_transport import H1Transport
 from tests.upstream.conftest import MakeTransport
 from tests.upstream.rawserver import Conn, RawServer, Received
 
@@ -424,6 +425,40 @@ async def test_keep_alive_reuses_one_connection(server: RawServer, transport: Tr
     for _ in range(10):
         assert await get(transport) == (200, b"hello")
     assert server.connections == 1
+
+
+async def test_a_complete_body_is_taken_at_once_or_read_as_usual(
+    server: RawServer, transport: Transport
+) -> None:
+    """body_if_complete: the whole body when it is all in (the h1 client),
+    else None and aiter_body gives it (an answer still arriving; aiohttp,
+    always).  Either way the same bytes, and the connection is reused."""
+    for _ in range(3):
+        resp = await transport.send(UpstreamRequest("GET", "/", [(b"host", b"up")]))
+        await asyncio.sleep(0.05)  # all of "hello" is in by now
+        body = resp.body_if_complete()
+        assert (body is not None) == isinstance(transport, H1Transport)
+        if body is None:
+            body = b"".join([c async for c in resp.aiter_body()])
+        else:
+            assert [c async for c in resp.aiter_body()] == []  # taken: nothing left
+        await resp.aclose()
+        assert body == b"hello"
+    assert server.connections == 1
+
+    gate = asyncio.Event()
+
+    async def handler(req: Received, conn: Conn) -> None:
+        await conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+        await gate.wait()
+        await conn.write(b"world")
+
+    server.handler = handler
+    resp = await transport.send(UpstreamRequest("GET", "/", [(b"host", b"up")]))
+    await asyncio.sleep(0.05)
+    assert resp.body_if_complete() is None  # half of it: read it as usual
+    gate.set()
+    assert await body_of(resp) == b"helloworld"
 
 
 async def test_pool_bounded(server: RawServer, make_transport: MakeTransport) -> None:
