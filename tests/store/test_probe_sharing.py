@@ -133,3 +133,14 @@ async def test_a_broken_connection_fails_every_sharer_over_to_a_new_one(
     gc.collect()
     await asyncio.sleep(0)
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_scripts_flushed_under_shared_probes_are_loaded_again(
+    store: RedisStore, fresh_redis: Any
+) -> None:
+    """Every sharer gets the NOSCRIPT reply and recovers as its own probe would."""
+    assert fresh_redis.command("SCRIPT", "FLUSH") == "+OK"
+    answers = await asyncio.gather(*(store.probe(b"k", TAGS, CRED) for _ in range(5)))
+    assert all(a == answers[0] for a in answers)
+    assert not store.circuit.is_open
+    assert store.stats()["faults"] == 0
