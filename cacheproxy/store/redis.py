@@ -132,6 +132,9 @@ _BUMP_PAUSE = 0.02
 _SCAN_COUNT = 1000
 _MAX_CACHED_TAG_SETS = 4096
 _GLOB_SPECIAL = frozenset(b"*?[]\\")
+_TICKET = Ticket(probe=False)
+"""What the circuit hands out while closed (:meth:`Circuit.enter`): the hit
+path's own calls, made only then, use it without asking."""
 
 
 def _new_epoch() -> str:
@@ -291,6 +294,9 @@ class RedisStore:
         self._gen_ttl_arg = b"%d" % self._gen_ttl_ms
         self._gen_ttl_bulk = b"$%d\r\n%b\r\n" % (len(self._gen_ttl_arg), self._gen_ttl_arg)
         self._probe_heads: dict[tuple[str, ...], bytes] = {}
+        self._probe_parsed: tuple[list[Any], tuple[bytes | None, Generations, float]] | None = None
+        """The last probe's replies and what :meth:`probe` made of them: the
+        probes that shared one parse it once."""
         self.bump_retries = 0
         """Bump attempts that failed and were tried again."""
         self._closed = False
@@ -496,6 +502,28 @@ class RedisStore:
         self.circuit.success(ticket)
         return replies
 
+    async def _lean_fault(self, payload: bytes, n: int, exc: BaseException) -> list[Any]:
+        """The rest of :meth:`_run_lean` for a request the hit path sent on
+        its own (:meth:`probe`, with the circuit closed: a normal ticket)
+        that ended in ``exc``, an exception or an error reply: a broken
+        connection is tried once more on a new one, missing scripts are
+        loaded, and faults are mapped as :meth:`_run_lean` maps them."""
+        try:
+            if isinstance(exc, ResponseError):
+                return await self._lean_again(payload, n, exc)
+            if not isinstance(exc, RedisConnectionError):
+                raise exc
+            replies = await self._lean.execute(payload, n, retry=False)
+            for r in replies:
+                if isinstance(r, ResponseError):
+                    return await self._lean_again(payload, n, r)
+            return replies
+        except BaseException as error:
+            mapped = self._fault(_TICKET, error)
+            if mapped is error:
+                raise
+            raise mapped from error
+
     async def _lean_again(self, payload: bytes, n: int, error: ResponseError) -> list[Any]:
         """An error reply: raise it, unless scripts were missing (a restart,
         ``SCRIPT FLUSH``): then load them and run again, in one round trip
@@ -605,11 +633,60 @@ class RedisStore:
     ) -> tuple[bytes | None, Generations, float]:
         """The stored entry's version (not its body), the generations and the
         acceptance, in one round trip: what a local tier needs to trust its
-        own copy of the entry."""
+        own copy of the entry.
+
+        Identical probes (same key, tags and credential) made in one turn of
+        the event loop share one PROBE while it is not written to Redis yet
+        (dashboards poll the same lists: a burst of hits asks the very same
+        question); see :meth:`~cacheproxy.store.resp.RespConnection.join` for
+        why that keeps read-your-writes.  One probe's candidates serve all
+        who share it: the script runs once, as for a single lookup.
+
+        The common case (circuit closed, a connection open) awaits the
+        connection's future here, without :meth:`_run_lean`'s and the pool's
+        coroutines; :meth:`_lean_fault` keeps their retry and fault mapping.
+        """
+        tags = tuple(tags)
+        share = (key, tags, credential)
+        lean = self._lean
+        if self._closed or self._sentinel or self.circuit.is_open:
+            future = None
+            payload = self._probe_payload(key, tags, credential)
+        else:
+            joined = lean.join(share)
+            if joined is None:
+                payload = self._probe_payload(key, tags, credential)
+                future = lean.send(payload, 1, share)
+            else:
+                future, payload = joined
+        if future is None:
+            replies = await self._run_lean(payload, 1)
+        else:
+            try:
+                replies = await future
+            except BaseException as exc:
+                replies = await self._lean_fault(payload, 1, exc)
+            else:
+                if isinstance(replies[0], ResponseError):
+                    replies = await self._lean_fault(payload, 1, replies[0])
+            self.circuit.success(_TICKET)
+        parsed = self._probe_parsed
+        if parsed is not None and parsed[0] is replies:
+            return parsed[1]  # a probe shared: parsed once
+        ((_, version, acc, *gens),) = replies
+        result = (
+            version,
+            tuple([int(v[_EPOCH_LEN + 1 :]) for v in gens]),
+            self._parse_acceptance(acc),
+        )
+        self._probe_parsed = (replies, result)
+        return result
+
+    def _probe_payload(self, key: bytes, tags: tuple[str, ...], credential: bytes) -> bytes:
         epoch_candidate, value = _candidates()
         k_entry = self._k_entry(key)
         k_acc = self._k_accept(credential)
-        payload = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b$16\r\n%b\r\n$%d\r\n%b\r\n" % (
+        return b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b$16\r\n%b\r\n$%d\r\n%b\r\n" % (
             self._probe_head(tags),
             len(k_entry),
             k_entry,
@@ -620,8 +697,6 @@ class RedisStore:
             len(value),
             value,
         )
-        ((_, version, acc, *gens),) = await self._run_lean(payload, 1)
-        return version, tuple([int(v[_EPOCH_LEN + 1 :]) for v in gens]), self._parse_acceptance(acc)
 
     async def generations(self, tags: Sequence[str]) -> Generations:
         (reply,) = await self._run_lean(self._generations_command(tags), 1)

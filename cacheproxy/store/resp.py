@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any, cast
@@ -123,15 +123,52 @@ class Endpoint:
 
 
 class _Waiter:
-    """One request in flight: ``want`` replies for ``future``, due by ``end``."""
+    """One request in flight: ``want`` replies for ``future``, due by ``end``;
+    ``joined``: the futures of identical requests that share it (see
+    :meth:`RespConnection.join`), None while there are none."""
 
-    __slots__ = ("end", "future", "replies", "want")
+    __slots__ = ("end", "future", "joined", "payload", "replies", "want")
 
-    def __init__(self, future: asyncio.Future[list[Any]], want: int, end: float) -> None:
+    def __init__(
+        self, future: asyncio.Future[list[Any]], want: int, end: float, payload: bytes
+    ) -> None:
         self.future = future
         self.want = want
         self.end = end
+        self.payload = payload
         self.replies: list[Any] = []
+        self.joined: list[asyncio.Future[list[Any]]] | None = None
+
+    def settled(self) -> bool:
+        """Nobody waits for the replies any more (answered, failed, cancelled)."""
+        if not self.future.done():
+            return False
+        return self.joined is None or all(f.done() for f in self.joined)
+
+    def deliver(self) -> None:
+        """The replies to the request and to every one that joined it."""
+        replies = self.replies
+        if not self.future.done():  # else it timed out or was cancelled
+            self.future.set_result(replies)
+        for f in self.joined or ():
+            if not f.done():
+                f.set_result(replies)
+
+    def fail(self, exc: Exception) -> None:
+        """``exc`` to the request, and a copy of it to every one that joined
+        (each raises its own: tracebacks are written into the exception)."""
+        if not self.future.done():
+            self.future.set_exception(exc)
+        for f in self.joined or ():
+            if not f.done():
+                f.set_exception(_copy_of(exc))
+
+
+def _copy_of(exc: Exception) -> Exception:
+    try:
+        return type(exc)(*exc.args)
+    except Exception:  # pragma: no cover - an exception type with another signature
+        return exc
 
 
 class RespConnection(asyncio.Protocol):
@@ -160,6 +197,9 @@ class RespConnection(asyncio.Protocol):
         self.pending: collections.deque[_Waiter] = collections.deque()
         """Requests made and not fully answered yet, oldest first."""
         self._out: list[bytes] = []
+        self._unsent: dict[Hashable, _Waiter] = {}
+        """Requests of this loop turn, not written yet, that identical ones
+        may join (see :meth:`join`); emptied when they are written."""
         self._timer: asyncio.TimerHandle | None = None
         self._last_data = 0.0
         """When bytes last arrived, or requests were sent to an idle
@@ -204,7 +244,9 @@ class RespConnection(asyncio.Protocol):
                 waiter.replies.append(reply)
                 if len(waiter.replies) == waiter.want:
                     pending.popleft()
-                    if not waiter.future.done():  # else it timed out or was cancelled
+                    if waiter.joined is not None:
+                        waiter.deliver()
+                    elif not waiter.future.done():  # else it timed out or was cancelled
                         waiter.future.set_result(waiter.replies)
         except InvalidResponse as exc:
             self._fail_all(exc)
@@ -215,29 +257,60 @@ class RespConnection(asyncio.Protocol):
         self.close()
 
     # -- use -----------------------------------------------------------------
-    def request(self, payload: bytes, n: int) -> asyncio.Future[list[Any]]:
+    def request(
+        self, payload: bytes, n: int, share: Hashable | None = None
+    ) -> asyncio.Future[list[Any]]:
         """Send ``payload`` (``n`` commands); the future of their ``n`` replies.
 
         A future, not a coroutine: one layer less to resume on every hit.
         Cancelling it leaves the request's place in the queue: its replies
-        are read and dropped, and the connection stays usable.
+        are read and dropped, and the connection stays usable (and requests
+        that joined it still get them).  With ``share``, identical requests
+        may :meth:`join` this one until it is written.
         """
         loop = self._loop
         if self.broken:
             failed: asyncio.Future[list[Any]] = loop.create_future()
             failed.set_exception(RedisConnectionError("connection to redis closed"))
             return failed
-        waiter = _Waiter(loop.create_future(), n, monotonic() + self.guard)
+        waiter = _Waiter(loop.create_future(), n, monotonic() + self.guard, payload)
         self.pending.append(waiter)
         if not self._out:
             loop.call_soon(self._flush)
         self._out.append(payload)
+        if share is not None:
+            self._unsent[share] = waiter
         if self._timer is None:
             self._timer = loop.call_later(self.per_reply, self._on_timer)
         return waiter.future
 
+    def join(self, share: Hashable) -> tuple[asyncio.Future[list[Any]], bytes] | None:
+        """A future of the replies of the request made with ``share`` in this
+        loop turn, and its payload; None unless that request is still *not
+        written*.
+
+        Why only then: Redis will run it after the caller arrived, so its
+        answer reflects everything the caller's client saw completed (a
+        write, a bump) exactly as a request of the caller's own would.  A
+        request already written may have been answered from an older state.
+        The caller gets a future of its own: cancelling it touches no one
+        else, and whoever made the request may be cancelled without the
+        joiners losing the replies.
+        """
+        waiter = self._unsent.get(share)
+        if waiter is None or self.broken:
+            return None
+        future: asyncio.Future[list[Any]] = self._loop.create_future()
+        if waiter.joined is None:
+            waiter.joined = [future]
+        else:
+            waiter.joined.append(future)
+        return future, waiter.payload
+
     def _flush(self) -> None:
         out, self._out = self._out, []
+        if self._unsent:
+            self._unsent.clear()  # written now: nothing may join them any more
         if len(out) >= len(self.pending):  # nothing was due before: count from now
             self._last_data = monotonic()
         if self._transport is not None:
@@ -262,10 +335,10 @@ class RespConnection(asyncio.Protocol):
             return
         due = self._last_data + self.per_reply
         for waiter in self.pending:  # bytes keep coming, but some replies late
-            if waiter.future.done():
+            if waiter.settled():
                 continue
             if waiter.end <= now:
-                waiter.future.set_exception(RedisTimeoutError("redis reply took too long"))
+                waiter.fail(RedisTimeoutError("redis reply took too long"))
             elif waiter.end < due:
                 due = waiter.end
         self._timer = self._loop.call_later(max(due - now, 0.001), self._on_timer)
@@ -273,14 +346,14 @@ class RespConnection(asyncio.Protocol):
     def _fail_all(self, exc: Exception) -> None:
         pending, self.pending = self.pending, collections.deque()
         for waiter in pending:
-            if not waiter.future.done():
-                waiter.future.set_exception(exc)
+            waiter.fail(exc)
 
     def close(self) -> None:
         if self.broken:
             return
         self.broken = True
         self._out.clear()
+        self._unsent.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -329,10 +402,11 @@ class RespPool:
         """Connections open or being opened."""
         return len(self._conns) + len(self._opening)
 
-    async def execute(self, payload: bytes, n: int) -> list[Any]:
+    async def execute(self, payload: bytes, n: int, *, retry: bool = True) -> list[Any]:
         """One round trip of ``n`` commands; replies in order (error replies
-        included as exceptions: see :func:`raise_errors`)."""
-        for attempt in (0, 1):
+        included as exceptions: see :func:`raise_errors`).  ``retry=False``:
+        the caller's first attempt (:meth:`send`) already failed."""
+        for attempt in (0, 1) if retry else (1,):
             try:
                 conn = self._pick() or await self._open_or_ride()
                 return await conn.request(payload, n)
@@ -341,6 +415,24 @@ class RespPool:
                     raise
                 # a dead pooled connection (Redis restarted): once more, on a new one
         raise AssertionError("unreachable")
+
+    def send(
+        self, payload: bytes, n: int, share: Hashable | None = None
+    ) -> asyncio.Future[list[Any]] | None:
+        """The first attempt of :meth:`execute` without a coroutine: the
+        future of the replies when a connection is open, else None (then
+        :meth:`execute`).  A broken connection fails it with
+        :class:`~redis.exceptions.ConnectionError`: the caller tries again
+        with ``execute(retry=False)``.  ``share``: see :meth:`join`."""
+        conn = self._pick()
+        return None if conn is None else conn.request(payload, n, share)
+
+    def join(self, share: Hashable) -> tuple[asyncio.Future[list[Any]], bytes] | None:
+        """Join the request sent with ``share`` in this loop turn while it is
+        not written yet (see :meth:`RespConnection.join`); None otherwise.
+        The requests of one turn all go to the same connection (:meth:`_pick`)."""
+        last = self._last
+        return None if last is None else last.join(share)
 
     def drop_all(self) -> None:
         """Close every connection (the server behind the address changed);

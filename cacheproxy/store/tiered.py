@@ -143,7 +143,8 @@ class TieredStore:
                 current, gens, accepted = await self.shared.probe(key, tags, credential)
             except StoreError:
                 return self._outage_lookup(entry, tags, credential)
-            self._observe(started, tags, gens, credential, accepted)
+            if self.outage_grace > 0:  # else it records nothing: no calls per hit
+                self._observe(started, tags, gens, credential, accepted)
             if current == version:
                 self.local_hits += 1
                 return Lookup(entry, gens, accepted)
