@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from cacheproxy import errors
-from cacheproxy.fastlane import FastResult, HitResponse, responder_of
+from cacheproxy.fastlane import FORWARDING, FastResult, HitResponse, responder_of
 from cacheproxy.respond import ASGIApp, Message, Receive, Scope, Send, send_error
 from cacheproxy.stats import Stats
 
@@ -88,22 +88,18 @@ def _with_id_header(
     return [*headers, (REQUEST_ID, rid)]
 
 
-def _given_request_id(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes | None, int, bool]:
-    """The client's request id when it gave one sane one (else None), how
-    many it gave, and whether the request came through a proxy that names
-    the client (``X-Forwarded-For``): one scan for both paths."""
+def _given_request_id(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes | None, int]:
+    """The client's request id when it gave one sane one (else None), and
+    how many it gave: one scan for both paths."""
     rid: bytes | None = None
     count = 0
-    forwarded = False
     for k, v in headers:
         if k == REQUEST_ID:
             count += 1
             rid = v
-        elif k == b"x-forwarded-for":
-            forwarded = True
     if count != 1 or rid is None or not sane_request_id(rid):
         rid = None
-    return rid, count, forwarded
+    return rid, count
 
 
 def sane_request_id(value: bytes) -> bool:
@@ -152,11 +148,7 @@ class RequestContext:
         inner = self._inner_fast
         if inner is None:
             return None
-        rid, count, forwarded = _given_request_id(scope["headers"])
-        if forwarded and self.access_log:
-            # The logged client is the one uvicorn's proxy-headers middleware
-            # derives, which only the ASGI path runs.
-            return None
+        rid, count = _given_request_id(scope["headers"])
         if rid is None:
             # In the scope, as on the ASGI path: a GET the lane forwards
             # carries it upstream, and the ASGI path, should the lane decline,
@@ -190,6 +182,9 @@ class RequestContext:
         status, out, body = response
         out = _tag_in_place(out, rid)  # a fresh list, ours (fastlane.HitResponse)
         if self.access_log:
+            rewrite = scope.get(FORWARDING)
+            if rewrite is not None:  # the client, as the ASGI path logs it
+                rewrite(scope)
             cache = next((v for k, v in out if k == b"cache-status"), b"")
             self._log(scope, rid, status, len(body), cache, started)
         return status, out, body
@@ -198,7 +193,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid, count, _ = _given_request_id(scope["headers"])
+        rid, count = _given_request_id(scope["headers"])
         if rid is None:
             rid = _new_request_id()
             scope = {**scope, "headers": _with_id_header(scope["headers"], count, rid)}

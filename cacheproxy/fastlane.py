@@ -66,6 +66,18 @@ releases it after the ASGI path, in case a layer answered before the one
 that takes it (the guard refusing a client blocked meanwhile)."""
 
 
+Rewrite = Callable[[MutableMapping[str, Any]], None]
+
+FORWARDING = "cacheproxy.forwarding"
+"""Scope key: a :data:`Rewrite` of this very scope as uvicorn's proxy-headers
+middleware makes it on the ASGI path (client address and scheme from
+``X-Forwarded-For`` and ``X-Forwarded-Proto``, for trusted peers); set by the
+protocol when uvicorn wraps that middleware.  A layer that uses the client
+or the scheme calls it first; it may be called again (it gives the same
+scope).  Left for them to call, not made for every request: a hit uses
+neither."""
+
+
 class Handover(Protocol):
     async def release(self) -> None:
         """Free what is held, unless the ASGI path took it (then nothing)."""

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 
 from cacheproxy import errors, headers
 from cacheproxy.answer import AbortResponse, relay, send_proxy_error, send_upstream_error
-from cacheproxy.fastlane import HANDOVER, HitResponse
+from cacheproxy.fastlane import FORWARDING, HANDOVER, HitResponse
 from cacheproxy.plan import Route
 from cacheproxy.request import BadRequest, ProxyRequest, client_host, from_scope, raw_target
 from cacheproxy.respond import Receive, Scope, Send
@@ -39,13 +39,11 @@ _READ_REQUEST_BELOW = 1024 * 1024
 _LANE_BODY_MAX = 1024 * 1024
 """The largest answer the fast lane holds whole before writing it; larger
 ones stream through the ASGI path."""
-_LANE_STEPS_ASIDE = frozenset(
-    {b"content-length", b"transfer-encoding", b"x-forwarded-for", b"x-forwarded-proto"}
-)
-"""Request headers that keep a GET off the fast lane: a body (the ASGI path
-reads it), and forwarding headers, which uvicorn's proxy-headers middleware
-(run only on the ASGI path) may turn into the client address and scheme
-slurmrestd is told of."""
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+_LANE_HEADERS = _BODY_HEADERS | {b"x-forwarded-for", b"x-forwarded-proto"}
+"""Request headers the lane's forward looks for, in one scan: a body keeps
+the GET off the lane (the ASGI path reads it); forwarding headers call for
+uvicorn's proxy-headers rewrite (:data:`~cacheproxy.fastlane.FORWARDING`)."""
 
 
 class Forwarder:
@@ -114,9 +112,16 @@ class Forwarder:
         from the start."""
         if route.match.invalidates:
             return None
+        forwarded = False
         for k, _ in scope["headers"]:
-            if k in _LANE_STEPS_ASIDE:
-                return None
+            if k in _LANE_HEADERS:  # rare: one set lookup for every other header
+                if k in _BODY_HEADERS:
+                    return None
+                forwarded = True
+        if forwarded:
+            rewrite = scope.get(FORWARDING)
+            if rewrite is not None:  # the client and scheme slurmrestd is told of
+                rewrite(scope)
         return self._forward_later(scope, route)
 
     async def _forward_later(self, scope: Scope, route: Route) -> HitResponse | None:

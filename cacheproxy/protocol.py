@@ -32,14 +32,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, MutableMapping
 from typing import Any
 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from cacheproxy import errors
-from cacheproxy.fastlane import HANDOVER, FastResponder, FastResult, HitResponse, responder_of
+from cacheproxy.fastlane import (
+    FORWARDING,
+    HANDOVER,
+    FastResponder,
+    FastResult,
+    HitResponse,
+    Rewrite,
+    responder_of,
+)
 from cacheproxy.httplimits import LimitedHttpToolsProtocol, raw_error
 
 log = logging.getLogger("cacheproxy")
@@ -58,13 +66,51 @@ def lane_of(app: object) -> FastResponder | None:
     """The fast lane of the application uvicorn serves.
 
     uvicorn may wrap it in its proxy-headers middleware, which only rewrites
-    the client address and scheme (no hit depends on them; the access log
-    steps aside when they are forwarded).  Any other wrapper is unknown, so
-    it turns the lane off.
+    the client address and scheme (the lane applies the same rewrite first:
+    :func:`forwarding_of`).  Any other wrapper is unknown, so it turns the
+    lane off.
     """
     while isinstance(app, ProxyHeadersMiddleware):
         app = app.app
     return responder_of(app) if LANE_SUPPORTED else None
+
+
+def forwarding_of(app: object) -> Rewrite | None:
+    """The rewrite uvicorn's proxy-headers middleware around ``app`` makes
+    to a request's scope on the ASGI path (client address and scheme from
+    ``X-Forwarded-For`` and ``X-Forwarded-Proto``, for trusted peers), made
+    in place and at once; None when uvicorn wraps no such middleware.
+
+    Why: the lane must see the request as the ASGI path does (the client
+    slurmrestd is told of, the client logged).  uvicorn's own middleware
+    does it, wrapped around an app that returns at once, so the rules are
+    uvicorn's and not a copy; applied twice (the ASGI path runs it again
+    for a request the lane declines) it gives the same scope.
+    """
+    rewriters: list[ProxyHeadersMiddleware] = []
+    while isinstance(app, ProxyHeadersMiddleware):
+        rewriter = ProxyHeadersMiddleware(_nothing)
+        rewriter.trusted_hosts = app.trusted_hosts
+        rewriters.append(rewriter)
+        app = app.app
+    if not rewriters:
+        return None
+
+    def rewrite(scope: MutableMapping[str, Any]) -> None:
+        for rewriter in rewriters:
+            step = rewriter(scope, _nothing, _nothing)  # type: ignore[arg-type]
+            try:
+                step.send(None)
+            except StopIteration:
+                continue
+            step.close()
+            raise RuntimeError("uvicorn's proxy-headers middleware did not complete at once")
+
+    return rewrite
+
+
+async def _nothing(*_: Any) -> Any:
+    return None
 
 
 class CacheProxyProtocol(LimitedHttpToolsProtocol):
@@ -73,6 +119,7 @@ class CacheProxyProtocol(LimitedHttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lane = lane_of(self.app)
+        self._forwarding = forwarding_of(self.app)
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if app is not self.app:
@@ -107,7 +154,10 @@ class CacheProxyProtocol(LimitedHttpToolsProtocol):
                 or self.transport.is_closing()
             ):
                 return None
-            return lane(cycle.scope)
+            scope = cycle.scope
+            if self._forwarding is not None:
+                scope[FORWARDING] = self._forwarding
+            return lane(scope)
         except Exception:
             self._lane_failed()
             return None

@@ -336,28 +336,37 @@ async def test_the_access_log_line_is_the_same_from_both_paths(
         settings = Settings(upstream=upstream_url, access_log=True)
         app = CacheProxyApp(settings)
         hardening.configure_access_log(settings)
+        hardened = hardening.wrap(app)
         try:
-            async with serve(hardening.wrap(app)) as url:
-                c = await connect(url)
+            async with (
+                serve(hardened) as fast,
+                serve(hardened, http="httptools") as plain,  # the ASGI path
+            ):
+                c, p = await connect(fast), await connect(plain)
                 await c.send(get(JOBS))  # miss
                 rs = [await c.response()]
                 await settle(app)
-                await c.send(get(JOBS))  # hit: the lane
-                await c.send(get(JOBS, extra=b"X-Forwarded-For: 10.1.2.3\r\n"))  # hit: ASGI
-                rs += [await c.response() for _ in range(2)]
+                forwarded = b"X-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: https\r\n"
+                for extra in (b"", forwarded):
+                    await c.send(get(JOBS, extra=extra))  # hit: the lane
+                    rs.append(await c.response())
+                    await p.send(get(JOBS, extra=extra))  # hit: ASGI
+                    rs.append(await p.response())
         finally:
             hardening.configure_access_log(Settings())
-    assert [r.status for r in rs] == [200, 200, 200]
-    assert app.stats.fast_hits == 1
+    assert [r.status for r in rs] == [200] * 5
+    assert app.stats.fast_hits == 2
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
-    assert len(lines) == 3
-    lane, asgi = lines[1], lines[2]
-    assert lane["cache"] == asgi["cache"]
-    assert lane["cache"].startswith("hit; ttl=")
-    for field in ("request_id", "method", "path", "query", "status", "bytes", "user"):
-        assert lane[field] == asgi[field], field
-    assert lane["request_id"] == "fixed-id"
-    assert lane["bytes"] == len(rs[1].body)
+    assert len(lines) == 5
+    for lane, asgi in (lines[1:3], lines[3:5]):
+        assert lane["cache"] == asgi["cache"]
+        assert lane["cache"].startswith("hit; ttl=")
+        for field in ("request_id", "client", "method", "path", "query", "status", "bytes", "user"):
+            assert lane[field] == asgi[field], field
+        assert lane["request_id"] == "fixed-id"
+    assert lines[1]["bytes"] == len(rs[1].body)
+    assert lines[1]["client"] == "127.0.0.1"
+    assert lines[3]["client"] == "10.1.2.3"  # uvicorn's proxy headers, on the lane too
 
 
 async def test_an_awaited_lane_answers_pipelined_requests_in_order(

@@ -114,6 +114,24 @@ async def test_an_uncached_get_is_forwarded_on_the_lane_byte_for_byte(
     assert in_use(stack.app) == 0
 
 
+async def test_a_client_behind_a_load_balancer_is_forwarded_as_on_the_asgi_path(
+    stack: Stack, connect: Connect
+) -> None:
+    """uvicorn trusts X-Forwarded-For/-Proto from 127.0.0.1 by default: the
+    lane applies the same rewrite, so slurmrestd is told of the same client
+    and scheme."""
+    extra = b"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"
+    a, b = await both(stack, connect, get(PING, extra=extra))
+    assert stack.app.stats.fast_forwards == 1
+    assert without_date(a) == without_date(b)
+    lane_sent, asgi_sent = stack.recorder.seen
+    assert lane_sent == asgi_sent
+    sent = dict(lane_sent)
+    assert sent[b"x-forwarded-proto"] == b"https"
+    assert sent[b"x-forwarded-for"].startswith(b"203.0.113.7")
+    assert b"127.0.0.1" not in sent[b"x-forwarded-for"]
+
+
 @pytest.mark.parametrize(
     "ids", [b"", b"X-Request-ID: one\r\nX-Request-ID: two\r\n", b"X-Request-ID: no way\r\n"]
 )
