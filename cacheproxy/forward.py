@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 
-from cacheproxy import errors, headers
+from cacheproxy import errors, headers, policy
 from cacheproxy.answer import AbortResponse, relay, send_proxy_error, send_upstream_error
 from cacheproxy.fastlane import FORWARDING, HANDOVER, HitResponse
 from cacheproxy.plan import Route
@@ -148,8 +148,13 @@ class Forwarder:
             scope[HANDOVER] = _Forwarded(exc)
             return None
         stats.observe_upstream(match.name, time.monotonic() - started)
-        length = _content_length(resp.headers)
-        if resp.status >= 400 or length is None or length > _LANE_BODY_MAX:
+        length = policy.header_value(resp.headers, b"content-length")
+        if (
+            resp.status >= 400
+            or length is None
+            or not length.isdigit()
+            or int(length) > _LANE_BODY_MAX
+        ):
             scope[HANDOVER] = _Forwarded(resp)  # the ASGI path relays and releases it
             return None
         try:
@@ -313,13 +318,6 @@ def _outcome(method: str, match: Match) -> str:
     if match.invalidates or method not in ("GET", "HEAD", "OPTIONS"):
         return "fwd=method"
     return "fwd=bypass" if match.rule is not None else "fwd=uri-miss"
-
-
-def _content_length(resp_headers: Headers) -> int | None:
-    for k, v in resp_headers:
-        if k == b"content-length":
-            return int(v) if v.isdigit() else None
-    return None
 
 
 def upstream_headers(req: ProxyRequest, upstream_host: bytes, length: int | None) -> Headers:

@@ -84,7 +84,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -422,13 +422,7 @@ class RedisStore:
         faults are told to the circuit by :meth:`_fault` (see
         :mod:`~cacheproxy.store.circuit`).  Waiting for a free connection is
         not a fault."""
-        if self._closed:
-            raise StoreError("redis store is closed")
-        ticket = self.circuit.enter()
-        if ticket is None:
-            raise StoreError("redis circuit open")
-        if self._sentinel:
-            await self._follow_sentinel()
+        ticket = await self._enter()
         try:
             try:
                 async with asyncio.timeout(self._guard):
@@ -447,12 +441,28 @@ class RedisStore:
             finally:
                 self._slots.release()
         except BaseException as exc:
-            error = self._fault(ticket, exc)
-            if error is exc:
-                raise
-            raise error from exc
+            self._raise_fault(ticket, exc)
         self.circuit.success(ticket)
         return result
+
+    async def _enter(self) -> Ticket:
+        """A ticket for one call; StoreError when the store is closed or its
+        circuit open.  With Sentinel, the master is followed first."""
+        if self._closed:
+            raise StoreError("redis store is closed")
+        ticket = self.circuit.enter()
+        if ticket is None:
+            raise StoreError("redis circuit open")
+        if self._sentinel:
+            await self._follow_sentinel()
+        return ticket
+
+    def _raise_fault(self, ticket: Ticket, exc: BaseException) -> NoReturn:
+        """Raise what :meth:`_fault` makes of ``exc``."""
+        error = self._fault(ticket, exc)
+        if error is exc:
+            raise exc
+        raise error from exc
 
     def _fault(self, ticket: Ticket, exc: BaseException) -> BaseException:
         """Tell the circuit how a call ended in ``exc``; what to raise.
@@ -479,26 +489,13 @@ class RedisStore:
         the lean pool, with the same fault mapping.  No semaphore and no
         extra timeout: the pool bounds its connections (requests beyond them
         are pipelined, never queued) and every reply."""
-        if self._closed:
-            raise StoreError("redis store is closed")
-        ticket = self.circuit.enter()
-        if ticket is None:
-            raise StoreError("redis circuit open")
-        if self._sentinel:
-            await self._follow_sentinel()
+        ticket = await self._enter()
         try:
             if ticket.probe:
                 await self._flush_pending()
-            replies = await self._lean.execute(payload, n)
-            for r in replies:
-                if isinstance(r, ResponseError):
-                    replies = await self._lean_again(payload, n, r)
-                    break
+            replies = await self._checked(payload, n, await self._lean.execute(payload, n))
         except BaseException as exc:
-            error = self._fault(ticket, exc)
-            if error is exc:
-                raise
-            raise error from exc
+            self._raise_fault(ticket, exc)
         self.circuit.success(ticket)
         return replies
 
@@ -513,16 +510,18 @@ class RedisStore:
                 return await self._lean_again(payload, n, exc)
             if not isinstance(exc, RedisConnectionError):
                 raise exc
-            replies = await self._lean.execute(payload, n, retry=False)
-            for r in replies:
-                if isinstance(r, ResponseError):
-                    return await self._lean_again(payload, n, r)
-            return replies
-        except BaseException as error:
-            mapped = self._fault(_TICKET, error)
-            if mapped is error:
-                raise
-            raise mapped from error
+            return await self._checked(
+                payload, n, await self._lean.execute(payload, n, retry=False)
+            )
+        except BaseException as exc:
+            self._raise_fault(_TICKET, exc)
+
+    async def _checked(self, payload: bytes, n: int, replies: list[Any]) -> list[Any]:
+        """``replies``, unless one is an error reply: then :meth:`_lean_again`."""
+        for r in replies:
+            if isinstance(r, ResponseError):
+                return await self._lean_again(payload, n, r)
+        return replies
 
     async def _lean_again(self, payload: bytes, n: int, error: ResponseError) -> list[Any]:
         """An error reply: raise it, unless scripts were missing (a restart,
