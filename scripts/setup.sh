@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Set up everything cacheproxy needs on a fresh Debian or Ubuntu machine with
-# Python 3.11+: Debian packages when running as root, then a virtualenv in
-# .venv with cacheproxy and its test/bench extras.  Idempotent.
+# Python 3.11+: Debian packages when running as root, then .venv with exactly
+# the locked versions (uv.lock) of cacheproxy's dependencies and extras.
+# Idempotent: a second run changes nothing that is already right.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup: cacheproxy needs Python 3.11 or newer ($PY is $("$PY" -V 2>&1 || echo missing))" >&2
+  exit 2
+fi
 
 # Debian packages the tests start for real: Redis and HAProxy (shared tier),
 # nginx and wrk (comparisons and benchmarks), Chromium (status page), and a
@@ -13,6 +20,10 @@ DEB_PACKAGES=(
   slurmctld slurmd slurmrestd slurm-wlm-jwt-plugin munge slurm-client
   slurmdbd mariadb-server
 )
+# Debian's own python3 has no venv module without python3-venv.
+if ! "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  DEB_PACKAGES+=(python3-venv)
+fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()
@@ -39,9 +50,18 @@ else
        "tests that need them will say so." >&2
 fi
 
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+# uv, pinned by hash, in a venv of its own (.tools): it is what installs the
+# lock, so it is the one thing installed from outside it.
+UV_PIN=$(sed -n 's/^uv==\([0-9.]*\).*/\1/p' scripts/uv-requirements.txt)
+if [ "$(.tools/bin/uv --version 2>/dev/null | cut -d' ' -f2)" != "$UV_PIN" ]; then
+  rm -rf .tools
+  "$PY" -m venv .tools
+  .tools/bin/python -m pip install -q --require-hashes --no-deps \
+    -r scripts/uv-requirements.txt
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test,bench,e2e]'
+
+# Exactly the lock: --locked refuses to run when uv.lock does not match
+# pyproject.toml (run scripts/update-deps.sh), and uv never downloads a Python
+# of its own here: the machine's is the one tested.
+export UV_PYTHON_DOWNLOADS=never
+.tools/bin/uv sync --locked --all-extras --python "$PY" --quiet

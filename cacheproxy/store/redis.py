@@ -328,7 +328,7 @@ class RedisStore:
             }
             if target.sentinel_password:
                 sentinel_kwargs["password"] = target.sentinel_password
-            sentinel = Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+            sentinel = Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs)
             self._sentinel_clients.extend(sentinel.sentinels)
             client: aioredis.Redis = sentinel.master_for(
                 target.service,
