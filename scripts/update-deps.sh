@@ -14,7 +14,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo uv > "$tmp/uv.in"
 .tools/bin/uv pip compile "$tmp/uv.in" --upgrade --generate-hashes --universal \
-  --no-header --quiet -o "$tmp/uv.txt"
+  --no-header --no-annotate --quiet -o "$tmp/uv.txt"
 {
   sed -n '1,3p' scripts/uv-requirements.txt  # the file's own comment
   cat "$tmp/uv.txt"
