@@ -445,3 +445,31 @@ async def test_expired_blocks_are_forgotten() -> None:
     backend.status = 200
     assert (await call(guard, client="10.7.7.7", user="zed"))[0] == 200
     assert not guard._blocked
+
+
+@pytest.mark.parametrize(("trusted", "expected"), [("", "127.0.0.1"), ("127.0.0.1", "10.7.7.7")])
+async def test_one_setting_decides_the_client_on_both_paths(
+    fake_upstream: tuple[FakeSlurmrestd, int], logs: Any, trusted: str, expected: str
+) -> None:
+    """The fast lane (a GET no rule caches, forwarded from the lane) and
+    the ASGI path (a POST) see the same client: the socket's by default,
+    the forwarded one only from a configured balancer."""
+    _, port = fake_upstream
+    settings = stack_settings(f"http://127.0.0.1:{port}", forwarded_allow_ips=trusted)
+    headers = {**auth("alice"), "X-Forwarded-For": "10.7.7.7"}
+    async with (
+        hardened_proxy(settings) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=10) as c,
+    ):
+        assert check(await c.get("/slurm/v0.0.43/ping", headers=headers)).status_code == 200
+        assert check(await c.get("/slurm/v0.0.43/ping", headers=headers)).status_code == 200
+        r = check(await c.post("/slurm/v0.0.43/job/submit", headers=headers, json={"job": {}}))
+        assert r.status_code == 200
+    lines = [
+        orjson.loads(line.split(": ", 1)[1]) for line in logs.lines if "cacheproxy.access" in line
+    ]
+    assert [(x["method"], x["client"]) for x in lines] == [
+        ("GET", expected),
+        ("GET", expected),
+        ("POST", expected),
+    ]
