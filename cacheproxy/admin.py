@@ -3,7 +3,10 @@
 Off unless ``admin_token`` is set: the routes then answer 404, as if they did
 not exist.  With a token, a request needs ``Authorization: Bearer <token>``:
 without one it gets 401, with a wrong one 403.  The comparison is constant
-time, and the token is never logged.
+time, and the token is never logged.  Both refusals count as authentication
+failures of the client's address in :class:`cacheproxy.guard.AuthGuard`
+(``auth_fail_limit``), so guessing the token is blocked like guessing a
+user's; the guard knows these routes by :data:`ADMIN_PREFIX`.
 
 A purge is a tag bump, exactly what a write does, so it is O(1) whatever the
 cache holds, and with a shared tier it reaches every replica at once.  Without
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
     from cacheproxy.app import CacheProxyApp
 
 log = logging.getLogger("cacheproxy.admin")
+
+ADMIN_PREFIX = "/admin"
+"""The admin routes, under the own endpoints' prefix."""
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 _MAX_ITEMS = 1000
@@ -102,7 +108,7 @@ def admin_router(root: CacheProxyApp, prefix: str, readiness: Readiness) -> APIR
             log.warning("admin API: wrong token from %s", client)
             raise HTTPException(403, "wrong admin token")
 
-    router = APIRouter(prefix=f"{prefix}/admin", dependencies=[Depends(require_admin)])
+    router = APIRouter(prefix=prefix + ADMIN_PREFIX, dependencies=[Depends(require_admin)])
 
     @router.post("/purge")
     async def purge(body: PurgeRequest) -> JSONResponse:

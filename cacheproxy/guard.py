@@ -9,19 +9,38 @@ sliding window:
 * 401 (missing or refused credential, also the proxy's own JWT check),
 * 511 (a bad or expired JWT, slurmrestd 25.x),
 * a 500 whose error is an authentication failure (slurmrestd 22.05 answers a
-  wrong token that way; see :func:`cacheproxy.policy.credential_refused`).
+  wrong token that way; see :func:`cacheproxy.policy.credential_refused`),
+* a 403 of the admin API (a wrong admin token), charged to the address only.
 
 Past ``fail_limit`` failures within ``window`` seconds the address (or the
 user name) is answered 429 with ``Retry-After`` for ``cooldown`` seconds,
 without reaching slurmrestd.  The message is terse and the same for both, so
-it tells an attacker nothing about which names exist.
+it tells an attacker nothing about which names exist.  The client address is
+the socket's, or the one a configured load balancer forwarded
+(``forwarded_allow_ips``; none by default): a header anyone can send must not
+choose whom a failure is charged to.
 
-A block would let anyone lock a user out by guessing tokens in their name, or
-lock out everyone behind a portal's single address, so a request whose
-credential slurmrestd accepted recently (the proxy's acceptance record) still
-passes a blocked name or address.  An ambiguous 500 (22.05 answers a wrong
-token and an unreachable slurmctld alike) counts only against a credential
-that was never accepted.  IPv6 addresses are counted per /64: one host usually owns one.
+A block must not lock out anyone whose credential is good, however many
+guesses others made in their name or from their address:
+
+* a credential slurmrestd accepted recently (the proxy's acceptance record)
+  passes a blocked name or address;
+* with local JWT verification on, a request whose tokens all verify passes
+  too (``proves_itself``): it proves itself without asking slurmctld;
+* without it, a never-accepted credential claiming a blocked *name*, from an
+  address that is not blocked, is tried upstream once (a *trial*), so the
+  real user's new token gets slurmrestd's verdict rather than a 429.  Trials
+  are bounded, so a guesser cannot use them to hammer slurmctld: one per
+  distinct credential per cool-down, at most ``fail_limit`` per blocked name
+  and a tenth of that (at least one) per address per cool-down, and a failed
+  trial counts as a failure like any other.
+
+An ambiguous 500 (22.05 answers a wrong token and an unreachable slurmctld
+alike) counts only against a credential that was never accepted.  IPv6
+addresses are counted per /64: one host usually owns one.  The proxy's own
+unauthenticated endpoints (health, readiness, metrics, the status page) are
+never blocked: refusing them protects nothing and would take a replica out of
+its balancer's pool.
 
 On the hit path this costs one dict lookup (is anything blocked at all?): a
 hit takes the fast lane (:mod:`cacheproxy.fastlane`) while nothing is blocked
@@ -31,13 +50,16 @@ something is blocked, or with the optional rate limit on.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 from cacheproxy import errors, policy
+from cacheproxy.admin import ADMIN_PREFIX
 from cacheproxy.endpoints import OWN_PREFIX
 from cacheproxy.fastlane import FastResult, responder_of
 from cacheproxy.identity import AUTHORIZATION, USER_NAME, USER_TOKEN, jwt_claims
@@ -50,9 +72,13 @@ log = logging.getLogger("cacheproxy.guard")
 AUTH_FAILURE_STATUSES = frozenset({401, 511})
 _MAX_KEYS = 100_000
 _MAX_NAME = 256
+_ADMIN = OWN_PREFIX + ADMIN_PREFIX
 
 IsAccepted = Callable[[Headers], Awaitable[bool]]
 """Whether the request's credential was accepted by slurmrestd recently."""
+
+ProvesItself = Callable[[Headers], bool]
+"""Whether the request's tokens all verify locally (signature and expiry)."""
 
 
 def client_key(scope: Scope) -> str:
@@ -88,8 +114,17 @@ def claimed_user(headers: Headers) -> str | None:
     return None
 
 
+def _own(path: str) -> bool:
+    """A path of the proxy's own endpoints (never forwarded)."""
+    return path.startswith(OWN_PREFIX)
+
+
+def _admin(path: str) -> bool:
+    return path.startswith(_ADMIN)
+
+
 class _Window:
-    """Failure times per key within a sliding window, bounded in keys."""
+    """Event times per key within a sliding window, bounded in keys."""
 
     def __init__(self, limit: int, window: float) -> None:
         self.limit = limit
@@ -97,19 +132,30 @@ class _Window:
         self._times: dict[str, deque[float]] = {}
 
     def add(self, key: str, now: float) -> bool:
-        """Record a failure; True when ``key`` has reached the limit."""
+        """Record an event; True when ``key`` has reached the limit."""
         times = self._times.get(key)
         if times is None:
             if len(self._times) >= _MAX_KEYS:
                 self._prune(now)
             times = self._times[key] = deque(maxlen=self.limit)
         times.append(now)
-        while times and times[0] <= now - self.window:
-            times.popleft()
+        self._expire(times, now)
+        return len(times) >= self.limit
+
+    def full(self, key: str, now: float) -> bool:
+        """Whether ``key`` has reached the limit (nothing recorded)."""
+        times = self._times.get(key)
+        if times is None:
+            return False
+        self._expire(times, now)
         return len(times) >= self.limit
 
     def forget(self, key: str) -> None:
         self._times.pop(key, None)
+
+    def _expire(self, times: deque[float], now: float) -> None:
+        while times and times[0] <= now - self.window:
+            times.popleft()
 
     def _prune(self, now: float) -> None:
         horizon = now - self.window
@@ -117,6 +163,54 @@ class _Window:
             del self._times[key]
         while len(self._times) >= _MAX_KEYS:  # still full: drop the oldest keys
             del self._times[next(iter(self._times))]
+
+
+class _Trials:
+    """The bounded upstream checks of never-accepted credentials claiming a
+    blocked name (see the module docstring): one per credential, and a
+    budget per name and per address, all per cool-down."""
+
+    def __init__(self, fail_limit: int, cooldown: float) -> None:
+        self.cooldown = cooldown
+        self._per_name = _Window(max(fail_limit, 1), cooldown)
+        self._per_address = _Window(max(fail_limit // 10, 1), cooldown)
+        self._tried: dict[bytes, float] = {}
+        """digest of a credential -> until when it may not be tried again."""
+        self._key = secrets.token_bytes(32)
+
+    def grant(self, headers: Headers, name: str, address: str, now: float) -> bool:
+        """Whether this request may be tried upstream; a grant is counted."""
+        digest = self._digest(headers)
+        if digest is None:
+            return False  # no token: nothing that could prove itself
+        until = self._tried.get(digest)
+        if until is not None and until > now:
+            return False
+        if self._per_name.full(name, now) or self._per_address.full(address, now):
+            return False
+        self._per_name.add(name, now)
+        self._per_address.add(address, now)
+        if len(self._tried) >= _MAX_KEYS:
+            self._prune(now)
+        self._tried[digest] = now + self.cooldown
+        return True
+
+    def _digest(self, headers: Headers) -> bytes | None:
+        """A keyed hash of every credential header (never the token itself)."""
+        h = hashlib.blake2b(key=self._key, digest_size=16)
+        found = False
+        for k, v in headers:
+            if k in (USER_TOKEN, AUTHORIZATION, USER_NAME):
+                found = found or k != USER_NAME
+                h.update(k + b"\0" + v + b"\0")
+        return h.digest() if found else None
+
+    def _prune(self, now: float) -> None:
+        tried = self._tried
+        for digest in [d for d, until in tried.items() if until <= now]:
+            del tried[digest]
+        while len(tried) >= _MAX_KEYS:  # still full: drop the oldest
+            del tried[next(iter(tried))]
 
 
 class _Buckets:
@@ -154,6 +248,7 @@ class AuthGuard:
         user_rate: float = 0.0,
         user_burst: int = 20,
         is_accepted: IsAccepted | None = None,
+        proves_itself: ProvesItself | None = None,
         stats: Stats | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -162,8 +257,10 @@ class AuthGuard:
         self.cooldown = cooldown
         self._failures = _Window(max(fail_limit, 1), window)
         self._blocked: dict[str, float] = {}
+        self._trials = _Trials(fail_limit, cooldown)
         self._buckets = _Buckets(user_rate, user_burst) if user_rate > 0 else None
         self._is_accepted = is_accepted
+        self._proves_itself = proves_itself
         self.stats = stats if stats is not None else Stats()
         self._now = monotonic
         self._next_prune = 0.0
@@ -190,13 +287,14 @@ class AuthGuard:
             await self.app(scope, receive, send)
             return
         pending_500 = False
+        admin = _admin(scope["path"])
 
         async def watch(message: Message) -> None:
             nonlocal pending_500
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
-                if status in AUTH_FAILURE_STATUSES:
+                if status in AUTH_FAILURE_STATUSES or (admin and status == 403):
                     self._failure(scope)
                 elif status == 500:
                     pending_500 = True
@@ -214,13 +312,19 @@ class AuthGuard:
         await self.app(scope, receive, watch)
 
     # -- blocking -----------------------------------------------------------
+    def _charged(self, scope: Scope) -> tuple[str, str | None]:
+        """The address and the claimed user name (None: not charged) of a
+        request.  The own endpoints' failures (a wrong admin token) are the
+        address's only: an admin token names no Slurm user."""
+        user = None if _own(scope["path"]) else claimed_user(scope["headers"])
+        return client_key(scope), user
+
     def _failure(self, scope: Scope) -> None:
         now = self._now()
-        keys = [client_key(scope)]
-        user = claimed_user(scope["headers"])
-        if user is not None:
-            keys.append(user)
-        for key in keys:
+        address, user = self._charged(scope)
+        for key in (address, user):
+            if key is None:
+                continue
             if self._failures.add(key, now):
                 self._failures.forget(key)
                 if key not in self._blocked:
@@ -245,37 +349,60 @@ class AuthGuard:
         while len(blocked) >= _MAX_KEYS:  # still full: drop the oldest blocks
             del blocked[next(iter(blocked))]
 
+    def _until(self, key: str | None, now: float) -> float:
+        """Until when ``key`` is blocked (0.0: it is not)."""
+        if key is None:
+            return 0.0
+        until = self._blocked.get(key, 0.0)
+        if until <= now:
+            self._blocked.pop(key, None)
+            return 0.0
+        return until
+
     async def _refuse_blocked(self, scope: Scope, send: Send) -> bool:
+        path = scope["path"]
+        if _own(path) and not _admin(path):
+            return False  # unauthenticated endpoints: a block protects nothing
         now = self._now()
         self._prune_blocked(now)
-        blocked = self._blocked
-        if not blocked:
+        if not self._blocked:
             return False
-        until = 0.0
-        for key in (client_key(scope), claimed_user(scope["headers"])):
-            if key is None:
-                continue
-            key_until = blocked.get(key, 0.0)
-            if key_until <= now:
-                blocked.pop(key, None)
-            until = max(until, key_until)
+        address, user = self._charged(scope)
+        address_until, user_until = self._until(address, now), self._until(user, now)
+        until = max(address_until, user_until)
         if until <= now:
             return False
-        if await self._accepted(scope):
-            # A credential slurmrestd accepted passes a blocked name or address:
-            # a guesser cannot lock out the real user, nor everyone behind a
-            # portal's one address; the guesser's own tokens stay refused.
+        blocked_address = address_until > now
+        if not _admin(path) and await self._passes(scope, address, blocked_address, user, now):
             return False
         self.stats.auth_blocked += 1
         await send_error(send, errors.AUTH_BLOCKED, "auth-blocked", [retry_after(until - now)])
         return True
+
+    async def _passes(
+        self, scope: Scope, address: str, address_blocked: bool, user: str | None, now: float
+    ) -> bool:
+        """Whether a request passes a block anyway: a guesser must not lock
+        out the real user, nor everyone behind a portal's one address."""
+        headers = scope["headers"]
+        if self._proves_itself is not None and self._proves_itself(headers):
+            self.stats.auth_proven += 1
+            return True
+        if await self._accepted(scope):
+            return True
+        if address_blocked or user is None or self._proves_itself is not None:
+            return False  # with local verification, a trial could add nothing
+        if self._trials.grant(headers, user, address, now):
+            self.stats.auth_trials += 1
+            return True
+        return False
 
     async def _accepted(self, scope: Scope) -> bool:
         return self._is_accepted is not None and await self._is_accepted(scope["headers"])
 
     async def _refuse_rate(self, scope: Scope, send: Send) -> bool:
         assert self._buckets is not None
-        if scope["path"].startswith(OWN_PREFIX):
+        if _own(scope["path"]):
             return False
         user = claimed_user(scope["headers"])
         if user is None:

@@ -9,6 +9,7 @@ From the socket inwards::
     RequestContext             X-Request-ID, JSON access log, safety net
     AuthGuard                  429 after repeated auth failures; per-user rate
     JwtCheck (optional)        401 for forged/expired tokens, locally
+    RequireToken (unix: only)  401 for requests without a token (localauth.py)
     CacheProxyApp              own endpoints, or the proxy
         ProtectedTransport     upstream concurrency, queue, circuit breaker
 
@@ -29,8 +30,9 @@ from cacheproxy.accesslog import RequestContext
 from cacheproxy.app import CacheProxyApp
 from cacheproxy.guard import AuthGuard, IsAccepted
 from cacheproxy.jwtcheck import JwtCheck, TokenVerifier, load_hs256_key, load_jwks
+from cacheproxy.localauth import RequireToken, refuses_uncredentialed
 from cacheproxy.respond import ASGIApp
-from cacheproxy.settings import Settings
+from cacheproxy.settings import Settings, trusted_proxies
 from cacheproxy.store.base import StoreError
 from cacheproxy.upstream.base import Headers
 
@@ -73,6 +75,8 @@ def wrap(app: CacheProxyApp) -> ASGIApp:
     """The hardened ASGI application: ``app`` inside the middlewares."""
     s = app.settings
     inner: ASGIApp = app
+    if refuses_uncredentialed(s):
+        inner = RequireToken(inner)
     verifier = token_verifier(s)
     if verifier is not None:
         inner = JwtCheck(inner, verifier, app.stats)
@@ -84,6 +88,7 @@ def wrap(app: CacheProxyApp) -> ASGIApp:
         user_rate=s.user_rate,
         user_burst=s.user_burst,
         is_accepted=acceptance_check(app),
+        proves_itself=verifier.proves if verifier is not None else None,
         stats=app.stats,
     )
     return RequestContext(inner, access_log_enabled=s.access_log, stats=app.stats)
@@ -96,7 +101,14 @@ def uvicorn_options(s: Settings) -> dict[str, Any]:
         max_head_bytes=s.max_header_bytes,
         head_timeout=s.header_timeout,
     )
+    proxies = trusted_proxies(s.forwarded_allow_ips)
     return {
+        # X-Forwarded-For is believed only from the configured balancers: by
+        # default uvicorn believes it from 127.0.0.1, so any local process
+        # could pick the address the guard charges (docs/hardening.md).  The
+        # fast lane applies this same middleware's rewrite (protocol.py).
+        "proxy_headers": bool(proxies),
+        "forwarded_allow_ips": proxies or None,
         # A string: --workers children import it (and configure() it again).
         "http": "cacheproxy.protocol:CacheProxyProtocol",
         "timeout_keep_alive": s.keep_alive_timeout,

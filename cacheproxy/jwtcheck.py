@@ -112,6 +112,13 @@ class TokenVerifier:
             self._memo[digest] = exp
         return self._clock() < exp + self.leeway
 
+    def proves(self, headers: Headers) -> bool:
+        """True when the request carries a token and every token it carries
+        verifies: the credential proves itself without asking slurmctld
+        (the guard lets such a request through a block)."""
+        tokens = request_tokens(headers)
+        return bool(tokens) and all(self.valid(t) for t in tokens)
+
     def _verify(self, token: bytes) -> float:
         """The token's ``exp`` when its signature verifies, else -inf."""
         try:

@@ -8,6 +8,7 @@ command-line options.  Every option is settable each way.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -60,6 +61,18 @@ class Settings:
     workers: int = _opt(1, "uvicorn worker processes")
     log_level: str = _opt("info", "log level")
     access_log: bool = _opt(False, "log every request (never tokens)")
+    forwarded_allow_ips: str = _opt(
+        "",
+        "addresses or networks (comma-separated, e.g. 10.0.0.10,10.0.1.0/24) of the load "
+        "balancers whose X-Forwarded-For/-Proto are believed; empty: none, every client is "
+        "its socket's address; '*' trusts anyone (never on a reachable port)",
+    )
+    unix_upstream_jwt_only: bool = _opt(
+        False,
+        "the slurmrestd behind a unix: upstream authenticates by JWT only (no "
+        "rest_auth/local): forward requests that carry no token (default: refuse them with "
+        "401, since rest_auth/local would run them as the proxy's own user)",
+    )
     # -- hardening (docs/hardening.md) --------------------------------------
     tls_cert: str = _opt("", "serve HTTPS with this certificate chain (PEM); TLS 1.2 minimum")
     tls_key: str = _opt("", "private key of --tls-cert (PEM), if not in the same file")
@@ -99,6 +112,29 @@ class Settings:
 
 class SettingsError(ValueError):
     pass
+
+
+def trusted_proxies(value: str) -> list[str]:
+    """The entries of ``forwarded_allow_ips``, each checked.
+
+    Why checked here: uvicorn silently keeps an entry that is neither an
+    address nor a network as a literal that never matches, so a typo would
+    quietly turn the balancer's addresses back into one shared client.
+    """
+    entries = [e.strip() for e in value.split(",") if e.strip()]
+    if entries == ["*"]:
+        return entries
+    for entry in entries:
+        try:
+            if "/" in entry:
+                ipaddress.ip_network(entry)
+            else:
+                ipaddress.ip_address(entry)
+        except ValueError:
+            raise SettingsError(
+                f"forwarded_allow_ips: {entry!r} is not an address, a network or '*' alone"
+            ) from None
+    return entries
 
 
 def _coerce(name: str, typ: Any, value: Any) -> Any:
@@ -203,6 +239,7 @@ def validate(s: Settings) -> None:
     ):
         if getattr(s, name) < 0:
             raise SettingsError(f"{name} must be >= 0")
+    trusted_proxies(s.forwarded_allow_ips)
     if s.tls_key and not s.tls_cert:
         raise SettingsError("tls_key needs tls_cert")
     if s.workers > 1 and not s.redis_url:

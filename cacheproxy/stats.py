@@ -158,6 +158,11 @@ class Stats:
     """Requests failed fast while the upstream circuit breaker was open."""
     auth_blocked: int = 0
     """Requests answered 429 after repeated authentication failures."""
+    auth_trials: int = 0
+    """Never-accepted credentials let through a blocked user name for one
+    upstream check (guard.py: bounded per name, address and credential)."""
+    auth_proven: int = 0
+    """Requests let through a block because their tokens verified locally."""
     rate_limited: int = 0
     """Requests answered 429 by the per-user rate limit."""
     jwt_rejected: int = 0
@@ -269,6 +274,8 @@ class Stats:
             "upstream_busy": self.upstream_busy,
             "breaker_rejected": self.breaker_rejected,
             "auth_blocked": self.auth_blocked,
+            "auth_trials": self.auth_trials,
+            "auth_proven": self.auth_proven,
             "rate_limited": self.rate_limited,
             "jwt_rejected": self.jwt_rejected,
             "internal_errors": self.internal_errors,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from cacheproxy import hardening
 from cacheproxy.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from cacheproxy.usertag import user_name, user_tag
@@ -192,3 +193,32 @@ async def test_admin_requests_never_reach_upstream(
     await client.post(PURGE, json={"all": True}, headers=admin())
     await client.get(STATS, headers=admin())
     assert len(transport.sent) == sent_before  # type: ignore[attr-defined]
+
+
+async def test_admin_token_guessing_is_blocked_after_the_limit(make_app: AppFactory) -> None:
+    """Issue 14, defect 5: wrong admin tokens count as authentication
+    failures of the client's address (``auth_fail_limit``); past the limit
+    that address gets 429, even with the right token, and never a purge."""
+    settings = Settings(
+        upstream="http://upstream.test:6820", admin_token=ADMIN_TOKEN, auth_fail_limit=5
+    )
+    app: CacheProxyApp = await make_app(settings)
+    served = hardening.wrap(app)
+
+    def client(addr: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=served, client=(addr, 4321))
+        return httpx.AsyncClient(transport=transport, base_url="http://proxy.test")
+
+    async with client("10.6.0.1") as guesser, client("10.6.0.2") as operator:
+        for i in range(5):
+            r = await guesser.post(PURGE, json={"all": True}, headers=admin(f"guess-{i}"))
+            assert r.status_code == 403
+        r = await guesser.post(PURGE, json={"all": True}, headers=admin("guess-5"))
+        assert r.status_code == 429
+        assert int(r.headers["retry-after"]) > 0
+        r = await guesser.post(PURGE, json={"all": True}, headers=admin())
+        assert r.status_code == 429  # the address is blocked: no token passes
+        assert (await guesser.get("/_cacheproxy/health")).status_code == 200
+        assert (await operator.get(STATS, headers=admin())).status_code == 200
+    assert app.stats.auth_blocked == 2
+    assert not app.stats.recent_invalidations  # no purge went through

@@ -170,6 +170,9 @@ def site(tmp_path: Path) -> Iterator[Callable[..., Site]]:
                     "--upstream", sim.url, "--port", str(port),
                     "--redis-url", redis.url, "--redis-prefix", "site:v1:",
                     "--log-level", "warning", "--no-access-log",
+                    # the balancer (haproxy or nginx, on loopback) forwards
+                    # the client's address, as config/*.env.example says
+                    "--forwarded-allow-ips", "127.0.0.1",
                     *(["--redis-timeout", str(redis_timeout)] if redis_timeout else []),
                 ],
                 logs / f"replica{i}.log",

@@ -56,6 +56,71 @@ async def test_shipped_nginx_config_balances_real_replicas(
     assert s.upstream_route("GET /slurm/{v}/partitions") == 1
 
 
+PARTITIONS = f"/slurm/{V}/partitions"
+OWN_PATHS = (
+    "/_cacheproxy/metrics",
+    "/_cacheproxy/stats",
+    "/_cacheproxy/admin/stats",
+    "/%5Fcacheproxy/admin/stats",
+    "/%5fcacheproxy/metrics",
+    "/_cacheproxy/",
+    "/_cacheproxy",
+)
+
+
+async def _check_balancer(lb_url: str, limit: int) -> None:
+    """Issue 14, defect 3: through the balancer, one client's failed logins
+    block that client, not everyone behind the balancer, and an
+    X-Forwarded-For the client writes itself does not get it out; the
+    proxy's own endpoints answer operators (loopback here) only.  The
+    outsider is 127.0.0.2, the rest 127.0.0.1."""
+    outsider = httpx.AsyncClient(
+        base_url=lb_url,
+        timeout=30,
+        transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2"),
+    )
+    async with outsider, httpx.AsyncClient(base_url=lb_url, timeout=30) as local:
+        for i in range(limit):
+            guess = {"X-SLURM-USER-NAME": f"user{i}", "X-SLURM-USER-TOKEN": f"wrong-{i}"}
+            r = await outsider.get(PARTITIONS, headers=guess)
+            assert r.status_code in (401, 500, 511), r.status_code
+        assert (await outsider.get(PARTITIONS, headers=ROOT)).status_code == 429
+        r = await local.get(PARTITIONS, headers=ROOT)
+        assert r.status_code == 200  # everyone else behind the balancer still gets in
+        spoofed = {
+            "X-SLURM-USER-NAME": "user0",
+            "X-SLURM-USER-TOKEN": "one-more-guess",
+            "X-Forwarded-For": "10.8.8.8",
+        }
+        r = await outsider.get(PARTITIONS, headers=spoofed)
+        assert r.status_code == 429  # an address the outsider writes itself: not believed
+        for path in OWN_PATHS:
+            r = await outsider.get(path)
+            assert r.status_code == 403, (path, r.status_code)
+        assert (await local.get("/_cacheproxy/health")).status_code == 200
+        assert (await local.get("/_cacheproxy/stats")).status_code == 200
+
+
+async def test_shipped_haproxy_config_forwards_clients_and_guards_own_endpoints(
+    site: Callable[..., Site],
+) -> None:
+    """Behind the shipped haproxy.cfg (before: no ``option forwardfor``, so
+    every client was the balancer and 30 failures locked out the site)."""
+    s = site(replicas=1)  # one guard: the failures all meet in one process
+    await _check_balancer(s.lb.url, settings.Settings().auth_fail_limit)
+
+
+async def test_shipped_nginx_config_forwards_clients_and_guards_own_endpoints(
+    site: Callable[..., Site], tmp_path: Path
+) -> None:
+    s = site(replicas=1)
+    nginx = Nginx(tmp_path / "nginx", [p.port for p in s.replicas]).start()
+    try:
+        await _check_balancer(nginx.url, settings.Settings().auth_fail_limit)
+    finally:
+        nginx.stop()
+
+
 def test_docker_healthcheck_command_probes_a_replica(site: Callable[..., Site]) -> None:
     text = (REPO / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim", text, re.M)

@@ -1,0 +1,68 @@
+"""Refusal of requests without a token to a unix-socket slurmrestd.
+
+Why: slurmrestd tries its authentication plugins in turn.  ``rest_auth/jwt``
+steps aside only for a request with none of ``X-SLURM-USER-TOKEN``,
+``Authorization`` and ``X-SLURM-USER-NAME``; ``rest_auth/local`` then
+authenticates the *connection*: over a unix socket it runs the request as
+the peer's user, and the peer is the proxy.  So a client that sends no
+credential at all would act as the proxy's own user (or, for a proxy running
+as root, as any user it names).  Behind a unix-socket upstream the proxy
+therefore answers such a request itself, exactly as slurmrestd refuses a
+missing credential (``401 text/plain`` "Authentication failure", as 22.05
+does), unless ``unix_upstream_jwt_only`` says that slurmrestd runs
+``rest_auth/jwt`` only there.
+
+A request carrying either token header (``X-SLURM-USER-TOKEN`` or
+``Authorization``, whatever its value) is slurmrestd's JWT plugin's to judge
+and passes; one with only a user name would be refused by that plugin anyway.
+Over TCP ``rest_auth/local`` never applies, so nothing is refused there.  The
+proxy's own endpoints are never forwarded and are not concerned.
+
+The refusal is one step of the pipeline (``hardening.wrap``), on both paths:
+its ``fast_response`` declines such a request, which then takes the ASGI path
+and is refused there (and counted by the guard like any 401).
+"""
+
+from __future__ import annotations
+
+from cacheproxy.endpoints import OWN_PREFIX
+from cacheproxy.fastlane import FastResult, responder_of
+from cacheproxy.identity import AUTHORIZATION, USER_TOKEN
+from cacheproxy.respond import ASGIApp, Receive, Scope, Send, send_auth_failure
+from cacheproxy.settings import Settings
+from cacheproxy.upstream.base import Headers
+
+
+def refuses_uncredentialed(s: Settings) -> bool:
+    """Whether requests without a token must be refused before forwarding."""
+    return s.upstream.startswith("unix:") and not s.unix_upstream_jwt_only
+
+
+def carries_token(headers: Headers) -> bool:
+    """Whether slurmrestd's JWT plugin would judge this request's token."""
+    return any(k in (USER_TOKEN, AUTHORIZATION) for k, _ in headers)
+
+
+class RequireToken:
+    """ASGI middleware: 401 for a proxied request that carries no token."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._inner_fast = responder_of(app)
+
+    def _refused(self, scope: Scope) -> bool:
+        return not scope["path"].startswith(OWN_PREFIX) and not carries_token(scope["headers"])
+
+    def fast_response(self, scope: Scope) -> FastResult:
+        """See :mod:`cacheproxy.fastlane`: a request to refuse takes the
+        ASGI path, where it is refused (and the guard sees the 401)."""
+        inner = self._inner_fast
+        if inner is None or self._refused(scope):
+            return None
+        return inner(scope)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self._refused(scope):
+            await send_auth_failure(send, "no-credential")
+            return
+        await self.app(scope, receive, send)
