@@ -82,7 +82,9 @@ async def send_flight(send: Send, flight: Flight, match: Match, outcome: str, st
         if flight.from_peer:
             outcome = "hit; detail=peer"
         elif flight.revalidated:
-            outcome = outcome.replace("fwd=miss", "fwd=stale", 1) + "; fwd-status=304; stored"
+            outcome = outcome.replace("fwd=miss", "fwd=stale", 1) + "; fwd-status=304"
+            if flight.stored:
+                outcome += "; stored"
         elif flight.stored:
             outcome += "; stored"
         body = flight.body()

@@ -33,6 +33,12 @@ class Flight:
         self.error: BaseException | None = None
         self.done = False
         self.stored = False
+        """The store took the answer (it may refuse: a write came between,
+        too large, or it is down): what ``Cache-Status: stored`` says."""
+        self.refused = False
+        """slurmrestd refused the leader's credential: judged by the fetch,
+        before the flight ends, from the leader's whole answer (status and
+        body) with :func:`cacheproxy.policy.credential_refused`."""
         self.shareable = True
         """False once the body is too large to keep for late joiners."""
         self.consumers = 0
@@ -70,6 +76,11 @@ class Flight:
         self.error = error
         self.shareable = False
         self.finish()
+
+    @property
+    def released_any(self) -> bool:
+        """Some body chunks are no longer held (see :meth:`stop_sharing`)."""
+        return self._dropped > 0
 
     def body(self) -> bytes:
         """The whole body, once done (only meaningful while shareable)."""
@@ -130,6 +141,20 @@ class Flight:
         finally:
             del self._positions[token]
             self.consumers -= 1
+
+
+async def flight_refused(flight: Flight) -> bool:
+    """For a request joined to ``flight`` with another credential than the
+    leader's: must it ask slurmrestd itself instead?
+
+    Yes when slurmrestd refused the leader's credential (a refusal may be
+    told only in the body: 22.05's 500 "Unspecified error", slurmdbd's 200
+    with error 1007), so the whole answer is awaited; and yes when the answer
+    can no longer be replayed whole (chunks of a body too large to share
+    were released while this request waited).
+    """
+    await flight.wait_done()
+    return flight.refused or flight.released_any
 
 
 class Coalescer:

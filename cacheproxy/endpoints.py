@@ -4,7 +4,7 @@ never uses).  A small FastAPI app: these are not hot paths.
 ==============================  =============================================
 ``GET /_cacheproxy/``           status page (HTML; reads ``stats``)
 ``GET /_cacheproxy/health``     liveness: the process serves requests
-``GET /_cacheproxy/ready``      readiness: upstream (and shared store) answer
+``GET /_cacheproxy/ready``      readiness: upstream answers (store reported)
 ``GET /_cacheproxy/stats``      counters as JSON (public; tags folded)
 ``GET /_cacheproxy/metrics``    Prometheus exposition
 ``/_cacheproxy/admin/...``      purge and detailed stats (``admin_token``)
@@ -87,7 +87,8 @@ def own_endpoints(root: CacheProxyApp) -> FastAPI:
 
     @app.get(f"{OWN_PREFIX}/ready")
     async def ready() -> JSONResponse:
-        """Readiness: 200 when slurmrestd answers (and the shared store), else 503."""
+        """Readiness: 200 when slurmrestd answers, else 503; the shared
+        store's state is in the body (without it the replica passes through)."""
         verdict = await readiness.check()
         return JSONResponse(verdict.to_json(), status_code=200 if verdict.ready else 503)
 

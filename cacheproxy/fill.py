@@ -150,6 +150,7 @@ class Filler:
         # A small full list: complete the flight with it.
         flight.set_head(status, resp_headers)
         flight.push(body)
+        flight.refused = policy.credential_refused(status, body)
         await self._complete(flight, status, resp_headers, body, match, key, sent_at)
         return True
 
@@ -216,6 +217,7 @@ class Filler:
                 if flight.shareable and size > limit:
                     flight.stop_sharing()
         body = flight.body() if flight.shareable else b""
+        flight.refused = policy.credential_refused(status, body if flight.shareable else head)
         if identity is not None:
             await self.credentials.judge(
                 identity, match, status, body if flight.shareable else None, head, resp_headers
@@ -276,9 +278,9 @@ class Filler:
         task.add_done_callback(self._background.discard)
 
     async def _put(self, flight: Flight, key: bytes, entry: Entry) -> None:
+        """Store ``entry``; ``flight.stored`` says whether the store took it."""
         try:
-            await self.store.put(key, entry)
-            flight.stored = True
+            flight.stored = await self.store.put(key, entry)
         except StoreError:
             self.stats.store_errors += 1
 

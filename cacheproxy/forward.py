@@ -1,6 +1,15 @@
 """Pass-through: every request the cache does not answer goes to slurmrestd
-as is (hop-by-hop headers aside), and a write bumps the tags it invalidates,
-before and after it is forwarded.
+as is (hop-by-hop headers aside), and a write bumps the tags it invalidates.
+
+When a write invalidates (defect 2 of issue 14): after slurmrestd's answer,
+before it reaches the client (read-your-writes), unless the answer says
+slurmrestd did nothing (:func:`cacheproxy.policy.write_refused`: a refused
+credential, a request rejected before any handler ran).  Also before it is
+forwarded, to narrow the window in which a reader refills the cache with
+pre-write data, but only for a write some rule knows, from a credential
+slurmrestd has already accepted: an unknown or unauthenticated client can
+then empty nobody's cache, not even for a moment.  The credential is the one
+slurmrestd will see, read from the very headers forwarded.
 
 A GET the cache does not serve may also be forwarded from the fast lane
 (:meth:`Forwarder.forward_fast`, see :mod:`cacheproxy.fastlane`): the server
@@ -14,11 +23,12 @@ exactly as it relays what it forwards itself.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from cacheproxy import errors, headers, policy
 from cacheproxy.answer import AbortResponse, relay, send_proxy_error, send_upstream_error
 from cacheproxy.fastlane import FORWARDING, HANDOVER, HitResponse
+from cacheproxy.identity import IdentityResolver
 from cacheproxy.plan import Route
 from cacheproxy.request import BadRequest, ProxyRequest, client_host, from_scope, raw_target
 from cacheproxy.respond import Receive, Scope, Send
@@ -56,6 +66,8 @@ class Forwarder:
         store: Store,
         transport: Transport,
         stats: Stats,
+        resolver: IdentityResolver,
+        clock: Callable[[], float],
         upstream_host: bytes,
         max_body_bytes: int,
     ) -> None:
@@ -63,6 +75,8 @@ class Forwarder:
         self.store = store
         self.transport = transport
         self.stats = stats
+        self.resolver = resolver
+        self.clock = clock
         self.upstream_host = upstream_host
         self.max_body_bytes = max_body_bytes
         self.local_writes = 0
@@ -182,12 +196,8 @@ class Forwarder:
         send: Send,
         outcome: str,
     ) -> None:
-        """Forward as is; for writes, invalidate before and after upstream."""
+        """Forward as is; a write invalidates as the module docstring says."""
         tags = match.invalidates
-        if tags:
-            # Before: narrows the window in which a reader refills the cache
-            # with pre-write data.  After (below): closes it.
-            await self._bump(tags)
         try:
             body, length = await self._request_body(req, receive)
         except _BodyTooLarge:
@@ -196,10 +206,13 @@ class Forwarder:
             return
         except _ClientGone:
             return  # nobody to answer, and a partial body must never go upstream
+        up_headers = upstream_headers(req, self.upstream_host, length)
+        if tags and match.rule is not None and await self._writer_accepted(up_headers):
+            await self._bump(tags)
         up = UpstreamRequest(
             method=req.method,
             target=req.raw_target,
-            headers=upstream_headers(req, self.upstream_host, length),
+            headers=up_headers,
             body=body,
             retry_on_stale_connection=req.method in ("GET", "HEAD", "OPTIONS"),
         )
@@ -209,12 +222,26 @@ class Forwarder:
             resp = await self.transport.send(up)
         except UpstreamError as exc:
             if tags and exc.sent:
-                await self._bump(tags)
+                await self._bump(tags)  # it may have been done: nothing says otherwise
             self.stats.requests[(match.name, "error")] += 1
             await send_upstream_error(send, exc, outcome, self.stats)
             return
         self.stats.observe_upstream(match.name, time.monotonic() - started)
         await self._answer(resp, match, send, outcome, tags)
+
+    async def _writer_accepted(self, up_headers: Headers) -> bool:
+        """Has slurmrestd accepted the credential these forwarded headers
+        carry (the store's record, as every replica sees it)?  A store that
+        cannot answer counts as no: the bump after the answer still comes."""
+        identity = self.resolver.resolve(up_headers)
+        if identity is None:
+            return False
+        try:
+            found = await self.store.lookup(_NO_ENTRY, (), identity.credential)
+        except StoreError:
+            self.stats.store_errors += 1
+            return False
+        return found.accepted_until > self.clock()
 
     async def _answer(
         self,
@@ -225,14 +252,24 @@ class Forwarder:
         tags: Sequence[str],
     ) -> None:
         """Relay upstream's answer (or error) to the client, then release it;
-        a write's tags are bumped again first."""
+        a write's tags are bumped first, unless slurmrestd refused it."""
         if isinstance(resp, UpstreamError):
             self.stats.requests[(match.name, "error")] += 1
             await send_upstream_error(send, resp, outcome, self.stats)
             return
         try:
+            body = None
             if tags:
-                await self._bump(tags)
+                try:
+                    body = await _small_body(resp)
+                except UpstreamError as exc:
+                    await self._bump(tags)  # an answer came: it may be done
+                    self.stats.requests[(match.name, "error")] += 1
+                    await send_upstream_error(send, exc, outcome, self.stats)
+                    return
+                if not policy.write_refused(resp.status, resp.headers, body):
+                    await self._bump(tags)
+            chunks = resp.aiter_body() if body is None else _once(body)
             resp_headers = headers.response_headers(resp.headers)
             resp_headers.append(headers.cache_status(outcome))
             await send(
@@ -240,7 +277,7 @@ class Forwarder:
             )
             self.stats.requests[(match.name, outcome.split(";", 1)[0])] += 1
             try:
-                await relay(send, resp.aiter_body())
+                await relay(send, chunks)
             except UpstreamError as exc:
                 self.stats.upstream_errors += 1
                 raise AbortResponse(str(exc)) from exc
@@ -349,6 +386,29 @@ class _Forwarded:
         answer = self.take()
         if answer is not None and not isinstance(answer, UpstreamError):
             await answer.aclose()
+
+
+_NO_ENTRY = b""
+"""The key of no entry: a lookup of it asks only for a credential's acceptance."""
+
+
+async def _small_body(resp: UpstreamResponse) -> bytes | None:
+    """A write's answer whole, when :func:`policy.write_refused` may need it
+    and it is small enough to be a refusal (or arrived whole with its head);
+    else None: the body is left to stream, and judged as no refusal."""
+    if not policy.refusal_needs_body(resp.status):
+        return None
+    body = resp.body_if_complete()
+    if body is not None:
+        return body  # in memory already (and taken: it must be relayed from here)
+    length = policy.header_value(resp.headers, b"content-length")
+    if length is None or not length.isdigit() or int(length) > policy.REFUSAL_BODY_MAX:
+        return None
+    return b"".join([chunk async for chunk in resp.aiter_body()])
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
 
 
 class _BodyTooLarge(Exception):

@@ -110,6 +110,39 @@ def credential_refused(status: int, body: bytes) -> bool:
     return 200 <= status < 300 and _AUTH_IN_ERRORS.search(body) is not None
 
 
+REFUSAL_BODY_MAX = 64 * 1024
+"""A refusal's body is small (an ``errors`` list); a larger 2xx or 500 is
+judged as not refused, which for a write means: invalidate."""
+
+
+def refusal_needs_body(status: int) -> bool:
+    """Whether :func:`credential_refused` reads the body for ``status``."""
+    return status == 500 or 200 <= status < 300
+
+
+def write_refused(status: int, headers: Headers, body: bytes | None) -> bool:
+    """Did slurmrestd refuse a write before doing anything?  Then it
+    invalidates nothing.
+
+    Only two kinds of answer say so: a refused credential
+    (:func:`credential_refused`: 401, 403, 511, 22.05's 500 "Unspecified
+    error", slurmdbd's 200 with error 1007), and a 4xx in ``text/plain``,
+    which slurmrestd sends only when it rejects the request before any
+    handler runs (unknown path 404, method 405, unknown ``Accept`` 415,
+    unparsable path, query or body 400, 401; ``_operations_router_reject``
+    in src/slurmrestd/operations.c).  Every other answer, errors included,
+    may follow a change (a handler can fail half-way through a batch), so
+    it invalidates.  ``body`` is None when it was not read (too large, or
+    not needed for ``status``): then only the status and headers decide.
+    """
+    if status in AUTH_REFUSED:
+        return True
+    if 400 <= status < 500:
+        ct = header_value(headers, b"content-type") or b""
+        return ct.split(b";", 1)[0].strip().lower() == b"text/plain"
+    return body is not None and credential_refused(status, body)
+
+
 def credential_accepted(status: int, body: bytes | None, content_type: bytes | None) -> bool:
     """Did slurmrestd accept the credential?  Only a 2xx whose whole body was
     seen and reports no failure: slurmdbd says "authentication error" in a 200,

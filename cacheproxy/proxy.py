@@ -30,7 +30,7 @@ from typing import Any
 
 from cacheproxy import policy
 from cacheproxy.answer import hit_response, send_entry, send_flight, send_upstream_error
-from cacheproxy.coalesce import Coalescer
+from cacheproxy.coalesce import Coalescer, flight_refused
 from cacheproxy.credentials import Credentials
 from cacheproxy.fastlane import FastResult, HitResponse
 from cacheproxy.fill import Filler
@@ -122,6 +122,8 @@ class Proxy:
             store=store,
             transport=transport,
             stats=self.stats,
+            resolver=resolver,
+            clock=clock,
             upstream_host=self.config.upstream_host,
             max_body_bytes=self.config.max_body_bytes,
         )
@@ -144,7 +146,7 @@ class Proxy:
 
     @clock.setter
     def clock(self, clock: Callable[[], float]) -> None:
-        self._clock = self.credentials.clock = self.fill.clock = clock
+        self._clock = self.credentials.clock = self.fill.clock = self.forwarder.clock = clock
 
     @property
     def rules(self) -> RuleSet:
@@ -330,9 +332,7 @@ class Proxy:
             self.stats.requests[(match.name, "error")] += 1
             await send_upstream_error(send, exc, outcome, self.stats)
             return
-        if flight.credential != identity.credential and policy.credential_refused(
-            flight.status, b""
-        ):
+        if flight.credential != identity.credential and await flight_refused(flight):
             # The leader's credential was refused; ours may not be.
             req = from_scope(scope, (plan.route.segments, plan.route.query))
             await self._forward(req, match, None, send, "fwd=miss")

@@ -2,9 +2,13 @@
 
 Ready means slurmrestd answers (any HTTP answer proves it alive: a ping
 without credentials gets 401 from a real slurmrestd, and answering that costs
-slurmctld nothing) and, with a shared tier, the store answers too.  A load
-balancer asks often, so the verdict is cached for ``interval`` seconds and
-concurrent probes share one check: readiness never becomes upstream load.
+slurmctld nothing).  The shared tier (Redis) is reported, never required: a
+replica whose Redis is down still answers every request, straight from
+slurmrestd (pass-through; see docs/redis-tier.md), so taking it out of the
+balancer would only move its clients to replicas in the same state, or drop
+them when every replica shares that Redis.  A load balancer asks often, so the
+verdict is cached for ``interval`` seconds and concurrent probes share one
+check: readiness never becomes upstream load.
 
 Liveness (``/_cacheproxy/health``) stays separate and cheap: a replica whose
 upstream is down is not ready, but restarting it would not help.
@@ -38,7 +42,10 @@ class Verdict:
     upstream: str
     """``ok (HTTP 401)`` or why not."""
     store: str
-    """``ok``, ``local`` (no shared tier) or why not."""
+    """``ok``, ``local`` (no shared tier) or why it does not answer."""
+    store_ok: bool
+    """The shared tier answers (or there is none): the cache is in use;
+    otherwise requests pass through to slurmrestd."""
     checked_at: float
     """Monotonic seconds of the check (for caching)."""
 
@@ -47,6 +54,7 @@ class Verdict:
             "status": "ready" if self.ready else "not ready",
             "upstream": self.upstream,
             "store": self.store,
+            "cache": "on" if self.store_ok else "pass-through",
         }
 
 
@@ -87,10 +95,10 @@ class Readiness:
         proxy = self._root.proxy
         now = self.monotonic()
         if proxy is None:
-            return Verdict(False, "not started", "not started", now)
+            return Verdict(False, "not started", "not started", False, now)
         upstream_ok, upstream = await self._upstream(proxy)
         store_ok, store = await self._store(proxy.store)
-        return Verdict(upstream_ok and store_ok, upstream, store, self.monotonic())
+        return Verdict(upstream_ok, upstream, store, store_ok, self.monotonic())
 
     async def _upstream(self, proxy: Any) -> tuple[bool, str]:
         transport = introspect.innermost(proxy.transport)

@@ -19,15 +19,35 @@ Rules live in a TOML file, an ordered first-match list::
 ``{v}`` matches a data-parser version segment (``v0.0.38`` … ``v0.0.45``), so
 one rule serves every version and tags never name a version: a write under
 v0.0.38 invalidates what was cached under v0.0.44.  Any other ``{name}``
-matches one segment.  In tags, ``{name:base}`` is a job id stripped of its
-array or het suffix (``123_4`` and ``123+1`` -> ``123``).
+matches one segment.
+
+A tag is never made of what the client wrote: a path value enters a tag only
+through a filter that parses it as slurmrestd does, and ``{name:base}`` (the
+only one) is the job id slurmrestd acts on, as a plain number (``0124`` ->
+``124``; ``123_4``, ``123_[1-3]``, ``123+1`` and ``123.batch`` -> ``123``;
+see :func:`base_job_id`).  So no request can make the store keep a tag named
+by the attacker, and ``job/0124`` and ``job/124`` invalidate alike.  A value
+that names no job (``job/junk``) renders no tag: a cached rule then does not
+cache that request (slurmrestd answers it with an error anyway), and a write
+bumps only its other, fixed tags.  A ``{name}`` without a filter in a tag is
+refused when the rules are loaded.
+
+Per-job entries and array tasks or het components: ``GET job/124`` may show
+task ``123_1`` or component ``123+1`` (whose own id is 124), and nothing in
+the path ``job/123`` says so, so a per-id tag alone cannot invalidate it.
+Every per-job entry therefore also carries a tag shared by all per-job
+entries of its family (``jobs.each``, ``db.jobs.each``), and every job
+write bumps those too: a cancel or update makes every cached per-job answer
+miss once, in every version, whatever id it was asked under.
 
 Every entry also carries two implicit tags: ``@<family>`` (``@slurm``,
 ``@slurmdb``, ...) and ``@all``, so "everything under /slurm" is one bump.
 
 Requests that match no rule: a GET or HEAD passes through uncached (new
 versions add GETs with side effects); any other method passes through and
-invalidates everything (``@all``) — when in doubt, invalidate more.
+invalidates everything (``@all``) — when in doubt, invalidate more — once
+slurmrestd has answered it without refusing it (an unknown path is refused:
+see :mod:`cacheproxy.forward` for when writes invalidate).
 """
 
 from __future__ import annotations
@@ -65,11 +85,34 @@ class RuleError(ValueError):
     """A rules file is invalid; the message names the line and the reason."""
 
 
-def base_job_id(value: str) -> str:
-    """``123_4`` / ``123+1`` / ``123`` -> ``123`` (array task or het component)."""
-    for sep in ("_", "+"):
-        value = value.split(sep, 1)[0]
-    return value
+_JOB_ID = re.compile(
+    r"[ \t\n\v\f\r]*\+?([0-9]+)"  # strtol(): blanks, a sign, digits
+    r"(?:_\[[0-9,%:\-]+\]|_[0-9]+|\+[0-9]+)?"  # array task(s) or het component
+    r"(?:\.[A-Za-z0-9_]+(?:\+[0-9]+)?)?"  # a step (number or name), its component
+    r"\Z",
+    re.ASCII,
+)
+_MAX_JOB_ID = 0xFFFFFFFC
+"""Above this slurmrestd refuses the id (``MAX_FED_JOB_ID``)."""
+
+
+def base_job_id(value: str) -> str | None:
+    """The job slurmrestd acts on for a ``{job_id}`` path value, as a plain
+    number: ``0124`` -> ``124``, ``123_4`` / ``123_[1-3]`` / ``123+1`` /
+    ``123.batch`` -> ``123``; None when it names no job.
+
+    slurmrestd reads the id with ``strtol`` (``unfmt_job_id_string`` in 23.11+,
+    ``slurm_xlate_job_id`` and slurmctld's own parse in 22.05): leading zeros,
+    blanks and a ``+`` sign are accepted, 0 and negative ids are not.  A form
+    this refuses but some release accepts costs only precision, never
+    read-your-writes: every job write also bumps the tags all per-job entries
+    share (see the module docstring).
+    """
+    m = _JOB_ID.match(value)
+    if m is None:
+        return None
+    job = int(m.group(1))
+    return str(job) if 0 < job <= _MAX_JOB_ID else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +134,17 @@ class _TagTemplate:
     parts: tuple[tuple[str, str | None, str | None], ...]
     """(literal prefix, variable, filter) triples."""
 
-    def render(self, params: Mapping[str, str]) -> str:
+    def render(self, params: Mapping[str, str]) -> str | None:
+        """The tag for these path values; None when a value does not parse
+        (then it names no object, and there is no tag to make)."""
         out = []
-        for literal, var, filt in self.parts:
+        for literal, var, _filt in self.parts:
             out.append(literal)
             if var is not None:
-                value = params[var]
-                out.append(base_job_id(value) if filt == "base" else value)
+                value = base_job_id(params[var])  # the only filter (see _FILTERS)
+                if value is None:
+                    return None
+                out.append(value)
         return "".join(out)
 
 
@@ -184,7 +231,12 @@ def _compile_tag(text: str, variables: set[str], where: str) -> _TagTemplate:
         var, filt = m.group(1), m.group(2)
         if var not in variables:
             raise RuleError(f"{where}: tag {text!r} uses {{{var}}}, which the path does not bind")
-        if filt is not None and filt not in _FILTERS:
+        if filt is None:
+            raise RuleError(
+                f"{where}: tag {text!r} would be named by the client's own {{{var}}}: "
+                f"only a parsed value may name a tag (e.g. {{{var}:base}} for a job id)"
+            )
+        if filt not in _FILTERS:
             raise RuleError(f"{where}: unknown tag filter {filt!r} in {text!r}")
         parts.append((text[pos : m.start()], var, filt))
         pos = m.end()
@@ -327,13 +379,19 @@ class RuleSet:
                     for s, seg in zip(rule.segments, segments, strict=True)
                     if s.var is not None
                 }
+                tags = [t.render(params) for t in rule.tags]
+                invalidates = tuple(
+                    tag for tag in (t.render(params) for t in rule.invalidates) if tag is not None
+                )
+                if None in tags:  # names no object: not cached (slurmrestd refuses it)
+                    return Match(rule, family, False, 0.0, implicit, invalidates, params)
                 return Match(
                     rule=rule,
                     family=family,
                     cache=rule.cache,
                     ttl=rule.ttl,
-                    tags=tuple(t.render(params) for t in rule.tags) + implicit,
-                    invalidates=tuple(t.render(params) for t in rule.invalidates),
+                    tags=tuple(t for t in tags if t is not None) + implicit,
+                    invalidates=invalidates,
                     params=params,
                 )
         if method in _SAFE_METHODS:

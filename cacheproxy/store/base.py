@@ -103,9 +103,10 @@ class Store(Protocol):
         """Current generations of ``tags``, in order (opaque: equal until a bump)."""
         ...
 
-    async def put(self, key: bytes, entry: Entry) -> None:
+    async def put(self, key: bytes, entry: Entry) -> bool:
         """Store ``entry`` unless a tag was bumped since its generations were
-        captured (a store may also refuse it for size)."""
+        captured (a store may also refuse it for size).  True when stored:
+        ``Cache-Status`` says ``stored`` only then."""
         ...
 
     async def remove(self, key: bytes) -> None: ...

@@ -80,12 +80,12 @@ class MemoryStore:
     async def generations(self, tags: Sequence[str]) -> Generations:
         return self._generations(tags)
 
-    async def put(self, key: bytes, entry: Entry) -> None:
+    async def put(self, key: bytes, entry: Entry) -> bool:
         if entry.generations != self._generations(entry.tags):
-            return  # invalidated while it was being fetched
+            return False  # invalidated while it was being fetched
         size = entry.size
         if size > self.max_bytes:
-            return
+            return False
         old = self._entries.pop(key, None)
         if old is not None:
             self._bytes -= old.size
@@ -95,6 +95,7 @@ class MemoryStore:
             self.evictions += 1
         self._entries[key] = entry
         self._bytes += size
+        return True
 
     async def remove(self, key: bytes) -> None:
         old = self._entries.pop(key, None)

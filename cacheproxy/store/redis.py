@@ -701,8 +701,8 @@ class RedisStore:
         (reply,) = await self._run_lean(self._generations_command(tags), 1)
         return self._parse_generations(reply)[1]
 
-    async def put(self, key: bytes, entry: Entry) -> None:
-        await self.put_versioned(key, entry)
+    async def put(self, key: bytes, entry: Entry) -> bool:
+        return await self.put_versioned(key, entry) is not None
 
     async def put_versioned(self, key: bytes, entry: Entry) -> bytes | None:
         """:meth:`put`; the stored version, or None when refused."""

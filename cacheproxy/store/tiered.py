@@ -171,11 +171,12 @@ class TieredStore:
         self._remember_gens(started, tags, gens)
         return gens
 
-    async def put(self, key: bytes, entry: Entry) -> None:
+    async def put(self, key: bytes, entry: Entry) -> bool:
         version = await self.shared.put_versioned(key, entry)
         self._note_ok()
         if version is not None and entry.size <= self.local_max_entry_bytes:
             await self._local_put(key, entry, version)
+        return version is not None
 
     async def remove(self, key: bytes) -> None:
         await self.local.remove(key)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,24 @@ class Job:
     job_id: int
     user: str
     state: str = "PENDING"
+    array_job_id: int = 0
+    """The array this job is a task of (its own id is ``job_id``)."""
+    array_task_id: int | None = None
+    het_job_id: int = 0
+    """The het job this is a component of (component ``job_id - het_job_id``)."""
+
+
+_JOB_ID = re.compile(r"\s*\+?([0-9]+)(?:_([0-9]+)|\+([0-9]+))?\Z")
+
+
+def parse_job_id(text: str) -> tuple[int, int | None, int | None] | None:
+    """``(job, array task, het offset)`` as slurmrestd reads a path's job id
+    (``strtol``: ``0124`` is 124; ``123_1`` a task, ``123+1`` a component)."""
+    m = _JOB_ID.match(text)
+    if m is None or int(m.group(1)) == 0:
+        return None
+    task, het = m.group(2), m.group(3)
+    return int(m.group(1)), None if task is None else int(task), None if het is None else int(het)
 
 
 @dataclass
@@ -152,14 +171,20 @@ class FakeSlurmrestd:
         if method == "GET" and rest == ["witherrors"]:
             return ok({"errors": [{"error": "partial"}], "nodes": []})
         if method == "GET" and len(rest) == 2 and rest[0] == "job":
-            job = (
-                self.jobs.get(int(rest[1].split("_")[0]))
-                if rest[1].split("_")[0].isdigit()
-                else None
-            )
-            if job is None or job.job_id not in {j["job_id"] for j in visible()}:
+            # 25.x: "123_1" shows every task of array 123, "123+1" job 124
+            parsed = parse_job_id(rest[1])
+            shown: list[Job] = []
+            if parsed is not None:
+                base, task, het = parsed
+                if task is not None:
+                    shown = [j for j in self.jobs.values() if base in (j.job_id, j.array_job_id)]
+                else:
+                    one = self.jobs.get(base + (het or 0))
+                    shown = [] if one is None else [one]
+            mine = {j["job_id"] for j in visible()}
+            if not shown or any(j.job_id not in mine for j in shown):
                 return 500, b"application/json", self._error(2017, "Invalid job id specified"), True
-            return ok({"jobs": [{"job_id": job.job_id, "job_state": job.state}]})
+            return ok({"jobs": [{"job_id": j.job_id, "job_state": j.state} for j in shown]})
         if method == "POST" and rest == ["job", "submit"]:
             self.bodies.append(body)
             self.next_id += 1
@@ -173,10 +198,21 @@ class FakeSlurmrestd:
                 }
             )
         if method == "DELETE" and len(rest) == 2 and rest[0] == "job":
-            job = self.jobs.get(int(rest[1]))
-            if job is None:
+            # KILL_FULL_JOB: a whole array or het job by its id, one task by N_T
+            parsed = parse_job_id(rest[1])
+            hit: list[Job] = []
+            if parsed is not None:
+                base, task, _ = parsed
+                hit = [
+                    j
+                    for j in self.jobs.values()
+                    if (task is None and base in (j.job_id, j.array_job_id, j.het_job_id))
+                    or (task is not None and j.array_job_id == base and j.array_task_id == task)
+                ]
+            if not hit:
                 return 500, b"application/json", self._error(2017, "Invalid job id specified"), True
-            job.state = "CANCELLED"
+            for job in hit:
+                job.state = "CANCELLED"
             self.last_change = self._now()
             return ok({})
         if method == "POST" and len(rest) == 2 and rest[0] == "echo":

@@ -1,4 +1,5 @@
-"""Readiness follows the upstream (and the shared store); liveness does not."""
+"""Readiness follows the upstream and reports the shared store; liveness
+follows neither."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from cacheproxy.store.memory import MemoryStore
 from cacheproxy.upstream.base import BufferedResponse, UpstreamRequest, UpstreamResponse
 from tests.clock import Clock
 from tests.core.fake_slurmrestd import FakeSlurmrestd
-from tests.ops.conftest import AppFactory
+from tests.ops.conftest import AppFactory, auth
 
 READY = "/_cacheproxy/ready"
 PING = "GET /slurm/v0.0.38/ping"
@@ -31,7 +32,12 @@ async def test_ready_flips_with_the_upstream(
     r = await client.get(READY)
     assert r.status_code == 200
     # no credentials: slurmrestd answers 401, which proves it alive
-    assert r.json() == {"status": "ready", "upstream": "ok (HTTP 401)", "store": "local"}
+    assert r.json() == {
+        "status": "ready",
+        "upstream": "ok (HTTP 401)",
+        "store": "local",
+        "cache": "on",
+    }
     assert upstream.hits[PING] == 1
 
     transport.down = True
@@ -109,8 +115,8 @@ class PingableStore:
     async def generations(self, tags: Sequence[str]) -> Generations:
         return await self.inner.generations(tags)
 
-    async def put(self, key: bytes, entry: Entry) -> None:
-        await self.inner.put(key, entry)
+    async def put(self, key: bytes, entry: Entry) -> bool:
+        return await self.inner.put(key, entry)
 
     async def remove(self, key: bytes) -> None:
         await self.inner.remove(key)
@@ -137,24 +143,39 @@ class PingableStore:
         await self.inner.aclose()
 
 
-async def test_shared_store_must_answer_too(
-    make_app: AppFactory, settings: Settings, clock: Clock, mono: Clock
+async def test_redis_down_is_reported_but_the_replica_stays_ready(
+    make_app: AppFactory, settings: Settings, clock: Clock, mono: Clock, transport: Any
 ) -> None:
+    """Issue 14: a replica whose Redis is down still answers every request
+    (pass-through), so it stays in the balancer; the body says why the
+    cache is off.  Before: 503, which took every replica sharing that Redis
+    out at once."""
     store = PingableStore(clock)
     app: CacheProxyApp = await make_app(settings, store=store, shared_store=True)
     async with client_for(app) as c:
         r = await c.get(READY)
         assert r.status_code == 200
         assert r.json()["store"] == "ok"
+        assert r.json()["cache"] == "on"
         store.answers = False
         mono.advance(1.0)
         r = await c.get(READY)
-        assert r.status_code == 503
+        assert r.status_code == 200
         assert r.json() == {
-            "status": "not ready",
+            "status": "ready",
             "upstream": "ok (HTTP 401)",
             "store": "no answer to PING",
+            "cache": "pass-through",
         }
+        # and it does answer: straight from slurmrestd
+        ping = await c.get("/slurm/v0.0.38/ping", headers=auth("alice"))
+        assert ping.status_code == 200, ping.text
+        # slurmrestd down is what makes it unready, Redis or not
+        transport.down = True
+        mono.advance(1.0)
+        r = await c.get(READY)
+        assert r.status_code == 503
+        assert r.json()["cache"] == "pass-through"
 
 
 async def test_not_ready_before_start(settings: Settings) -> None:
