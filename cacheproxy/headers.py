@@ -83,15 +83,15 @@ class RequestView:
     """
 
     __slots__ = (
-        "headers",
-        "connection",
-        "name",
-        "token",
-        "auth",
-        "repeated",
         "accept",
         "accept_encoding",
+        "auth",
+        "connection",
         "has_body",
+        "headers",
+        "name",
+        "repeated",
+        "token",
     )
 
     def __init__(self, headers: Headers) -> None:

@@ -118,7 +118,7 @@ def split_path(raw_path: bytes) -> tuple[str, ...]:
     return tuple(segments)
 
 
-_UNRESERVED = frozenset(b"0123456789abcdefABCDEF" b"ghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ~-._")
+_UNRESERVED = frozenset(b"0123456789abcdefABCDEFghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ~-._")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _PATH_OK = re.compile(rb"(?:[0-9A-Za-z~._/-]|%[0-9A-Fa-f]{2})*")
 _PATH_BAD_ESCAPE = re.compile(rb"%(?:00|[Ff][Ff])")

@@ -124,7 +124,12 @@ class FakeSlurmrestd:
                 return status, b"text/plain", text, True
             if self.release == "22.05":
                 return 500, b"application/json", self._error(-1, "Unspecified error"), True
-            return 511, b"application/json", self._error(1007, "Protocol authentication error"), True
+            return (
+                511,
+                b"application/json",
+                self._error(1007, "Protocol authentication error"),
+                True,
+            )
         raw_query = scope.get("query_string", b"")
         if method == "GET" and body:
             if self.release == "22.05":

@@ -11,9 +11,9 @@ import pytest
 
 from cacheproxy import headers
 from cacheproxy.request import BadRequest, from_scope, split_path
-from tests.core.fake_slurmrestd import FakeSlurmrestd
 from tests.core.asgi_transport import ASGITransport
 from tests.core.conftest import auth
+from tests.core.fake_slurmrestd import FakeSlurmrestd
 
 
 def up(hdrs: list[tuple[bytes, bytes]], length: int | None = None) -> list[tuple[bytes, bytes]]:

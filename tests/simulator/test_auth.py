@@ -13,11 +13,7 @@ from tests.simulator.conftest import ROOT, auth, started
 
 @pytest.mark.parametrize(
     ("version", "headers"),
-    [
-        (v, h)
-        for v in ("v0.0.38", "v0.0.43", "v0.0.44")
-        for h in ({}, {"X-SLURM-USER-NAME": "root"})
-    ]
+    [(v, h) for v in ("v0.0.38", "v0.0.43", "v0.0.44") for h in ({}, {"X-SLURM-USER-NAME": "root"})]
     + [
         ("v0.0.38", {"X-SLURM-USER-TOKEN": "sim-token-root"}),
         # later releases: both token headers together are ambiguous, and the
