@@ -3,7 +3,10 @@ sees it: an accepted credential is recorded in the store (so later requests
 are served from the cache), a refused one revoked.
 
 Only answers that asked slurmctld or slurmdbd count; this process remembers
-the acceptances it recorded, to skip recording again until half spent.
+the acceptances it recorded, to skip recording again until half spent (a
+memo bounded in bytes, :mod:`cacheproxy.memo`).  The credential judged is
+the one forwarded (:class:`cacheproxy.headers.RequestView`), so an
+acceptance is recorded only for what slurmrestd saw.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from collections.abc import Callable
 
 from cacheproxy import policy
 from cacheproxy.identity import Identity
+from cacheproxy.memo import ByteMemo
 from cacheproxy.rules import Match
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Store, StoreError
 from cacheproxy.upstream.base import Headers
 
-_MEMO_MAX = 16_384
+RECORDED_MAX_BYTES = 4 * 1024 * 1024
 _AUTHORITATIVE_FAMILIES = frozenset({"slurm", "slurmdb"})
 """Answers under these asked slurmctld or slurmdbd, which checked the token."""
 
@@ -34,13 +38,13 @@ class Credentials:
         self.stats = stats
         self.clock = clock
         self.auth_ttl = auth_ttl
-        self._recorded: dict[bytes, float] = {}
+        self._recorded: ByteMemo[bytes, float] = ByteMemo(RECORDED_MAX_BYTES)
         """credential hash -> acceptance this process recorded, until when."""
 
     def forget(self, credential: bytes) -> None:
         """The store no longer holds ``credential``'s acceptance (revoked
         elsewhere, or a restarted Redis): record the next one again."""
-        self._recorded.pop(credential, None)
+        self._recorded.pop(credential)
 
     async def judge(
         self,
@@ -63,17 +67,15 @@ class Credentials:
             ):
                 now = self.clock()
                 until = policy.accepted_until(identity, now, self.auth_ttl)
-                recorded = self._recorded.get(identity.credential, 0.0)
+                recorded = self._recorded.get(identity.credential) or 0.0
                 if until > now and recorded - now < self.auth_ttl / 2:
                     # (re)recorded only when the record is half spent: saves
                     # a store round trip on most misses
                     await self.store.accept(identity.credential, until)
-                    if len(self._recorded) >= _MEMO_MAX:
-                        self._recorded.clear()
-                    self._recorded[identity.credential] = until
+                    self._recorded.put(identity.credential, until, len(identity.credential) + 32)
                     self.stats.auth_accepted += 1
             elif policy.credential_refused(status, body if body is not None else head):
-                self._recorded.pop(identity.credential, None)
+                self._recorded.pop(identity.credential)
                 self.stats.auth_refused += 1
                 await self.store.revoke(identity.credential)
         except StoreError:

@@ -360,7 +360,7 @@ def _outcome(method: str, match: Match) -> str:
 def upstream_headers(req: ProxyRequest, upstream_host: bytes, length: int | None) -> Headers:
     """The headers ``req`` carries upstream (a body of ``length`` bytes)."""
     return headers.upstream_request_headers(
-        req.headers,
+        req.view,
         upstream_host=upstream_host,
         client=req.client,
         scheme=req.scheme,

@@ -1,10 +1,37 @@
 """Who is asking, as a cache key part, and a keyed hash of their credential.
 
-slurmrestd authenticates ``X-SLURM-USER-NAME`` + ``X-SLURM-USER-TOKEN`` (all
-versions) or ``Authorization: Bearer`` (23.11+).  The proxy cannot verify a
-token itself, so it only ever trusts a credential that slurmrestd has
-accepted; this module just says which user a request claims to be and turns
-the credential into a keyed hash, so no token is ever kept or logged in clear.
+The proxy cannot verify a token itself, so it only ever trusts a credential
+that slurmrestd has accepted; this module says which user slurmrestd acts as
+*if* it accepts the credential, and turns the credential into a keyed hash,
+so no token is ever kept or logged in clear.
+
+Everything is read from the request as forwarded
+(:class:`cacheproxy.headers.RequestView`: ``Connection``-named headers are
+gone), as slurmrestd's ``rest_auth/jwt`` reads it.  Read in SchedMD's source,
+src/slurmrestd/plugins/auth/jwt/jwt.c (22.05.8, 23.11.0, 24.05.0, 25.05.0,
+25.11.0) and src/plugins/auth/jwt/auth_jwt.c (25.11.0):
+
+* 22.05: ``X-SLURM-USER-NAME`` and ``X-SLURM-USER-TOKEN`` are both required
+  (a header that is present counts, even empty); ``Authorization`` is ignored.
+* 23.11 and later: a token comes from ``X-SLURM-USER-TOKEN`` or from an
+  ``Authorization`` value starting with exactly ``Bearer `` (case and the one
+  space matter; the token is the rest, unstripped); both headers together are
+  refused as ambiguous, whatever the ``Authorization`` scheme; the name is
+  optional.
+* slurmctld (auth_jwt.c) acts as the name when one is given, which only a
+  token of root or SlurmUser may make differ from the token's owner; with no
+  name, as the owner: the ``sun`` claim, else ``username``.  An empty name is
+  no user and is refused.
+* Each header is the first of its name (``find_http_header``).
+
+So the credential hash covers the presence and exact value of the three
+headers, as forwarded: two requests share an acceptance record only if
+slurmrestd sees the very same credential.  The user part of the key is the
+name when one is forwarded, else the token owner's claim, else the credential
+itself.  Shapes that no release accepts (no token, an empty token, a
+non-``Bearer`` ``Authorization`` alone, two tokens without a name, a
+repeated credential header) get no identity: they are forwarded uncached and
+slurmrestd answers them.
 
 The keyed hash is BLAKE2b in its keyed (MAC) mode rather than HMAC-SHA256:
 the same guarantee (a PRF under a secret key) at a third of the cost, which
@@ -20,13 +47,16 @@ from dataclasses import dataclass
 import orjson
 
 from cacheproxy import usertag
+from cacheproxy.headers import AUTHORIZATION, USER_NAME, USER_TOKEN, RequestView
+from cacheproxy.memo import ByteMemo
 from cacheproxy.upstream.base import Headers
 
-USER_NAME = b"x-slurm-user-name"
-USER_TOKEN = b"x-slurm-user-token"
-AUTHORIZATION = b"authorization"
+__all__ = ["AUTHORIZATION", "USER_NAME", "USER_TOKEN", "Identity", "IdentityResolver"]
 
-_KNOWN_MAX = 65_536
+KNOWN_MAX_BYTES = 16 * 1024 * 1024
+"""Bound of the identity memo (credential hash -> identity), in bytes."""
+BEARER = b"Bearer "
+"""slurmrestd's ``HTTP_HEADER_AUTH_BEARER``, compared case-sensitively."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -34,10 +64,12 @@ class Identity:
     kind: str
     """``token`` (X-SLURM-USER-TOKEN) or ``bearer`` (Authorization)."""
     user: str
-    """The user the cache keys on: the user-name header, else the JWT's
-    ``sun`` claim, else a hash of the token (one entry set per token)."""
+    """The user the cache keys on, the one slurmrestd acts as once it
+    accepted the credential: ``name:`` the user-name header, else ``sun:``
+    the token's owner claim, else ``cred:`` the credential hash."""
     credential: bytes
-    """Keyed hash of everything slurmrestd authenticates: kind, name, token."""
+    """Keyed hash of everything slurmrestd authenticates: the presence and
+    value of the name, token and Authorization headers, as forwarded."""
     expires_at: float | None
     """The JWT's ``exp`` claim, when the token is a JWT that has one."""
 
@@ -59,71 +91,74 @@ def jwt_claims(token: bytes) -> dict[str, object] | None:
     return claims if isinstance(claims, dict) else None
 
 
-class IdentityResolver:
-    """Extracts identities; holds the HMAC key and a memo of token expiries."""
+def _owner(claims: dict[str, object]) -> str | None:
+    """The user a JWT names, as auth_jwt.c picks it: ``sun``, else ``username``."""
+    for claim in ("sun", "username"):
+        value = claims.get(claim)
+        if isinstance(value, str):
+            return value or None
+    return None
 
-    def __init__(self, hmac_key: bytes) -> None:
+
+def _part(value: bytes | None) -> bytes:
+    return b"-" if value is None else b"+%d:%s" % (len(value), value)
+
+
+class IdentityResolver:
+    """Extracts identities; holds the HMAC key and a memo of identities,
+    bounded in bytes (:mod:`cacheproxy.memo`)."""
+
+    def __init__(self, hmac_key: bytes, *, memo_bytes: int = KNOWN_MAX_BYTES) -> None:
         # BLAKE2b takes keys up to 64 bytes: derive a fixed-size one.
         self._key = hashlib.blake2b(hmac_key, person=b"cacheproxy-key").digest()
         self._hasher = hashlib.blake2b(key=self._key, digest_size=32)
         # credential hash -> Identity; keyed by the hash, never by the token.
-        self._known: dict[bytes, Identity] = {}
+        self._known: ByteMemo[bytes, Identity] = ByteMemo(memo_bytes)
 
     def user_tag(self, name: str) -> str:
         """The tag of every entry cached for user ``name``, keyed like
         credentials so replicas agree (:mod:`cacheproxy.usertag`)."""
         return usertag.user_tag(self._key, name)
 
-    def resolve(self, headers: Headers) -> Identity | None:
-        """The request's identity; None when it carries no usable credential
-        (such a request is never answered from the cache)."""
-        name: bytes | None = None
-        token: bytes | None = None
-        auth: bytes | None = None
-        for k, v in headers:
-            if k == USER_NAME:
-                if name is not None:
-                    return None  # repeated: ambiguous, never cache
-                name = v
-            elif k == USER_TOKEN:
-                if token is not None:
-                    return None
-                token = v
-            elif k == AUTHORIZATION:
-                if auth is not None:
-                    return None
-                auth = v
-        return self.resolve_values(name, token, auth)
+    def resolve(self, headers: Headers | RequestView) -> Identity | None:
+        """The request's identity; None when it carries no credential that
+        slurmrestd could accept (such a request is never answered from the
+        cache).  Read from the headers as forwarded (see the module doc)."""
+        view = headers if isinstance(headers, RequestView) else RequestView(headers)
+        if view.repeated:
+            return None  # which one counts is not for the cache to guess
+        return self.resolve_values(view.name, view.token, view.auth)
 
     def resolve_values(
         self, name: bytes | None, token: bytes | None, auth: bytes | None
     ) -> Identity | None:
-        """As :meth:`resolve`, from header values already picked out (the hit
-        path scans the headers once for everything it needs)."""
-        if token:
+        """As :meth:`resolve`, from the forwarded headers' values (None:
+        absent; the hit path scans the headers once for everything)."""
+        if name == b"":
+            return None  # no user has an empty name: refused by every release
+        if token is not None:
+            if not token or (auth is not None and name is None):
+                return None  # an empty token; or two tokens and no name
             kind = b"token"
-        elif auth is not None and auth[:7].lower() == b"bearer " and auth[7:].strip():
+            jwt_token = token
+        elif auth is not None and auth.startswith(BEARER) and len(auth) > len(BEARER):
             kind = b"bearer"
-            token = auth[7:].strip()
+            jwt_token = auth[len(BEARER) :]
         else:
             return None
-        assert token is not None
-        user_part = name if name is not None else b"\x00none"
         hasher = self._hasher.copy()  # the key is absorbed once, not per request
-        hasher.update(
-            b"%d:%s,%d:%s,%d:%s," % (len(kind), kind, len(user_part), user_part, len(token), token)
-        )
+        hasher.update(b"cred-2," + _part(name) + _part(token) + _part(auth))
         credential = hasher.digest()
         known = self._known.get(credential)
         if known is not None:
             return known
-        claims = jwt_claims(token) or {}
+        claims = jwt_claims(jwt_token) or {}
         exp = claims.get("exp")
-        sun = claims.get("sun")
+        owner = _owner(claims)
         if name is not None:
             user = "name:" + name.decode("latin-1")
-        elif isinstance(sun, str):
-            user = "sun:" + sun
+        elif owner is not None:
+            user = "sun:" + owner
         else:
             user = "cred:" + credential.hex()
         identity = Identity(
@@ -134,7 +169,5 @@ class IdentityResolver:
             if isinstance(exp, int | float) and not isinstance(exp, bool)
             else None,
         )
-        if len(self._known) >= _KNOWN_MAX:
-            self._known.clear()
-        self._known[credential] = identity
+        self._known.put(credential, identity, 2 * len(user) + len(credential) + 100)
         return identity

@@ -4,8 +4,14 @@ A key is a digest over length-prefixed parts, so no part can forge a
 separator: ``("ab", "c")`` and ``("a", "bc")`` give different keys whatever
 characters a user name, path segment or query value holds.  The parts are the
 identity (the user, per the promise that an entry goes only to the same user),
-the method, the canonical path segments, the sorted query and ``Accept``
-(slurmrestd answers JSON or YAML by it).
+the method, the canonical path segments, the canonical query
+(:func:`cacheproxy.request.canonical_query`: every value of a key, in order)
+and ``Accept`` as slurmrestd reads it (the last one forwarded; absent and
+empty are told apart), since slurmrestd answers JSON or YAML by it.
+
+All of them come from the one canonical request (:mod:`cacheproxy.request`,
+:class:`cacheproxy.headers.RequestView`): what the key depends on is what
+slurmrestd receives.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-KEY_VERSION = b"cacheproxy-key-1"
+from cacheproxy.request import Query
+
+KEY_VERSION = b"cacheproxy-key-2"
 
 
 def _lp(part: bytes) -> bytes:
@@ -28,8 +36,8 @@ def cache_key(
     user: str,
     method: str,
     segments: tuple[str, ...],
-    query: tuple[tuple[str, str], ...],
-    accept: bytes,
+    query: Query,
+    accept: bytes | None,
 ) -> bytes:
     """The store key of a response (20 bytes)."""
     h = hashlib.blake2b(digest_size=20)
@@ -37,15 +45,6 @@ def cache_key(
     h.update(_lp(user.encode("utf-8", "surrogateescape")))
     h.update(_lp(method.encode("ascii", "replace")))
     h.update(_lp(_encode(s.encode("utf-8", "surrogateescape") for s in segments)))
-    h.update(
-        _lp(
-            _encode(
-                _encode(
-                    (k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
-                )
-                for k, v in query
-            )
-        )
-    )
-    h.update(_lp(accept))
+    h.update(_lp(_encode(_encode((k, _encode(values))) for k, values in query)))
+    h.update(b"\x00" if accept is None else _lp(accept))
     return h.digest()

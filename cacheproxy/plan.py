@@ -2,7 +2,21 @@
 headers and memoised parsing and keys.
 
 Runs once for every GET: on the fast lane, which leaves its plan in the
-scope for the ASGI path, or else on the ASGI path itself.
+scope for the ASGI path, or else on the ASGI path itself; so the lane and the
+ASGI path make one decision, from one canonical request (the target's
+canonical parse, :mod:`cacheproxy.request`, and the headers as forwarded,
+:class:`cacheproxy.headers.RequestView`).  The plan carries that view: a
+miss forwards exactly the headers the key and identity were computed from.
+
+Not served from the cache (a bare :class:`Route`): a target slurmrestd would
+refuse or the proxy cannot canonicalise (path characters, the query), a
+delta (``update_time`` in any spelling), a GET with a body (since 23.11.6
+slurmrestd reads the body *as* the query, src/slurmrestd/operations.c
+``_get_query``; 22.05 answers 400): it is forwarded with its body as
+received, never cached.
+
+The route and key memos are bounded in bytes (:mod:`cacheproxy.memo`):
+their keys are what clients send.
 """
 
 from __future__ import annotations
@@ -11,13 +25,23 @@ import dataclasses
 from dataclasses import dataclass
 
 from cacheproxy import usertag
+from cacheproxy.headers import RequestView
 from cacheproxy.identity import Identity, IdentityResolver
 from cacheproxy.keys import cache_key
-from cacheproxy.request import MAX_URL_BYTES, BadRequest, parse_query, split_path
+from cacheproxy.memo import ByteMemo
+from cacheproxy.request import (
+    MAX_URL_BYTES,
+    BadRequest,
+    Query,
+    canonical_query,
+    path_canonical,
+    split_path,
+)
 from cacheproxy.respond import Scope
 from cacheproxy.rules import Match, RuleSet
 
-_MEMO_MAX = 16_384
+ROUTE_MEMO_BYTES = 32 * 1024 * 1024
+KEY_MEMO_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,10 +49,12 @@ class Route:
     """A parsed, matched GET target (memoised by raw path and query)."""
 
     segments: tuple[str, ...]
-    query: tuple[tuple[str, str], ...]
+    query: Query | None
+    """The canonical query (None: it cannot be canonicalised)."""
     match: Match
     cacheable: bool
-    """The rule caches it and the query is not a delta (``update_time``)."""
+    """The rule caches it, the target is canonical and not a delta
+    (``update_time``)."""
 
 
 @dataclass(slots=True)
@@ -43,27 +69,37 @@ class GetPlan:
     identity: Identity
     key: bytes
     accept_encoding: bytes
-    has_body: bool
-    """The request announced a body (a GET should not: left to the ASGI path)."""
+    view: RequestView
+    """The headers as forwarded: what identity and key were computed from."""
 
 
 class Planner:
     """Plans GETs against ``rules``, with identities from ``resolver``; owns
     the route and key memos."""
 
-    def __init__(self, rules: RuleSet, resolver: IdentityResolver) -> None:
+    def __init__(
+        self,
+        rules: RuleSet,
+        resolver: IdentityResolver,
+        *,
+        route_bytes: int = ROUTE_MEMO_BYTES,
+        key_bytes: int = KEY_MEMO_BYTES,
+    ) -> None:
         self.rules = rules
         self.resolver = resolver
-        self._routes: dict[tuple[bytes, bytes], Route] = {}
-        self._keys: dict[tuple[bytes, bytes, bytes, str], tuple[bytes, Match]] = {}
+        self._routes: ByteMemo[tuple[bytes, bytes], Route] = ByteMemo(route_bytes)
+        self._keys: ByteMemo[tuple[bytes, bytes, bytes | None, str], tuple[bytes, Match]] = (
+            ByteMemo(key_bytes)
+        )
 
     def plan(self, scope: Scope) -> GetPlan | Route | None:
         """Everything a cached GET needs from the request, from one scan of
         its headers and memoised parsing and keys.
 
         None: a target that does not parse.  A bare :class:`Route`: the GET
-        is not served from the cache (the rule does not cache it, or there is
-        no single usable identity; ``route.cacheable`` tells which).
+        is not served from the cache (the rule does not cache it, the target
+        is not canonical, it has a body, or there is no single usable
+        identity; ``route.cacheable`` is False for the first two).
         """
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         raw_query: bytes = scope["query_string"]
@@ -75,42 +111,23 @@ class Planner:
                 return None
         if not route.cacheable:
             return route  # (before the header scan: a GET passed through needs none)
-        name = token = auth = None
-        accept = b""
-        accept_encoding = b""
-        repeated = False
-        has_body = False
-        for k, v in scope["headers"]:
-            if k == b"x-slurm-user-name":
-                repeated |= name is not None
-                name = v
-            elif k == b"x-slurm-user-token":
-                repeated |= token is not None
-                token = v
-            elif k == b"authorization":
-                repeated |= auth is not None
-                auth = v
-            elif k == b"accept":
-                accept = v if not accept else accept + b", " + v
-            elif k == b"accept-encoding":
-                accept_encoding = v
-            elif k == b"content-length":
-                has_body |= v != b"0"
-            elif k == b"transfer-encoding":
-                has_body = True
-        identity = None if repeated else self.resolver.resolve_values(name, token, auth)
+        view = RequestView(scope["headers"])
+        if view.has_body or view.repeated:
+            return route
+        identity = self.resolver.resolve_values(view.name, view.token, view.auth)
         if identity is None:
             return route
+        accept = view.accept
         key_id = (raw_path, raw_query, accept, identity.user)
         memo = self._keys.get(key_id)
         if memo is None:
+            assert route.query is not None  # a cacheable route has a canonical query
             key = cache_key(identity.user, "GET", route.segments, route.query, accept)
             memo = (key, self._with_user_tag(route.match, identity.user))
-            if len(self._keys) >= _MEMO_MAX:
-                self._keys.clear()
-            self._keys[key_id] = memo
+            size = len(raw_path) + len(raw_query) + len(accept or b"") + 2 * len(identity.user)
+            self._keys.put(key_id, memo, size + 200)
         key, match = memo
-        return GetPlan(route, match, identity, key, accept_encoding, has_body)
+        return GetPlan(route, match, identity, key, view.accept_encoding, view)
 
     def _with_user_tag(self, match: Match, user: str) -> Match:
         """``match`` with the user's tag added to the entry's tags, so one bump
@@ -125,11 +142,15 @@ class Planner:
         if len(raw_path) + len(raw_query) + 1 > MAX_URL_BYTES or not raw_path.startswith(b"/"):
             raise BadRequest("bad request target")
         segments = split_path(raw_path)
-        query = parse_query(raw_query)
+        query = canonical_query(raw_query)
         match = self.rules.match("GET", segments)
-        cacheable = match.cache and not any(k == "update_time" for k, _ in query)
+        cacheable = (
+            match.cache
+            and query is not None
+            and path_canonical(raw_path)
+            and not any(k == b"update_time" for k, _ in query)
+        )
         route = Route(segments, query, match, cacheable)
-        if len(self._routes) >= _MEMO_MAX:
-            self._routes.clear()
-        self._routes[(raw_path, raw_query)] = route
+        # (the route holds the target about three times: raw, decoded, parsed)
+        self._routes.put((raw_path, raw_query), route, 3 * (len(raw_path) + len(raw_query)) + 300)
         return route

@@ -197,7 +197,7 @@ class Proxy:
         scope[_PLANNED] = (plan,)  # whatever the lane decides, the ASGI path reuses it
         if isinstance(plan, Route):
             return None if plan.cacheable else self._forward_fast(scope, plan)
-        if plan is None or plan.has_body:
+        if plan is None:
             return None
         lookup_now = self._lookup_now
         if lookup_now is None:
@@ -306,7 +306,7 @@ class Proxy:
         outcome = "fwd=miss; collapsed"
         if flight is None:
             outcome = "fwd=miss"
-            req = from_scope(scope, (plan.route.segments, plan.route.query))
+            req = from_scope(scope, (plan.route.segments, plan.route.query), plan.view)
             flight = self.coalescer.start(
                 flight_key,
                 found.generations,
@@ -334,7 +334,7 @@ class Proxy:
             return
         if flight.credential != identity.credential and await flight_refused(flight):
             # The leader's credential was refused; ours may not be.
-            req = from_scope(scope, (plan.route.segments, plan.route.query))
+            req = from_scope(scope, (plan.route.segments, plan.route.query), plan.view)
             await self._forward(req, match, None, send, "fwd=miss")
             return
         if fallback is not None and await flight_failed(flight):

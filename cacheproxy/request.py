@@ -1,22 +1,50 @@
 """Turning an ASGI scope into the canonical request the cache reasons about.
 
+One canonical request (issue 14): what is forwarded upstream and every cache
+decision derive from the same parse.  Its header half is
+:class:`cacheproxy.headers.RequestView`; its target half is here.
+
 slurmrestd splits the path on ``/``, skips empty segments and percent-decodes
 each segment, so ``/slurm/v0.0.43//jobs/`` and ``/slurm/v0.0.43/jobs`` are one
 resource.  The canonical form is the tuple of decoded segments (never a joined
 string: a decoded segment may itself contain ``/``).
+
+The query is canonicalised as slurmrestd's ``serializer/url-encoded`` plugin
+parses it (src/plugins/serializer/url-encoded/serializer_url_encoded.c, read
+in 22.05.8, 23.11.0, 24.05.0 and 25.11.0; escapes per ``url_decode_escape_seq``
+in src/common/http.c): only RFC 3986 unreserved characters pass as they are,
+``%XX`` is decoded (``%00`` and ``%FF`` are errors), ``+`` is a space, ``;``
+separates like ``&``, ``key`` alone is a flag (null in 22.05, true from 23.11),
+``key=`` is null, ``=`` before a key or a second ``=`` after a value is an
+error and anything else is an error (slurmrestd answers 400).  A repeated key's
+last value wins in 22.05 and 23.11; from 24.05 the values become a list.  The
+canonical form keeps every value of a key in order, so requests that either
+rule tells apart never share a key (order between different keys changes
+nothing in either).  A query it cannot parse with certainty is not
+canonicalised (:func:`canonical_query` gives None): such a request is
+forwarded, never cached.  The path is held to the same character rule
+(``parse_url_path`` in src/common/http.c): a path slurmrestd would refuse
+(``,``, ``+``, ``;`` ...) is never cached either, so two spellings it tells
+apart cannot share a key.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from cacheproxy.headers import RequestView
 from cacheproxy.upstream.base import Headers
 
 MAX_URL_BYTES = 8192
+
+Query = tuple[tuple[bytes, tuple[bytes, ...]], ...]
+"""A canonical query: (decoded key, its values in order), sorted by key.  A
+value is ``b""`` for a flag (``?key``), ``b"="`` for ``?key=`` and ``b"="``
+plus the decoded value otherwise (decoded bytes never hold a NUL)."""
 
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
@@ -32,11 +60,14 @@ class ProxyRequest:
     raw_target: str
     """Path and query exactly as received: what is forwarded upstream."""
     segments: tuple[str, ...]
-    query: tuple[tuple[str, str], ...]
-    """Decoded query pairs, sorted (order does not change slurmrestd's answer)."""
+    query: Query | None
+    """The canonical query; None when it cannot be canonicalised (never cached)."""
     headers: Headers
     client: str
     scheme: str
+    view: RequestView = field(compare=False, repr=False)
+    """The headers as forwarded and as the cache reads them (one scan of
+    :attr:`headers`, so not compared on its own)."""
 
     def header(self, name: bytes) -> bytes | None:
         """The value of a single-valued header; None if absent or repeated."""
@@ -49,7 +80,12 @@ class ProxyRequest:
         return found
 
     def has_query(self, name: str) -> bool:
-        return any(k == name for k, _ in self.query)
+        """The canonical query has key ``name`` (True when the query could not
+        be canonicalised: then nothing about it is certain)."""
+        if self.query is None:
+            return True
+        key = name.encode()
+        return any(k == key for k, _ in self.query)
 
 
 def _decode(part: bytes, what: str) -> str:
@@ -82,33 +118,90 @@ def split_path(raw_path: bytes) -> tuple[str, ...]:
     return tuple(segments)
 
 
-def parse_query(raw_query: bytes) -> tuple[tuple[str, str], ...]:
+_UNRESERVED = frozenset(b"0123456789abcdefABCDEFghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ~-._")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_PATH_OK = re.compile(rb"(?:[0-9A-Za-z~._/-]|%[0-9A-Fa-f]{2})*")
+_PATH_BAD_ESCAPE = re.compile(rb"%(?:00|[Ff][Ff])")
+
+
+def path_canonical(raw_path: bytes) -> bool:
+    """slurmrestd's path parser accepts ``raw_path`` as it is (no character
+    it refuses, no ``%00``/``%FF``): only then may the path's canonical
+    segments stand for it in a key."""
+    return _PATH_OK.fullmatch(raw_path) is not None and not _PATH_BAD_ESCAPE.search(raw_path)
+
+
+def canonical_query(raw_query: bytes) -> Query | None:
+    """The query as slurmrestd parses it (see the module docstring), or None
+    when slurmrestd would refuse it or it cannot be canonicalised."""
     if not raw_query:
         return ()
-    pairs = []
-    for item in raw_query.split(b"&"):
-        if not item:
-            continue
-        name, _, value = item.partition(b"=")
-        pairs.append(
-            (
-                _decode(name.replace(b"+", b" "), "query"),
-                _decode(value.replace(b"+", b" "), "query"),
-            )
-        )
-    pairs.sort()
-    return tuple(pairs)
+    values: dict[bytes, list[bytes]] = {}
+    key: bytes | None = None
+    buf: bytearray | None = None
+    i = 0
+    n = len(raw_query)
+    while i < n:
+        c = raw_query[i]
+        if c in _UNRESERVED:
+            if buf is None:
+                buf = bytearray()
+            buf.append(c)
+        elif c == 0x25:  # %
+            if i + 2 >= n:
+                return None
+            h, lo = raw_query[i + 1], raw_query[i + 2]
+            if h not in _HEX or lo not in _HEX:
+                return None
+            byte = int(raw_query[i + 1 : i + 3], 16)
+            if byte == 0 or byte == 0xFF:
+                return None
+            if buf is None:
+                buf = bytearray()
+            buf.append(byte)
+            i += 2
+        elif c == 0x2B:  # +
+            if buf is None:
+                buf = bytearray()
+            buf.append(0x20)
+        elif c == 0x26 or c == 0x3B:  # & ;
+            _flush(values, key, buf)
+            key = buf = None
+        elif c == 0x3D:  # =
+            if key is None and buf is None:
+                return None
+            if key is None:
+                key, buf = bytes(buf or b""), None
+            elif buf is not None:
+                return None
+            # key set and no value yet: a repeated "=" is ignored
+        else:
+            return None
+        i += 1
+    _flush(values, key, buf)
+    return tuple(sorted((k, tuple(v)) for k, v in values.items()))
+
+
+def _flush(values: dict[bytes, list[bytes]], key: bytes | None, buf: bytearray | None) -> None:
+    if key is None:
+        if buf is not None:  # ?flag
+            values.setdefault(bytes(buf), []).append(b"")
+    elif buf is None:  # ?key=
+        values.setdefault(key, []).append(b"=")
+    else:
+        values.setdefault(key, []).append(b"=" + bytes(buf))
 
 
 def from_scope(
     scope: Mapping[str, Any],
-    parsed: tuple[tuple[str, ...], tuple[tuple[str, str], ...]] | None = None,
+    parsed: tuple[tuple[str, ...], Query | None] | None = None,
+    view: RequestView | None = None,
 ) -> ProxyRequest:
     """Parse an ASGI HTTP scope; raises :class:`BadRequest` on bad input.
 
     ``parsed`` is this very target's (segments, query), already parsed and
     checked by the caller (the proxy memoises them per target): given, the
-    target is not parsed again.
+    target is not parsed again; ``view`` likewise, the headers' scan.
     """
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
     raw_query: bytes = scope.get("query_string", b"")
@@ -118,17 +211,19 @@ def from_scope(
         if not raw_path.startswith(b"/"):
             raise BadRequest("the request target must be an absolute path")
         segments = split_path(raw_path)
-        query = parse_query(raw_query)
+        query = canonical_query(raw_query)
     else:
         segments, query = parsed
+    headers: Headers = list(scope["headers"]) if view is None else view.headers
     return ProxyRequest(
         method=scope["method"],
         raw_target=raw_target(raw_path, raw_query),
         segments=segments,
         query=query,
-        headers=list(scope["headers"]),
+        headers=headers,
         client=client_host(scope),
         scheme=scope.get("scheme", "http"),
+        view=RequestView(headers) if view is None else view,
     )
 
 

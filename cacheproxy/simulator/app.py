@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from cacheproxy.simulator import envelope, render4x
-from cacheproxy.simulator.auth import Authenticator, AuthError
+from cacheproxy.simulator.auth import Authenticator, AuthError, first_headers
 from cacheproxy.simulator.config import SimConfig
 from cacheproxy.simulator.cost import make_cost
 from cacheproxy.simulator.envelope import Body, Requester, Response, error_entry
@@ -190,7 +190,8 @@ class Simulator:
         )
         if segments[:1] == ["_sim"]:
             return await self._sim_endpoint(segments[1:], method, query, receive)
-        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}  # Accept: the last wins
+        first = first_headers(scope.get("headers", []))  # credentials: the first wins
         body = await self._read_body(receive)
         if method == "HEAD":
             self.stats.count(method, "(unknown)")
@@ -198,7 +199,7 @@ class Simulator:
         accept = headers.get(b"accept", b"").decode("latin-1").split(";")[0].strip().lower()
         if tuple(segments) in OPENAPI_PATHS:
             self.stats.count(method, "/" + "/".join(segments))
-            return await self._openapi_response(headers)
+            return await self._openapi_response(first)
         found = match(segments, method, self.config.versions)
         if found is None:
             self.stats.count(method, "(unknown)")
@@ -208,9 +209,9 @@ class Simulator:
             return envelope.plain(415, "")
         modern = found.version != LEGACY
         try:
-            identity = self.auth.authenticate(headers, bearer_allowed=modern)
+            identity = self.auth.authenticate(first, "23.11" if modern else "22.05")
         except AuthError as exc:
-            if exc.kind == "missing":
+            if exc.missing:
                 return envelope.auth_failure()
             await self.cost.auth_reject()
             return self._rejected(found, exc.claimed_user, scope)
@@ -300,7 +301,7 @@ class Simulator:
         # 22.05 wants authentication on the spec endpoints; 25.x does not.
         if self.config.style != "25.x":
             try:
-                self.auth.authenticate(headers, bearer_allowed=False)
+                self.auth.authenticate(headers, "22.05")
             except AuthError:
                 return envelope.auth_failure()
         if self._openapi is None:

@@ -1,6 +1,15 @@
 """A small fake slurmrestd for the core tests: counts what it serves, names
 the requester in ``meta.client`` like v0.0.40+, and can be held mid-request
-to stage races.  The full simulator lives in ``cacheproxy.simulator``."""
+to stage races.  The full simulator lives in ``cacheproxy.simulator``.
+
+It authenticates exactly as the chosen ``release`` of slurmrestd does
+(:mod:`cacheproxy.simulator.auth`, one implementation for both fakes): in
+22.05 the name is required and Bearer ignored; later a token alone acts as
+its owner, both token headers together are refused, and 25.11 answers a
+request without any credential 500.  Every answer names the user it was
+made for (``meta.client.user``) and echoes the query as that release parses
+it (``meta.query``), so a test sees whose answer, to which question, it got.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from cacheproxy.simulator.auth import Authenticator, AuthError, Release, refusal
 
 Scope = dict[str, Any]
 
@@ -63,6 +74,10 @@ class FakeSlurmrestd:
     """Wall clock shared with the proxy under test (for update_time)."""
     last_change: float = 0.0
     queries: list[bytes] = field(default_factory=list)
+    release: Release = "22.05"
+    """Whose authentication rules (and query parsing) to follow."""
+    extra_tokens: dict[str, str] = field(default_factory=dict)
+    """More tokens: token -> owner (e.g. JWTs naming their owner)."""
 
     def _now(self) -> float:
         import time
@@ -117,12 +132,34 @@ class FakeSlurmrestd:
             return 200, b"application/json", doc, False
         if len(parts) < 2 or parts[0] not in ("slurm", "slurmdb"):
             return 404, b"text/plain", b"Unable find requested URL.", True
-        name = headers.get("x-slurm-user-name")
-        token = headers.get("x-slurm-user-token")
-        if not name or not token:
-            return 401, b"text/plain", AUTH_FAILURE, True
-        if self.tokens.get(name) != token and self.tokens.get("root") != token:
-            return 500, b"application/json", self._error(-1, "Unspecified error"), True
+        authenticator = Authenticator(self.tokens)
+        authenticator.owner.update(self.extra_tokens)
+        try:
+            name = authenticator.authenticate(scope["headers"], self.release).user
+        except AuthError as exc:
+            if exc.missing:
+                status, text = refusal(self.release, exc.kind)
+                return status, b"text/plain", text, True
+            if self.release == "22.05":
+                return 500, b"application/json", self._error(-1, "Unspecified error"), True
+            return (
+                511,
+                b"application/json",
+                self._error(1007, "Protocol authentication error"),
+                True,
+            )
+        raw_query = scope.get("query_string", b"")
+        if method == "GET" and body:
+            if self.release == "22.05":
+                return 400, b"text/plain", b"Unable to parse query.", True
+            try:  # since 23.11.6: the body is the query
+                parsed_query: object = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return 400, b"text/plain", b"Unable to parse query.", True
+        else:
+            parsed_query = slurmrestd_query(raw_query, self.release)
+            if parsed_query is None:
+                return 400, b"text/plain", b"Unable to parse query.", True
         if self.fail_next > 0:
             self.fail_next -= 1
             return 500, b"application/json", self._error(1, "Transient failure"), True
@@ -132,7 +169,10 @@ class FakeSlurmrestd:
         def ok(doc: dict[str, Any]) -> tuple[int, bytes, bytes, bool]:
             doc.setdefault("errors", [])
             doc.setdefault("warnings", [])
-            doc["meta"] = {"client": {"user": name, "source": str(scope.get("client"))}}
+            doc["meta"] = {
+                "client": {"user": name, "source": str(scope.get("client"))},
+                "query": parsed_query,
+            }
             if "yaml" in accept:
                 text = "\n".join(f"{k}: {orjson.dumps(v).decode()}" for k, v in doc.items())
                 return 200, b"application/x-yaml", text.encode(), False
@@ -145,10 +185,11 @@ class FakeSlurmrestd:
                 if not self.private_jobs or name == "root" or j.user == name
             ]
 
-        query = dict(
-            p.split("=", 1) for p in scope.get("query_string", b"").decode().split("&") if "=" in p
-        )
-        unchanged = "update_time" in query and float(query["update_time"]) >= self.last_change
+        query = parsed_query if isinstance(parsed_query, dict) else {}
+        since = query.get("update_time")
+        if isinstance(since, list):
+            since = since[-1]
+        unchanged = isinstance(since, str) and float(since) >= self.last_change
         if method == "GET" and rest == ["jobs"] and unchanged:
             if parts[1] == "v0.0.38":
                 return 304, b"", b"", False
@@ -219,3 +260,57 @@ class FakeSlurmrestd:
             self.bodies.append(body)
             return 200, b"application/octet-stream", body, False
         return 404, b"text/plain", b"Unable find requested URL.", True
+
+
+_QUERY_TOKEN = re.compile(rb"[0-9A-Za-z~._-]+|%..|.", re.DOTALL)
+
+
+def slurmrestd_query(raw: bytes, release: Release) -> dict[str, Any] | None:
+    """The query as slurmrestd's url-encoded serializer reads it (None: it
+    answers 400): in 22.05 and 23.11 a repeated key's last value wins and a
+    bare ``key`` is null (22.05) or true; from 24.05 repeated values make a
+    list.  Written apart from the proxy's canonicaliser on purpose."""
+    out: dict[str, Any] = {}
+    key: str | None = None
+    buf: str | None = None
+
+    def done() -> None:
+        nonlocal key, buf
+        if key is None and buf is None:
+            return
+        k, v = (buf, None if release == "22.05" else True) if key is None else (key, buf)
+        assert k is not None
+        if release == "25.11" and k in out:
+            prior = out[k]
+            out[k] = [*prior, v] if isinstance(prior, list) else [prior, v]
+        else:
+            out[k] = v
+        key = buf = None
+
+    for m in _QUERY_TOKEN.finditer(raw):
+        t = m.group()
+        if t[0] == 0x25:  # %
+            try:
+                byte = bytes.fromhex(t[1:].decode("latin-1"))
+            except ValueError:
+                return None
+            if len(t) != 3 or byte in (b"\x00", b"\xff"):
+                return None
+            buf = (buf or "") + byte.decode("latin-1")
+        elif t in (b"&", b";"):
+            done()
+        elif t == b"+":
+            buf = (buf or "") + " "
+        elif t == b"=":
+            if key is None and buf is None:
+                return None
+            if key is None:
+                key, buf = buf, None
+            elif buf is not None:
+                return None
+        elif re.fullmatch(rb"[0-9A-Za-z~._-]+", t):
+            buf = (buf or "") + t.decode()
+        else:
+            return None
+    done()
+    return out

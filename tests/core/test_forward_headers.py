@@ -13,6 +13,7 @@ from cacheproxy import headers
 from cacheproxy.request import BadRequest, from_scope, split_path
 from tests.core.asgi_transport import ASGITransport
 from tests.core.conftest import auth
+from tests.core.fake_slurmrestd import FakeSlurmrestd
 
 
 def up(hdrs: list[tuple[bytes, bytes]], length: int | None = None) -> list[tuple[bytes, bytes]]:
@@ -158,15 +159,17 @@ async def test_uncached_get_is_forwarded_once_with_its_headers_and_no_body(
 
 
 async def test_get_with_a_body_still_forwards_it(
-    client: httpx.AsyncClient, transport: ASGITransport
+    client: httpx.AsyncClient, transport: ASGITransport, upstream: FakeSlurmrestd
 ) -> None:
+    upstream.release = "23.11"  # reads a GET's body as its query
     r = await client.request(
-        "GET", "/slurm/v0.0.43/ping", headers=auth("alice"), content=b"odd but legal"
+        "GET", "/slurm/v0.0.43/ping", headers=auth("alice"), content=b'{"odd": "1"}'
     )
     assert r.status_code == 200
+    assert r.json()["meta"]["query"] == {"odd": "1"}
     (sent,) = transport.sent
-    assert sent.body == b"odd but legal"
-    assert (b"content-length", b"13") in sent.headers
+    assert sent.body == b'{"odd": "1"}'
+    assert (b"content-length", b"12") in sent.headers
 
 
 async def test_cacheable_miss_forwards_its_raw_target(

@@ -11,10 +11,19 @@ from cacheproxy.simulator.config import load_users_file
 from tests.simulator.conftest import ROOT, auth, started
 
 
-@pytest.mark.parametrize("version", ["v0.0.38", "v0.0.43", "v0.0.44"])
 @pytest.mark.parametrize(
-    "headers",
-    [{}, {"X-SLURM-USER-NAME": "root"}, {"X-SLURM-USER-TOKEN": "sim-token-root"}],
+    ("version", "headers"),
+    [(v, h) for v in ("v0.0.38", "v0.0.43", "v0.0.44") for h in ({}, {"X-SLURM-USER-NAME": "root"})]
+    + [
+        ("v0.0.38", {"X-SLURM-USER-TOKEN": "sim-token-root"}),
+        # later releases: both token headers together are ambiguous, and the
+        # Bearer scheme is spelled exactly
+        (
+            "v0.0.43",
+            {"X-SLURM-USER-TOKEN": "sim-token-root", "Authorization": "Bearer sim-token-root"},
+        ),
+        ("v0.0.43", {"Authorization": "bearer sim-token-root"}),
+    ],
 )
 def test_missing_name_or_token_is_401_text(
     client: httpx.Client, version: str, headers: dict[str, str]
@@ -71,6 +80,12 @@ def test_bearer_works_on_25x_only(client: httpx.Client) -> None:
     assert client.get("/slurm/v0.0.38/ping", headers=bearer).status_code == 401
     r = client.get("/slurm/v0.0.43/ping", headers={"Authorization": "Bearer unknown"})
     assert r.status_code == 511
+
+
+def test_a_token_alone_acts_as_its_owner_after_2205(client: httpx.Client) -> None:
+    r = client.get("/slurm/v0.0.43/ping", headers={"X-SLURM-USER-TOKEN": "sim-token-user007"})
+    assert r.status_code == 200
+    assert r.json()["meta"]["client"]["user"] == "user007"
 
 
 def test_root_token_acts_as_named_user(client: httpx.Client) -> None:
