@@ -96,10 +96,18 @@ class Served:
         return base_version(self.version)
 
     def shaper(self) -> Shaper | None:
-        """``None`` for a version rendered from its own templates."""
-        if self.version == self.base or self.operation is None or self.operation.schema is None:
+        """``None`` for a version sent as its base renders it.
+
+        That is every version with templates of its own, and v0.0.36/37: the
+        served 22.05 spec does not describe its hand-written plugins (real
+        v0.0.38 bodies carry keys and types it does not declare), so shaping to
+        it would be less faithful than v0.0.38's real items.
+        """
+        if self.legacy or self.version == self.base:
             return None
-        return Shaper(self.operation.doc, coerce=not self.legacy)
+        if self.operation is None or self.operation.schema is None:
+            return None
+        return Shaper(self.operation.doc, coerce=True)
 
 
 #: Shaped copies of cached members, dropped with the member they came from.
