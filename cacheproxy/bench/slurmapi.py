@@ -13,7 +13,10 @@ from typing import Any
 
 import orjson
 
-SUPPORTED_VERSIONS = ("v0.0.38", "v0.0.43", "v0.0.44")
+from cacheproxy.simulator.releases import LEGACY_VERSIONS, VERSIONS
+
+#: Every version the simulator serves (``--style all``, the bench's default).
+SUPPORTED_VERSIONS = VERSIONS
 TERMINAL_CANCEL_STATES = frozenset({"CANCELLED"})
 
 
@@ -40,8 +43,8 @@ def submit(version: str) -> str:
 def submit_body(version: str, user: str, n: int) -> bytes:
     """A small batch job for ``user``, in the shape ``version`` expects.
 
-    v0.0.38 takes ``environment`` as an object and the script beside ``job``;
-    v0.0.40+ take a list of ``NAME=value`` strings and the script inside it.
+    v0.0.36-38 take ``environment`` as an object and the script beside ``job``;
+    v0.0.39+ take a list of ``NAME=value`` strings and the script inside it.
     """
     script = "#!/bin/bash\nsleep 300\n"
     desc: dict[str, Any] = {
@@ -49,7 +52,7 @@ def submit_body(version: str, user: str, n: int) -> bytes:
         "current_working_directory": "/tmp",
         "time_limit": 10,
     }
-    if version == "v0.0.38":
+    if version in LEGACY_VERSIONS:
         desc["environment"] = {"PATH": "/bin:/usr/bin"}
         return orjson.dumps({"script": script, "job": desc})
     desc["environment"] = ["PATH=/bin:/usr/bin"]

@@ -12,23 +12,23 @@ simulated controller lock.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 
-from cacheproxy.simulator import envelope, render4x
+from cacheproxy.simulator import auth, envelope, render4x
 from cacheproxy.simulator.auth import Authenticator, AuthError, first_headers
 from cacheproxy.simulator.config import SimConfig
 from cacheproxy.simulator.cost import make_cost
-from cacheproxy.simulator.envelope import Body, Requester, Response, error_entry
+from cacheproxy.simulator.envelope import Body, Requester, Response, Served, error_entry
 from cacheproxy.simulator.model import Cluster
-from cacheproxy.simulator.routes import LEGACY, OPENAPI_PATHS, Match, match, split_path
+from cacheproxy.simulator.releases import LEGACY_VERSIONS, Release, base_version
+from cacheproxy.simulator.routes import OPENAPI_PATHS, Match, match, split_path
+from cacheproxy.simulator.specs import document, spec_files
 from cacheproxy.simulator.stats import Stats
 from cacheproxy.simulator.views import Ctx, RenderCache, SlurmViews
 from cacheproxy.simulator.views_db import ADMIN_ONLY, DbViews
@@ -84,20 +84,13 @@ SOURCE = {
 ACCEPTED_TYPES = {"", "*/*", "application/json", "application/*", "application/x-yaml"}
 
 
-def _find_openapi(style: str) -> Path | None:
-    """The spec file from the shared folder, if present (it is not shipped)."""
-    name = (
-        "openapi-v0.0.44.json"
-        if style == "25.x"
-        else "openapi-debian12-slurmrestd-22.05.8-served.json"
-    )
-    env = os.environ.get("CACHEPROXY_SIM_OPENAPI")
-    candidates = [Path(env)] if env else []
-    here = Path(__file__).resolve()
-    for parent in here.parents[:5]:
-        candidates.append(parent / "shared" / "slurm-openapi" / name)
-        candidates.append(parent.parent / "shared" / "slurm-openapi" / name)
-    return next((p for p in candidates if p.is_file()), None)
+def auth_rules(release: Release) -> auth.Release:
+    """Which of the JWT plugin's behaviours (:mod:`~cacheproxy.simulator.auth`)
+    a release has: Bearer and an optional name came with 23.11, the
+    router's own refusal texts with 25.11."""
+    if not release.bearer:
+        return "22.05"
+    return "25.11" if release.number >= (25, 11, 0) else "23.11"
 
 
 class Simulator:
@@ -115,6 +108,7 @@ class Simulator:
         self.cost = make_cost(
             self.config.cost_model, self.config.cost, self.stats, self.config.seed
         )
+        self.served = self.config.served
         self.auth = Authenticator(self.config.users)
         self.cache = RenderCache()
         self.slurm = SlurmViews(self.cluster, self.cache)
@@ -200,33 +194,34 @@ class Simulator:
         if tuple(segments) in OPENAPI_PATHS:
             self.stats.count(method, "/" + "/".join(segments))
             return await self._openapi_response(first)
-        found = match(segments, method, self.config.versions)
+        found = match(segments, method, self.served)
         if found is None:
             self.stats.count(method, "(unknown)")
             return envelope.not_found()
         self.stats.count(method, found.route.template())
         if accept and accept not in ACCEPTED_TYPES and not accept.startswith("application/json"):
             return envelope.plain(415, "")
-        modern = found.version != LEGACY
         try:
-            identity = self.auth.authenticate(first, "23.11" if modern else "22.05")
+            # The release decides the JWT plugin's rules (simulator/auth.py).
+            rules = auth_rules(found.release)
+            identity = self.auth.authenticate(first, rules)
         except AuthError as exc:
             if exc.missing:
-                return envelope.auth_failure()
+                status, text = auth.refusal(rules, exc.kind)
+                return envelope.plain(status, text.decode())
             await self.cost.auth_reject()
             return self._rejected(found, exc.claimed_user, scope)
-        if body.strip() and method in ("POST", "DELETE"):
-            try:
-                orjson.loads(body)
-            except orjson.JSONDecodeError:
-                return envelope.plain(400, "Unable to parse query.")
-        return await self._operate(found, identity.user, query, body, scope)
+        raw_query = scope.get("query_string", b"")
+        parsed = request_query(found, method, query, bool(raw_query), body)
+        if isinstance(parsed, Response):
+            return parsed
+        return await self._operate(found, identity.user, parsed, body, scope)
 
     def _rejected(self, found: Match, claimed: str, scope: Scope) -> Response:
         """A token slurmctld refuses: 22.05 -> 500 (-1), 25.x -> 511 (1007)."""
         key = PAYLOAD_KEY.get(found.operation)
         source = SOURCE.get(found.operation, "slurm_" + found.operation)
-        if found.version == LEGACY:
+        if found.version in LEGACY_VERSIONS:
             body = Body(
                 payload=[(key, [])] if key else [],
                 errors=[error_entry(found.version, -1, "Unspecified error", source)],
@@ -251,7 +246,7 @@ class Simulator:
             )
         who = Requester(claimed, self._source(scope))
         return envelope.render(
-            found.version, found.route.family, body, who, self.config.cluster_name
+            _served(found), found.route.family, body, who, self.config.cluster_name
         )
 
     async def _operate(
@@ -259,7 +254,8 @@ class Simulator:
     ) -> Response:
         self.cluster.advance()
         ctx = Ctx(
-            version=found.version,
+            version=base_version(found.version),
+            api_version=found.version,
             family=found.route.family,
             params=found.params,
             query=query,
@@ -279,7 +275,9 @@ class Simulator:
                 result = getattr(views, op)(ctx)
             if isinstance(result, Response):
                 return result
-            return envelope.render(ctx.version, ctx.family, result, who, self.config.cluster_name)
+            return envelope.render(
+                _served(found), ctx.family, result, who, self.config.cluster_name
+            )
 
         if found.route.family == "slurmdb":
             kind = op.removeprefix("db_")
@@ -298,33 +296,15 @@ class Simulator:
             self.cache.forget_jobs(set(self.cluster.history))
 
     async def _openapi_response(self, headers: dict[bytes, bytes]) -> Response:
-        # 22.05 wants authentication on the spec endpoints; 25.x does not.
-        if self.config.style != "25.x":
+        # Before 23.11 the spec endpoints want authentication; from 23.11 on they do not.
+        if any(not r.bearer for r in self.served.values()):
             try:
                 self.auth.authenticate(headers, "22.05")
             except AuthError:
                 return envelope.auth_failure()
         if self._openapi is None:
-            path = _find_openapi(self.config.style)
-            self._openapi = path.read_bytes() if path else self._generated_openapi()
+            self._openapi = merged_openapi(sorted(self.served))
         return Response(200, [self._openapi])
-
-    def _generated_openapi(self) -> bytes:
-        from cacheproxy.simulator.routes import ROUTES
-
-        paths: dict[str, dict[str, Any]] = {}
-        for version in sorted(self.config.versions):
-            for r in ROUTES:
-                if version in r.versions:
-                    p = paths.setdefault(f"/{r.family}/{version}/" + "/".join(r.pattern), {})
-                    for method, op in r.methods.items():
-                        p[method.lower()] = {"operationId": op}
-        doc = {
-            "openapi": "3.0.2",
-            "info": {"title": "Slurm Rest API (simulated)", "version": "sim"},
-            "paths": paths,
-        }
-        return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
 
     async def _sim_endpoint(
         self, rest: list[str], method: str, query: dict[str, str], receive: Receive
@@ -364,3 +344,75 @@ class Simulator:
             await send(
                 {"type": "http.response.body", "body": chunk, "more_body": i < len(chunks) - 1}
             )
+
+
+def _served(found: Match) -> Served:
+    return Served(found.version, found.release, found.spec)
+
+
+def merged_openapi(versions: list[str]) -> bytes:
+    """The spec a daemon serving ``versions`` answers on ``/openapi/v3``.
+
+    The spec files of those versions merged, paths made absolute (v0.0.39's
+    static files give them relative to ``servers``), as 23.11+ merges its
+    plugins' specs.
+    """
+    paths: dict[str, Any] = {}
+    schemas: dict[str, Any] = {}
+    for name in dict.fromkeys(f for v in versions for f in spec_files(v)):
+        doc = document(name)
+        prefix = doc.get("servers", [{}])[0].get("url", "/").rstrip("/")
+        for path, item in doc["paths"].items():
+            full = prefix + "/" + path.lstrip("/")
+            if any(v in full for v in versions) or not full.startswith(("/slurm", "/util")):
+                paths[full] = item
+        schemas.update(doc.get("components", {}).get("schemas", {}))
+    doc = {
+        "openapi": "3.0.3",
+        "info": {"title": "Slurm REST API", "version": "simulated"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+
+
+def request_query(
+    found: Match, method: str, query: dict[str, str], has_url_query: bool, body: bytes
+) -> dict[str, str] | Response:
+    """The query slurmrestd acts on, or its 400.
+
+    POST bodies are parsed by the operation.  Before 23.11.6 any other method
+    with a body is refused; from 23.11.6 on the body *is* the query, and a
+    body together with a URL query is refused (commit e06c9303cb).
+    """
+    if not body:
+        return query
+    if method == "POST":
+        if body.strip():
+            try:
+                orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return envelope.plain(400, "Unable to parse query.")
+        return query
+    if not found.release.body_is_query:
+        return envelope.plain(400, "Unexpected http body provided for non-POST method")
+    if has_url_query:
+        return envelope.plain(400, "Unexpected HTTP body provided when URL Query provided")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return envelope.plain(400, "Unable to parse query.")
+    if not isinstance(data, dict):
+        return query if method == "DELETE" else envelope.plain(400, "Unable to parse query.")
+    return {str(k): _query_text(v) for k, v in data.items()}
+
+
+def _query_text(value: Any) -> str:
+    """A body member as the text a URL query would carry (lists comma-joined)."""
+    if isinstance(value, list):
+        return ",".join(_query_text(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()

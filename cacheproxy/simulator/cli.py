@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from cacheproxy.simulator.config import CostParams, SimConfig, default_users, load_users_file
+from cacheproxy.simulator.releases import RELEASES, STYLES
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cacheproxy simulate",
-        description="Run a simulated slurmrestd (22.05 and 25.x API shapes).",
+        description="Run a simulated slurmrestd (Slurm 22.05 to 26.05, API v0.0.36 to v0.0.45).",
     )
     p.add_argument("--port", type=int, required=True, help="TCP port (0: pick a free one)")
     p.add_argument("--host", default="127.0.0.1")
@@ -25,9 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private-data", action="store_true", help="PrivateData=jobs")
     p.add_argument(
         "--style",
-        choices=["22.05", "25.x", "all"],
+        choices=list(STYLES),
         default="all",
-        help="daemon release: 22.05 serves v0.0.38, 25.x v0.0.43/44, all (default) all three",
+        help="daemon release, serving exactly its API versions ("
+        + ", ".join(f"{r.name}: {r.versions[0]}-{r.versions[-1]}" for r in RELEASES.values())
+        + "); all (default): every version; 25.x: v0.0.43 and v0.0.44",
     )
     p.add_argument("--cost-model", choices=["realistic", "none"], default="realistic")
     p.add_argument("--seed", type=int, default=0)

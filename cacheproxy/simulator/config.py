@@ -11,17 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-Style = Literal["all", "22.05", "25.x"]
-CostModelName = Literal["realistic", "none"]
+from cacheproxy.simulator.releases import STYLES, Release, style_map
 
-#: API versions each daemon style serves.  A real 22.05 daemon serves only
-#: v0.0.38 (of the versions simulated here) and a 25.x daemon only v0.0.43/44;
-#: "all" serves the three at once so one simulator covers both families.
-STYLE_VERSIONS: dict[str, frozenset[str]] = {
-    "22.05": frozenset({"v0.0.38"}),
-    "25.x": frozenset({"v0.0.43", "v0.0.44"}),
-    "all": frozenset({"v0.0.38", "v0.0.43", "v0.0.44"}),
-}
+#: A Slurm release ("22.05" ... "26.05"), "all" or the alias "25.x" (see releases.py).
+Style = str
+CostModelName = Literal["realistic", "none"]
 
 
 def default_users() -> dict[str, str]:
@@ -97,6 +91,15 @@ class SimConfig:
     exact_status_lines: bool = False
     cost: CostParams = field(default_factory=CostParams)
 
+    def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise ValueError(f"unknown style {self.style!r}; expected one of {', '.join(STYLES)}")
+
+    @property
+    def served(self) -> dict[str, Release]:
+        """API version -> the release whose behaviour it has (see ``releases.style_map``)."""
+        return style_map(self.style)
+
     @property
     def versions(self) -> frozenset[str]:
-        return STYLE_VERSIONS[self.style]
+        return frozenset(self.served)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from cacheproxy.simulator import model as m
+from cacheproxy.simulator.releases import Release
 from cacheproxy.simulator.templates import fresh
 
 RELEASES = {
@@ -25,9 +26,19 @@ def num(n: int | float, *, is_set: bool = True, infinite: bool = False) -> dict[
 UNSET = {"set": False, "infinite": False, "number": 0}
 
 
-def meta(version: str, plugin: str, cluster: str, source: str, user: str) -> dict[str, Any]:
-    """``meta`` of a 25.x body; ``client`` names the requester (so bodies differ per user)."""
-    r = RELEASES[version]
+def meta(
+    version: str, plugin: str, cluster: str, source: str, user: str, release: Release | None = None
+) -> dict[str, Any]:
+    """``meta`` of a data_parser body; ``client`` names the requester (so bodies differ per user).
+
+    ``release`` is the daemon serving the request (default: the one of the
+    version's templates).
+    """
+    if release is None:
+        r = RELEASES[version]
+    else:
+        major, minor, micro = release.full.split(".")
+        r = {"major": major, "minor": minor, "micro": micro, "release": release.full}
     kind = "slurmctld" if plugin == "slurm" else "slurmdbd"
     return {
         "plugin": {

@@ -28,7 +28,7 @@ _JOB_ID = re.compile(r"^(\d+)(?:_(\d+)|\+(\d+))?$")
 class Ctx:
     """One request, as the operations see it."""
 
-    version: str
+    version: str  # the version whose templates render this request (releases.base_version)
     family: str
     params: dict[str, str]
     query: dict[str, str]
@@ -36,6 +36,7 @@ class Ctx:
     user: str
     viewer: str | None  # None: sees every job
     client_requests: int = 0
+    api_version: str = ""  # the version the request named (empty: ``version``)
 
     @property
     def legacy(self) -> bool:
@@ -201,7 +202,7 @@ class SlurmViews:
                 ],
                 warnings=[
                     {
-                        "description": f"No job changes since update_time[{t}]={_time_str(int(t))}",
+                        "description": _no_change_text(ctx, int(t)),
                         "source": "op_handler_jobs",
                     }
                 ],
@@ -296,7 +297,12 @@ class SlurmViews:
         return self.cache.member(("nodes", ctx.version), gens, build)
 
     def nodes(self, ctx: Ctx) -> Body | Response:
-        if unchanged_since(ctx.query, self.c.changed["nodes"]):
+        # data_parser releases pass the same update_time to slurm_load_partitions()
+        # for the nodes' partition lists, and its "no change" becomes the answer:
+        # 304 although nodes changed, when partitions did not (slurmctld/nodes.c).
+        if unchanged_since(ctx.query, self.c.changed["nodes"]) or (
+            not ctx.legacy and unchanged_since(ctx.query, self.c.changed["partitions"])
+        ):
             return not_modified()
         member, n = self._nodes_member(ctx)
         return Body(payload=[("nodes", member), *self._times(ctx, "nodes")], items=n)
@@ -699,6 +705,13 @@ def _int(v: Any, default: int) -> int:
     if isinstance(v, str) and v.isdigit():
         return int(v)
     return default
+
+
+def _no_change_text(ctx: Ctx, t: int) -> str:
+    """The warning of an unchanged ``/jobs``: v0.0.39's plugin words it differently."""
+    if ctx.api_version == "v0.0.39":
+        return f"No job changes since update_time={t}"
+    return f"No job changes since update_time[{t}]={_time_str(t)}"
 
 
 def _time_str(t: int) -> str:

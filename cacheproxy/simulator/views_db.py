@@ -182,7 +182,9 @@ class DbViews:
 
     def db_tres(self, ctx: Ctx) -> Body:
         items = self._tres(ctx)
-        return Body(payload=[("tres" if ctx.legacy else "TRES", items)], items=len(items))
+        # Every version dumps under "TRES" (22.05's dbv0.0.38 tres.c included;
+        # its spec's "tres" is wrong).
+        return Body(payload=[("TRES", items)], items=len(items))
 
     def db_clusters(self, ctx: Ctx) -> Body:
         return Body(payload=[("clusters", self._clusters(ctx))], items=1)
@@ -198,13 +200,15 @@ class DbViews:
 
     def db_config(self, ctx: Ctx) -> Body:
         if ctx.legacy:
+            # 22.05's config.c runs the other handlers in this order on one body.
             payload: list[tuple[str, Any]] = [
-                ("tres", self._tres(ctx)),
+                ("clusters", self._clusters(ctx)),
+                ("TRES", self._tres(ctx)),
                 ("accounts", self._accounts(ctx)),
-                ("associations", self._assocs(ctx)),
                 ("users", self._users(ctx)),
                 ("qos", self._qos(ctx)),
                 ("wckeys", []),
+                ("associations", self._assocs(ctx)),
             ]
         else:
             payload = [

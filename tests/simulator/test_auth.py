@@ -11,27 +11,34 @@ from cacheproxy.simulator.config import load_users_file
 from tests.simulator.conftest import ROOT, auth, started
 
 
+FAILURE = (401, "Authentication failure")
+
+
 @pytest.mark.parametrize(
-    ("version", "headers"),
-    [(v, h) for v in ("v0.0.38", "v0.0.43", "v0.0.44") for h in ({}, {"X-SLURM-USER-NAME": "root"})]
+    ("version", "headers", "expected"),
+    [(v, h, FAILURE) for v in ("v0.0.38", "v0.0.43") for h in ({}, {"X-SLURM-USER-NAME": "root"})]
     + [
-        ("v0.0.38", {"X-SLURM-USER-TOKEN": "sim-token-root"}),
+        ("v0.0.38", {"X-SLURM-USER-TOKEN": "sim-token-root"}, FAILURE),
         # later releases: both token headers together are ambiguous, and the
         # Bearer scheme is spelled exactly
         (
             "v0.0.43",
             {"X-SLURM-USER-TOKEN": "sim-token-root", "Authorization": "Bearer sim-token-root"},
+            FAILURE,
         ),
-        ("v0.0.43", {"Authorization": "bearer sim-token-root"}),
+        ("v0.0.43", {"Authorization": "bearer sim-token-root"}, FAILURE),
+        # 25.11 (v0.0.44 under --style all): the router answers with the
+        # error's own status and text
+        ("v0.0.44", {}, (500, "Authentication does not apply to request")),
+        ("v0.0.44", {"X-SLURM-USER-NAME": "root"}, (401, "Invalid authentication credential")),
     ],
 )
-def test_missing_name_or_token_is_401_text(
-    client: httpx.Client, version: str, headers: dict[str, str]
+def test_slurmrestd_itself_refuses_in_text(
+    client: httpx.Client, version: str, headers: dict[str, str], expected: tuple[int, str]
 ) -> None:
     r = client.get(f"/slurm/{version}/jobs", headers=headers)
-    assert r.status_code == 401
+    assert (r.status_code, r.text) == expected
     assert r.headers["content-type"] == "text/plain"
-    assert r.text == "Authentication failure"
     assert r.headers["connection"].lower() == "close"
 
 
