@@ -33,6 +33,7 @@ from cacheproxy.upstream.base import UpstreamRequest
 from tests.clock import Clock
 from tests.core.asgi_transport import ASGITransport
 from tests.core.fake_slurmrestd import FakeSlurmrestd, Job
+from tests.hardening.conftest import FIGURES
 from tests.store.servers import RedisServer
 
 Scenario = list[tuple[str, str, list[tuple[str, str]]]]
@@ -156,6 +157,9 @@ async def check(apps: list[CacheProxyApp], upstream: FakeSlurmrestd, scenario: S
             body = b"".join([chunk async for chunk in want.aiter_body()])
             got = comparable(r.status_code, r.headers.raw, r.content)
             assert got == comparable(want.status, want.headers, body), (target, headers)
+            FIGURES["identity property: answers equal to slurmrestd's"] += 1
+            if "hit" in r.headers.get("cache-status", ""):
+                FIGURES["identity property: of which cache hits"] += 1
     finally:
         for c in clients:
             await c.aclose()
