@@ -36,7 +36,7 @@ just useless for a cache.
 Faults.  Every call is bounded (socket timeouts of ``timeout``, plus an
 overall guard) and raises :class:`StoreError`; connection faults, and
 timeouts repeated without a success in between, open a
-:class:`~cacheproxy.store.circuit.Circuit` so that for ``circuit_seconds``
+:class:`~cacheproxy.circuit.CircuitBreaker` so that for ``circuit_seconds``
 calls fail at once and requests go straight upstream, then one call probes.
 redis-py retries only a broken connection, once and at once (every pooled
 connection is dead after a Redis restart); timeouts are never retried.
@@ -96,10 +96,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from cacheproxy.circuit import CLOSED_TICKET, CircuitBreaker, Ticket
 from cacheproxy.store import codec
 from cacheproxy.store import redis_lua as lua
 from cacheproxy.store.base import Entry, Generations, Lookup, StoreError
-from cacheproxy.store.circuit import Circuit, Ticket
 from cacheproxy.store.resp import (
     Address,
     Endpoint,
@@ -132,9 +132,6 @@ _BUMP_PAUSE = 0.02
 _SCAN_COUNT = 1000
 _MAX_CACHED_TAG_SETS = 4096
 _GLOB_SPECIAL = frozenset(b"*?[]\\")
-_TICKET = Ticket(probe=False)
-"""What the circuit hands out while closed (:meth:`Circuit.enter`): the hit
-path's own calls, made only then, use it without asking."""
 
 
 def _new_epoch() -> str:
@@ -267,8 +264,8 @@ class RedisStore:
         self._owner = secrets.token_hex(16)
         self._shas = {s.name: s.sha for s in lua.ALL}
         self._slots = asyncio.Semaphore(max_connections)
-        self.circuit = Circuit(
-            f"redis {redacted_url(url)}", open_seconds=circuit_seconds, monotonic=monotonic
+        self.circuit = CircuitBreaker(
+            f"redis {redacted_url(url)}", cooldown=circuit_seconds, monotonic=monotonic
         )
         self._pending: set[str] = set()
         self._pending_all = False
@@ -420,7 +417,7 @@ class RedisStore:
     async def _run(self, op: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis call under the circuit, the slot limit and the guard;
         faults are told to the circuit by :meth:`_fault` (see
-        :mod:`~cacheproxy.store.circuit`).  Waiting for a free connection is
+        :mod:`~cacheproxy.circuit`).  Waiting for a free connection is
         not a fault."""
         ticket = await self._enter()
         try:
@@ -476,7 +473,7 @@ class RedisStore:
             self.circuit.abandon(ticket)
             return StoreError(f"redis error reply: {exc}")
         if isinstance(exc, RedisTimeoutError | TimeoutError):
-            self.circuit.timeout(ticket, exc)
+            self.circuit.strike(ticket, exc)
             return StoreError(f"redis timed out: {exc}")
         if isinstance(exc, RedisError | OSError):
             self.circuit.failure(ticket, exc)
@@ -514,7 +511,7 @@ class RedisStore:
                 payload, n, await self._lean.execute(payload, n, retry=False)
             )
         except BaseException as exc:
-            self._raise_fault(_TICKET, exc)
+            self._raise_fault(CLOSED_TICKET, exc)
 
     async def _checked(self, payload: bytes, n: int, replies: list[Any]) -> list[Any]:
         """``replies``, unless one is an error reply: then :meth:`_lean_again`."""
@@ -668,7 +665,7 @@ class RedisStore:
             else:
                 if isinstance(replies[0], ResponseError):
                     replies = await self._lean_fault(payload, 1, replies[0])
-            self.circuit.success(_TICKET)
+            self.circuit.success(CLOSED_TICKET)
         parsed = self._probe_parsed
         if parsed is not None and parsed[0] is replies:
             return parsed[1]  # a probe shared: parsed once

@@ -290,7 +290,7 @@ async def test_a_stalled_redis_is_a_store_error_not_a_hang(
     try:
         await store.generations(TAGS)
         faulty_link.set_mode("blackhole")
-        for _ in range(store.circuit.strikes):  # a timeout is a strike, not yet a verdict
+        for _ in range(store.circuit.threshold):  # a timeout is a strike, not yet a verdict
             assert not store.circuit.is_open
             with pytest.raises(StoreError):
                 await store.lookup(b"k", TAGS, CRED)
