@@ -73,7 +73,8 @@ def test_failed_probe_doubles_the_cooldown_up_to_the_bound(mono: Clock) -> None:
     for expected in (2.0, 3.0, 3.0):
         mono.advance(10)
         probe = c.enter()
-        assert probe is not None and probe.probe
+        assert probe is not None
+        assert probe.probe
         c.strike(probe, "still down")  # a probe's strike is a verdict
         assert c.retry_after() == expected
         mono.advance(expected - 0.01)
@@ -102,7 +103,8 @@ def test_late_failures_do_not_postpone_the_probe(mono: Clock) -> None:
     c.failure(early[1], "down")  # admitted before the circuit opened
     mono.advance(0.2)
     probe = c.enter()
-    assert probe is not None and probe.probe
+    assert probe is not None
+    assert probe.probe
 
 
 def test_late_success_of_an_old_call_does_not_close(mono: Clock) -> None:
