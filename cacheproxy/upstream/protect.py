@@ -38,6 +38,7 @@ from cacheproxy.upstream.base import (
     Transport,
     UpstreamBusy,
     UpstreamError,
+    UpstreamRefused,
     UpstreamRequest,
     UpstreamResponse,
     UpstreamUnavailable,
@@ -238,6 +239,10 @@ class ProtectedTransport:
             raise
         try:
             resp = await self.inner.send(request)
+        except UpstreamRefused:
+            self.limiter.release()
+            breaker.abandon(ticket)  # the request's fault: slurmrestd was not asked
+            raise
         except UpstreamError as exc:
             self.limiter.release()
             breaker.strike(ticket, exc)
