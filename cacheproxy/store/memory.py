@@ -1,17 +1,27 @@
-"""The in-process store: entries in an LRU bounded in bytes, generations and
-acceptances in plain dicts.
+"""The in-process store: entries in a ``cachetools`` cache bounded in bytes,
+generations and acceptances beside it.
 
 It is per process: with ``--workers N`` and no shared tier each worker has its
 own cache (N times the upstream misses, and a write through one worker does
 not invalidate the others — which is why several workers require Redis).
+
+What is a cache and what is not: entries and acceptances may be dropped at
+any time (a dropped entry is a miss, a dropped acceptance a credential checked
+again upstream), so they live in ``cachetools.TLRUCache`` (least recently used
+out first, after what has expired; entries bounded by their bytes, the clock
+injected as its timer).  Tag generations are *not* a cache: forgetting a
+bumped generation early would make entries captured before the bump valid
+again, so they are a plain dict, pruned only once every entry that could have
+seen an older value has expired.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
+
+from cachetools import TLRUCache
 
 from cacheproxy.store.base import Entry, Generations, Lookup
 
@@ -21,6 +31,33 @@ DEFAULT_MAX_LIFETIME = 3600.0
 an invalidated tag's generation must be remembered."""
 _PRUNE_EVERY = 1024
 _MAX_ACCEPTANCES = 100_000
+
+
+class _Entries(TLRUCache[bytes, Entry]):
+    """Entries until ``ttl + stale_for`` (at most ``max_lifetime``), bounded
+    by :attr:`Entry.size`; counts what it had to evict while still alive."""
+
+    def __init__(self, max_bytes: int, max_lifetime: float, clock: Callable[[], float]) -> None:
+        def until(_key: bytes, entry: Entry, _now: float) -> float:
+            return entry.stored_at + min(entry.ttl + entry.stale_for, max_lifetime)
+
+        super().__init__(max_bytes, until, clock, _size)
+        self.evictions = 0
+
+    def popitem(self) -> tuple[bytes, Entry]:
+        # cachetools' documented hook for eviction: only live entries reach it
+        # (expired ones are dropped before, and are not evictions).
+        item = super().popitem()
+        self.evictions += 1
+        return item
+
+
+def _size(entry: Entry) -> int:
+    return entry.size
+
+
+def _accepted_until(_credential: bytes, until: float, _now: float) -> float:
+    return until
 
 
 class MemoryStore:
@@ -39,22 +76,27 @@ class MemoryStore:
         self.max_bytes = max_bytes
         self.max_lifetime = max_lifetime
         self._clock = clock
-        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
-        self._bytes = 0
+        self._entries = _Entries(max_bytes, max_lifetime, clock)
         self._gens: dict[str, int] = {}
         self._bumped_at: dict[str, float] = {}
         self._counter = itertools.count(1)
         self._floor = 0
         """What a tag never bumped (or forgotten) reads; raised by clear()."""
         self._bumps_since_prune = 0
-        self._accepted: dict[bytes, float] = {}
-        self.evictions = 0
+        self._accepted: TLRUCache[bytes, float] = TLRUCache(
+            _MAX_ACCEPTANCES, _accepted_until, clock
+        )
 
     # -- introspection (metrics, tests) ------------------------------------
     @property
     def currsize(self) -> int:
-        """Bytes currently charged."""
-        return self._bytes
+        """Bytes currently charged (live entries)."""
+        return int(self._entries.currsize)
+
+    @property
+    def evictions(self) -> int:
+        """Live entries dropped to make room."""
+        return self._entries.evictions
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -66,7 +108,19 @@ class MemoryStore:
         (:class:`~cacheproxy.store.tiered.TieredStore`): no generations or
         acceptance are looked up, and no coroutine is made.
         """
-        return self._get(key)
+        try:
+            return self._entries[key]
+        except KeyError:
+            return None
+
+    def keep(self, key: bytes, entry: Entry) -> None:
+        """Hold ``entry`` under ``key`` with no generation check: for a tier
+        that decides freshness itself (the local copies of
+        :class:`~cacheproxy.store.tiered.TieredStore`)."""
+        if entry.size > self.max_bytes:
+            self._entries.pop(key, None)
+            return
+        self._entries[key] = entry
 
     # -- Store protocol ----------------------------------------------------
     async def lookup(self, key: bytes, tags: Sequence[str], credential: bytes) -> Lookup:
@@ -75,7 +129,17 @@ class MemoryStore:
     def lookup_now(self, key: bytes, tags: Sequence[str], credential: bytes) -> Lookup:
         """:meth:`lookup` without a coroutine: nothing here waits, and the
         server's fast lane answers hits from a parser callback."""
-        return Lookup(self._get(key), self._generations(tags), self._accepted_until(credential))
+        try:
+            entry: Entry | None = self._entries[key]
+        except KeyError:
+            entry = None
+        gens = self._gens
+        floor = self._floor
+        try:
+            accepted = self._accepted[credential]
+        except KeyError:
+            accepted = 0.0
+        return Lookup(entry, tuple([gens.get(t, floor) for t in tags]), accepted)
 
     async def generations(self, tags: Sequence[str]) -> Generations:
         return self._generations(tags)
@@ -83,23 +147,10 @@ class MemoryStore:
     async def put(self, key: bytes, entry: Entry) -> None:
         if entry.generations != self._generations(entry.tags):
             return  # invalidated while it was being fetched
-        size = entry.size
-        if size > self.max_bytes:
-            return
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._bytes -= old.size
-        while self._entries and self._bytes + size > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.size
-            self.evictions += 1
-        self._entries[key] = entry
-        self._bytes += size
+        self.keep(key, entry)
 
     async def remove(self, key: bytes) -> None:
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._bytes -= old.size
+        self._entries.pop(key, None)
 
     async def bump(self, tags: Sequence[str]) -> None:
         now = self._clock()
@@ -111,9 +162,7 @@ class MemoryStore:
             self._prune_generations(now)
 
     async def accept(self, credential: bytes, until: float) -> None:
-        if len(self._accepted) >= _MAX_ACCEPTANCES:
-            self._prune_acceptances()
-        self._accepted[credential] = until
+        self._accepted[credential] = until  # one already over is simply not kept
 
     async def revoke(self, credential: bytes) -> None:
         self._accepted.pop(credential, None)
@@ -126,7 +175,6 @@ class MemoryStore:
 
     async def clear(self) -> None:
         self._entries.clear()
-        self._bytes = 0
         # Every tag, bumped before or not, now reads a value no fetch in
         # flight captured, so none can land its result.
         self._floor = next(self._counter)
@@ -137,28 +185,10 @@ class MemoryStore:
         return None
 
     # -- internals ---------------------------------------------------------
-    def _get(self, key: bytes) -> Entry | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if self._clock() >= entry.stored_at + min(entry.ttl + entry.stale_for, self.max_lifetime):
-            del self._entries[key]
-            self._bytes -= entry.size
-            return None
-        self._entries.move_to_end(key)
-        return entry
-
     def _generations(self, tags: Sequence[str]) -> Generations:
         gens = self._gens
         floor = self._floor
         return tuple([gens.get(t, floor) for t in tags])
-
-    def _accepted_until(self, credential: bytes) -> float:
-        until = self._accepted.get(credential, 0.0)
-        if until and until <= self._clock():
-            del self._accepted[credential]
-            return 0.0
-        return until
 
     def _prune_generations(self, now: float) -> None:
         """Forget generations bumped longer ago than any entry can live.
@@ -172,10 +202,3 @@ class MemoryStore:
         for tag in [t for t, at in self._bumped_at.items() if at < horizon]:
             del self._gens[tag]
             del self._bumped_at[tag]
-
-    def _prune_acceptances(self) -> None:
-        now = self._clock()
-        for cred in [c for c, until in self._accepted.items() if until <= now]:
-            del self._accepted[cred]
-        while len(self._accepted) >= _MAX_ACCEPTANCES:
-            del self._accepted[next(iter(self._accepted))]
