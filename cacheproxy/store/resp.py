@@ -5,8 +5,9 @@ asyncio pipeline spends several hundred microseconds of CPU around it
 (Pipeline objects, per-command packing and encoding, the connection pool,
 response callbacks, retry wrappers).  Here a round trip is one ``bytes``
 written to an :class:`asyncio.Protocol` and N replies parsed by
-``hiredis.Reader`` as they arrive; one timer bounds it.  redis-py stays for
-everything else (bumps, stores, admin, Sentinel discovery).
+``hiredis.Reader`` as they arrive; one timer bounds it.  Every call of the
+store goes through it (:mod:`~cacheproxy.store.redis_link`); redis-py stays
+for URL parsing, TLS contexts, its exception classes and Sentinel discovery.
 
 The connections behave like redis-py's, so that the store's fault boundary
 sees the same exceptions (``redis.exceptions``):
@@ -60,7 +61,6 @@ __all__ = [
     "RespPool",
     "classify",
     "pack",
-    "raise_errors",
 ]
 
 Address = tuple[str, int]
@@ -80,13 +80,6 @@ def classify(reply: ResponseError) -> ResponseError:
     if msg.startswith("NOSCRIPT"):
         return NoScriptError(msg)
     return reply
-
-
-def raise_errors(replies: list[Any]) -> None:
-    """Raise the first error reply of a round trip, as redis-py would."""
-    for r in replies:
-        if isinstance(r, ResponseError):
-            raise classify(r)
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,8 +397,8 @@ class RespPool:
 
     async def execute(self, payload: bytes, n: int, *, retry: bool = True) -> list[Any]:
         """One round trip of ``n`` commands; replies in order (error replies
-        included as exceptions: see :func:`raise_errors`).  ``retry=False``:
-        the caller's first attempt (:meth:`send`) already failed."""
+        included as exceptions).  ``retry=False``:
+        the caller's first attempt (:meth:`submit`) already failed."""
         for attempt in (0, 1) if retry else (1,):
             try:
                 conn = self._pick() or await self._open_or_ride()
@@ -416,23 +409,26 @@ class RespPool:
                 # a dead pooled connection (Redis restarted): once more, on a new one
         raise AssertionError("unreachable")
 
-    def send(
+    def submit(
         self, payload: bytes, n: int, share: Hashable | None = None
     ) -> asyncio.Future[list[Any]] | None:
         """The first attempt of :meth:`execute` without a coroutine: the
         future of the replies when a connection is open, else None (then
         :meth:`execute`).  A broken connection fails it with
         :class:`~redis.exceptions.ConnectionError`: the caller tries again
-        with ``execute(retry=False)``.  ``share``: see :meth:`join`."""
+        with ``execute(retry=False)``.
+
+        With ``share``, the request joins the one made with the same
+        ``share`` in this loop turn while that one is not written yet (see
+        :meth:`RespConnection.join`; the requests of one turn all go to the
+        same connection, :meth:`_pick`), and is made joinable otherwise."""
+        if share is not None:
+            last = self._last
+            joined = None if last is None else last.join(share)
+            if joined is not None:
+                return joined[0]
         conn = self._pick()
         return None if conn is None else conn.request(payload, n, share)
-
-    def join(self, share: Hashable) -> tuple[asyncio.Future[list[Any]], bytes] | None:
-        """Join the request sent with ``share`` in this loop turn while it is
-        not written yet (see :meth:`RespConnection.join`); None otherwise.
-        The requests of one turn all go to the same connection (:meth:`_pick`)."""
-        last = self._last
-        return None if last is None else last.join(share)
 
     def drop_all(self) -> None:
         """Close every connection (the server behind the address changed);

@@ -15,7 +15,8 @@ import trustme
 
 from cacheproxy.compress import make_variants
 from cacheproxy.store.base import Entry, StoreError
-from cacheproxy.store.redis import RedisStore, parse_sentinel_url, redacted_url
+from cacheproxy.store.redis import RedisStore
+from cacheproxy.store.redis_link import parse_sentinel_url, redacted_url
 from tests.store import servers
 
 TAGS = ("jobs", "user:alice")
