@@ -5,14 +5,16 @@ It is per process: with ``--workers N`` and no shared tier each worker has its
 own cache (N times the upstream misses, and a write through one worker does
 not invalidate the others — which is why several workers require Redis).
 
-What is a cache and what is not: entries and acceptances may be dropped at
-any time (a dropped entry is a miss, a dropped acceptance a credential checked
-again upstream), so they live in ``cachetools.TLRUCache`` (least recently used
-out first, after what has expired; entries bounded by their bytes, the clock
-injected as its timer).  Tag generations are *not* a cache: forgetting a
-bumped generation early would make entries captured before the bump valid
+What is a cache and what is not: entries may be dropped at any time (a
+dropped entry is a miss), so they live in a ``cachetools.TLRUCache`` (least
+recently used out first, after what has expired; bounded by their bytes, the
+clock injected as its timer).  Tag generations are *not* a cache: forgetting
+a bumped generation early would make entries captured before the bump valid
 again, so they are a plain dict, pruned only once every entry that could have
-seen an older value has expired.
+seen an older value has expired.  Acceptances are a plain dict too, pruned
+when it reaches its bound: a hit reads one, and a dict read with an expiry
+comparison costs a third of a ``TLRUCache`` read (measured: 2.5k of the
+instructions of an in-process hit).
 """
 
 from __future__ import annotations
@@ -56,10 +58,6 @@ def _size(entry: Entry) -> int:
     return entry.size
 
 
-def _accepted_until(_credential: bytes, until: float, _now: float) -> float:
-    return until
-
-
 class MemoryStore:
     """A :class:`~cacheproxy.store.base.Store` inside one process.
 
@@ -83,9 +81,7 @@ class MemoryStore:
         self._floor = 0
         """What a tag never bumped (or forgotten) reads; raised by clear()."""
         self._bumps_since_prune = 0
-        self._accepted: TLRUCache[bytes, float] = TLRUCache(
-            _MAX_ACCEPTANCES, _accepted_until, clock
-        )
+        self._accepted: dict[bytes, float] = {}
 
     # -- introspection (metrics, tests) ------------------------------------
     @property
@@ -135,9 +131,9 @@ class MemoryStore:
             entry = None
         gens = self._gens
         floor = self._floor
-        try:
-            accepted = self._accepted[credential]
-        except KeyError:
+        accepted = self._accepted.get(credential, 0.0)
+        if accepted and accepted <= self._clock():
+            del self._accepted[credential]
             accepted = 0.0
         return Lookup(entry, tuple([gens.get(t, floor) for t in tags]), accepted)
 
@@ -162,7 +158,9 @@ class MemoryStore:
             self._prune_generations(now)
 
     async def accept(self, credential: bytes, until: float) -> None:
-        self._accepted[credential] = until  # one already over is simply not kept
+        if len(self._accepted) >= _MAX_ACCEPTANCES:
+            self._prune_acceptances()
+        self._accepted[credential] = until
 
     async def revoke(self, credential: bytes) -> None:
         self._accepted.pop(credential, None)
@@ -202,3 +200,10 @@ class MemoryStore:
         for tag in [t for t, at in self._bumped_at.items() if at < horizon]:
             del self._gens[tag]
             del self._bumped_at[tag]
+
+    def _prune_acceptances(self) -> None:
+        now = self._clock()
+        for cred in [c for c, until in self._accepted.items() if until <= now]:
+            del self._accepted[cred]
+        while len(self._accepted) >= _MAX_ACCEPTANCES:
+            del self._accepted[next(iter(self._accepted))]

@@ -204,8 +204,12 @@ class RedisStore:
         """
         tags = tuple(tags)
         link = self.link
-        payload = self._keys.probe(key, tags, credential)
-        replies = await link.call(link.reads, payload, 1, share=(key, tags, credential))
+        replies = await link.call(
+            link.reads,
+            lambda: self._keys.probe(key, tags, credential),
+            1,
+            share=(key, tags, credential),
+        )
         parsed = self._probe_parsed
         if parsed is not None and parsed[0] is replies:
             return parsed[1]  # a probe shared: parsed once

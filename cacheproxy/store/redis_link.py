@@ -40,7 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cacheproxy.circuit import CircuitBreaker, Ticket
+from cacheproxy.circuit import CLOSED_TICKET, CircuitBreaker, Ticket
 from cacheproxy.store.base import StoreError
 from cacheproxy.store.redis_layout import ALL, Layout
 from cacheproxy.store.resp import Address, Endpoint, RespConnection, RespPool, classify
@@ -172,7 +172,7 @@ class RedisLink:
     async def call(
         self,
         pool: RespPool,
-        payload: bytes,
+        payload: bytes | Callable[[], bytes],
         n: int,
         *,
         share: Hashable | None = None,
@@ -181,7 +181,9 @@ class RedisLink:
         """``n`` commands in one round trip on ``pool``; their replies.
 
         ``share``: identical reads made in this loop turn, not yet written,
-        share one request (see :meth:`~cacheproxy.store.resp.RespConnection.join`).
+        share one request (see :meth:`~cacheproxy.store.resp.RespConnection.join`);
+        ``payload`` may then be a function, called only when this call makes
+        the request itself (a burst of identical hits packs one).
         ``admit=False`` (bumps, health checks): the call is made even while
         the circuit is open, and its outcome is not told to the circuit.
         """
@@ -189,7 +191,8 @@ class RedisLink:
             raise StoreError("redis store is closed")
         ticket: Ticket | None = None
         if admit:
-            ticket = self.circuit.enter()
+            circuit = self.circuit
+            ticket = CLOSED_TICKET if not circuit.is_open else circuit.enter()
             if ticket is None:
                 raise StoreError("redis circuit open")
         try:
@@ -197,7 +200,14 @@ class RedisLink:
                 await self.follow_sentinel()
             if ticket is not None and ticket.probe and self.on_probe is not None:
                 await self.on_probe()
-            future = pool.submit(payload, n, share)
+            future: asyncio.Future[list[Any]] | None = None
+            joined = None if share is None else pool.join(share)
+            if joined is not None:
+                future, payload = joined
+            else:
+                if not isinstance(payload, bytes):
+                    payload = payload()
+                future = pool.send(payload, n, share)
             if future is None:
                 replies = await pool.execute(payload, n)
             else:

@@ -398,7 +398,7 @@ class RespPool:
     async def execute(self, payload: bytes, n: int, *, retry: bool = True) -> list[Any]:
         """One round trip of ``n`` commands; replies in order (error replies
         included as exceptions).  ``retry=False``:
-        the caller's first attempt (:meth:`submit`) already failed."""
+        the caller's first attempt (:meth:`send`) already failed."""
         for attempt in (0, 1) if retry else (1,):
             try:
                 conn = self._pick() or await self._open_or_ride()
@@ -409,26 +409,23 @@ class RespPool:
                 # a dead pooled connection (Redis restarted): once more, on a new one
         raise AssertionError("unreachable")
 
-    def submit(
+    def send(
         self, payload: bytes, n: int, share: Hashable | None = None
     ) -> asyncio.Future[list[Any]] | None:
         """The first attempt of :meth:`execute` without a coroutine: the
         future of the replies when a connection is open, else None (then
         :meth:`execute`).  A broken connection fails it with
         :class:`~redis.exceptions.ConnectionError`: the caller tries again
-        with ``execute(retry=False)``.
-
-        With ``share``, the request joins the one made with the same
-        ``share`` in this loop turn while that one is not written yet (see
-        :meth:`RespConnection.join`; the requests of one turn all go to the
-        same connection, :meth:`_pick`), and is made joinable otherwise."""
-        if share is not None:
-            last = self._last
-            joined = None if last is None else last.join(share)
-            if joined is not None:
-                return joined[0]
+        with ``execute(retry=False)``.  ``share``: see :meth:`join`."""
         conn = self._pick()
         return None if conn is None else conn.request(payload, n, share)
+
+    def join(self, share: Hashable) -> tuple[asyncio.Future[list[Any]], bytes] | None:
+        """Join the request sent with ``share`` in this loop turn while it is
+        not written yet (see :meth:`RespConnection.join`); None otherwise.
+        The requests of one turn all go to the same connection (:meth:`_pick`)."""
+        last = self._last
+        return None if last is None else last.join(share)
 
     def drop_all(self) -> None:
         """Close every connection (the server behind the address changed);
