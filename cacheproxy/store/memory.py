@@ -6,9 +6,11 @@ own cache (N times the upstream misses, and a write through one worker does
 not invalidate the others — which is why several workers require Redis).
 
 What is a cache and what is not: entries may be dropped at any time (a
-dropped entry is a miss), so they live in a ``cachetools.TLRUCache`` (least
-recently used out first, after what has expired; bounded by their bytes, the
-clock injected as its timer).  Tag generations are *not* a cache: forgetting
+dropped entry is a miss), so they live in a ``cachetools.LRUCache`` bounded by
+their bytes (``getsizeof``); an entry past its lifetime is dropped when next
+read, by the injected clock.  (``cachetools.TLRUCache`` would also drop
+expired entries before evicting live ones, but its read costs two more
+Python calls, about 1k instructions of every hit.)  Tag generations are *not* a cache: forgetting
 a bumped generation early would make entries captured before the bump valid
 again, so they are a plain dict, pruned only once every entry that could have
 seen an older value has expired.  Acceptances are a plain dict too, pruned
@@ -23,7 +25,7 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 
-from cachetools import TLRUCache
+from cachetools import LRUCache
 
 from cacheproxy.store.base import Entry, Generations, Lookup
 
@@ -35,20 +37,15 @@ _PRUNE_EVERY = 1024
 _MAX_ACCEPTANCES = 100_000
 
 
-class _Entries(TLRUCache[bytes, Entry]):
-    """Entries until ``ttl + stale_for`` (at most ``max_lifetime``), bounded
-    by :attr:`Entry.size`; counts what it had to evict while still alive."""
+class _Entries(LRUCache[bytes, Entry]):
+    """Entries bounded by :attr:`Entry.size`; counts what it had to evict."""
 
-    def __init__(self, max_bytes: int, max_lifetime: float, clock: Callable[[], float]) -> None:
-        def until(_key: bytes, entry: Entry, _now: float) -> float:
-            return entry.stored_at + min(entry.ttl + entry.stale_for, max_lifetime)
-
-        super().__init__(max_bytes, until, clock, _size)
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(max_bytes, _size)
         self.evictions = 0
 
     def popitem(self) -> tuple[bytes, Entry]:
-        # cachetools' documented hook for eviction: only live entries reach it
-        # (expired ones are dropped before, and are not evictions).
+        # cachetools' documented hook for eviction
         item = super().popitem()
         self.evictions += 1
         return item
@@ -74,7 +71,7 @@ class MemoryStore:
         self.max_bytes = max_bytes
         self.max_lifetime = max_lifetime
         self._clock = clock
-        self._entries = _Entries(max_bytes, max_lifetime, clock)
+        self._entries = _Entries(max_bytes)
         self._gens: dict[str, int] = {}
         self._bumped_at: dict[str, float] = {}
         self._counter = itertools.count(1)
@@ -86,7 +83,7 @@ class MemoryStore:
     # -- introspection (metrics, tests) ------------------------------------
     @property
     def currsize(self) -> int:
-        """Bytes currently charged (live entries)."""
+        """Bytes currently charged."""
         return int(self._entries.currsize)
 
     @property
@@ -104,10 +101,7 @@ class MemoryStore:
         (:class:`~cacheproxy.store.tiered.TieredStore`): no generations or
         acceptance are looked up, and no coroutine is made.
         """
-        try:
-            return self._entries[key]
-        except KeyError:
-            return None
+        return self._get(key)
 
     def keep(self, key: bytes, entry: Entry) -> None:
         """Hold ``entry`` under ``key`` with no generation check: for a tier
@@ -125,10 +119,7 @@ class MemoryStore:
     def lookup_now(self, key: bytes, tags: Sequence[str], credential: bytes) -> Lookup:
         """:meth:`lookup` without a coroutine: nothing here waits, and the
         server's fast lane answers hits from a parser callback."""
-        try:
-            entry: Entry | None = self._entries[key]
-        except KeyError:
-            entry = None
+        entry = self._get(key)
         gens = self._gens
         floor = self._floor
         accepted = self._accepted.get(credential, 0.0)
@@ -183,6 +174,17 @@ class MemoryStore:
         return None
 
     # -- internals ---------------------------------------------------------
+    def _get(self, key: bytes) -> Entry | None:
+        entries = self._entries
+        try:
+            entry = entries[key]
+        except KeyError:
+            return None
+        if self._clock() >= entry.stored_at + min(entry.ttl + entry.stale_for, self.max_lifetime):
+            del entries[key]
+            return None
+        return entry
+
     def _generations(self, tags: Sequence[str]) -> Generations:
         gens = self._gens
         floor = self._floor

@@ -358,22 +358,6 @@ class TestMemoryStore(StoreContract):
         assert (await store.lookup(b"huge", TAGS, CRED)).entry is None
         assert store.evictions == 1
 
-    async def test_expired_entries_make_room_before_live_ones_are_evicted(self, clock: Any) -> None:
-        """A full cache drops what has expired first: evicting a live entry
-        while a dead one holds its bytes would cost a needless miss."""
-        live = make_entry(clock(), (0, 0), body=b"x" * 1000, ttl=100.0, stale_for=0.0)
-        short = make_entry(clock(), (0, 0), body=b"x" * 1000, ttl=1.0, stale_for=0.0)
-        store = MemoryStore(max_bytes=live.size * 3, clock=clock)
-        await store.put(b"old", live)
-        await store.put(b"older-use", live)
-        await store.put(b"short", short)  # the most recently used, and soon dead
-        clock.advance(2)
-        await store.put(b"new", live)
-        for k in (b"old", b"older-use", b"new"):
-            assert (await store.lookup(k, TAGS, CRED)).entry is not None
-        assert store.evictions == 0
-        assert store.currsize == 3 * live.size
-
     async def test_a_replacing_answer_too_big_to_keep_drops_the_old_one(self, clock: Any) -> None:
         small = make_entry(clock(), (0, 0), body=b"x" * 100)
         store = MemoryStore(max_bytes=small.size * 2, clock=clock)
