@@ -101,7 +101,15 @@ class MemoryStore:
         (:class:`~cacheproxy.store.tiered.TieredStore`): no generations or
         acceptance are looked up, and no coroutine is made.
         """
-        return self._get(key)
+        entries = self._entries
+        try:
+            entry = entries[key]
+        except KeyError:
+            return None
+        if self._clock() >= entry.stored_at + min(entry.ttl + entry.stale_for, self.max_lifetime):
+            del entries[key]
+            return None
+        return entry
 
     def keep(self, key: bytes, entry: Entry) -> None:
         """Hold ``entry`` under ``key`` with no generation check: for a tier
@@ -119,7 +127,7 @@ class MemoryStore:
     def lookup_now(self, key: bytes, tags: Sequence[str], credential: bytes) -> Lookup:
         """:meth:`lookup` without a coroutine: nothing here waits, and the
         server's fast lane answers hits from a parser callback."""
-        entry = self._get(key)
+        entry = self.get(key)
         gens = self._gens
         floor = self._floor
         accepted = self._accepted.get(credential, 0.0)
@@ -174,17 +182,6 @@ class MemoryStore:
         return None
 
     # -- internals ---------------------------------------------------------
-    def _get(self, key: bytes) -> Entry | None:
-        entries = self._entries
-        try:
-            entry = entries[key]
-        except KeyError:
-            return None
-        if self._clock() >= entry.stored_at + min(entry.ttl + entry.stale_for, self.max_lifetime):
-            del entries[key]
-            return None
-        return entry
-
     def _generations(self, tags: Sequence[str]) -> Generations:
         gens = self._gens
         floor = self._floor
