@@ -246,23 +246,34 @@ class RedisLink:
         return replies[k:]
 
     def _fault(self, ticket: Ticket | None, exc: BaseException) -> BaseException:
-        """Tell the circuit how a call ended in ``exc``; what to raise."""
+        """Tell the circuit how a call ended in ``exc``; what to raise.
+
+        A :class:`StoreError` from a call made inside this one (a probe's
+        pending bumps) counts as the fault that caused it."""
         circuit = self.circuit if ticket is not None else None
-        if isinstance(exc, ResponseError):
-            if circuit is not None:
-                circuit.abandon(ticket)
-            return StoreError(f"redis error reply: {exc}")
-        if isinstance(exc, RedisTimeoutError | TimeoutError):
-            if circuit is not None:
-                circuit.strike(ticket, exc)
-            return StoreError(f"redis timed out: {exc}")
-        if isinstance(exc, RedisError | OSError):
-            if circuit is not None:
-                circuit.failure(ticket, exc)
-            return StoreError(f"redis unavailable: {type(exc).__name__}: {exc}")
+        cause: BaseException = exc
+        if isinstance(exc, StoreError) and exc.__cause__ is not None:
+            cause = exc.__cause__
+        if isinstance(cause, ResponseError):
+            error: BaseException = StoreError(f"redis error reply: {cause}")
+            verdict = None
+        elif isinstance(cause, RedisTimeoutError | TimeoutError):
+            error, verdict = StoreError(f"redis timed out: {cause}"), "strike"
+        elif isinstance(cause, RedisError | OSError):
+            error = StoreError(f"redis unavailable: {type(cause).__name__}: {cause}")
+            verdict = "failure"
+        else:
+            error, verdict = exc, None
+        if isinstance(exc, StoreError):
+            error = exc  # already what callers catch, with its cause
         if circuit is not None:
-            circuit.abandon(ticket)
-        return exc
+            if verdict == "strike":
+                circuit.strike(ticket, cause)
+            elif verdict == "failure":
+                circuit.failure(ticket, cause)
+            else:
+                circuit.abandon(ticket)
+        return error
 
     async def _check_server(self, conn: RespConnection) -> None:
         """Every new connection (handshake done): renew the epoch if the

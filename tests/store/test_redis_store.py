@@ -347,6 +347,35 @@ async def test_a_lost_bump_is_written_before_this_replica_trusts_redis_again(
         await other.aclose()
 
 
+async def test_a_probe_whose_pending_bumps_fail_reopens_the_circuit(
+    faulty_link: Any, prefix: str, clock: Any, mono: Any
+) -> None:
+    """The probe writes the pending bumps first; when that fails Redis is
+    still away: the circuit re-opens for a cool-down (no probe on every
+    following call), the bumps stay pending and nothing is served."""
+    store = RedisStore(
+        faulty_link.url, prefix=prefix, clock=clock, timeout=0.2, monotonic=mono, bump_deadline=0.2
+    )
+    try:
+        gens = await store.generations(TAGS)
+        await store.put(b"k", entry(clock(), gens))
+        faulty_link.set_mode("refuse")
+        with pytest.raises(StoreError):
+            await store.bump(["jobs"])
+        mono.advance(1.5)
+        with pytest.raises(StoreError):
+            await store.lookup(b"k", TAGS, CRED)  # the probe: its flush fails
+        assert store.circuit.is_open
+        assert store.circuit.enter() is None  # a cool-down again, not another probe
+        assert store.stats()["pending_bumps"] == 1
+        faulty_link.set_mode("pass")
+        mono.advance(1.5)
+        assert not stale_but_valid(await store.lookup(b"k", TAGS, CRED))
+        assert store.stats()["pending_bumps"] == 0
+    finally:
+        await store.aclose()
+
+
 async def test_bumps_failing_while_the_circuit_is_open_are_kept_too(
     faulty_link: Any, prefix: str, clock: Any, mono: Any
 ) -> None:
