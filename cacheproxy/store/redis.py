@@ -65,7 +65,7 @@ import math
 import secrets
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -188,12 +188,13 @@ class RedisStore:
             return Lookup(None, gens, accepted), None
         return Lookup(entry, gens, accepted), bytes(raw[:HEADER])
 
-    async def probe(
+    def probe(
         self, key: bytes, tags: Sequence[str], credential: bytes
-    ) -> tuple[bytes | None, Generations, float]:
+    ) -> Awaitable[tuple[bytes | None, Generations, float]]:
         """The stored entry's version (not its body), the generations and the
         acceptance, in one round trip: what a local tier needs to trust its
-        own copy of the entry.
+        own copy of the entry.  (The call's own coroutine, not one around it:
+        every local-tier hit awaits this.)
 
         Identical probes (same key, tags and credential) made in one turn of
         the event loop share one PROBE while it is not written to Redis yet
@@ -204,12 +205,15 @@ class RedisStore:
         """
         tags = tuple(tags)
         link = self.link
-        replies = await link.call(
+        return link.call(
             link.reads,
             lambda: self._keys.probe(key, tags, credential),
             1,
             share=(key, tags, credential),
+            parse=self._parse_probe,
         )
+
+    def _parse_probe(self, replies: list[Any]) -> tuple[bytes | None, Generations, float]:
         parsed = self._probe_parsed
         if parsed is not None and parsed[0] is replies:
             return parsed[1]  # a probe shared: parsed once

@@ -32,7 +32,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, overload
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio.sentinel import Sentinel
@@ -48,6 +48,7 @@ from cacheproxy.store.resp import Address, Endpoint, RespConnection, RespPool, c
 __all__ = ["RedisLink", "SentinelTarget", "parse_sentinel_url", "redacted_url"]
 
 _log = logging.getLogger("cacheproxy.store.redis")
+T = TypeVar("T")
 
 _SENTINEL_CHECK_SECONDS = 1.0
 _BUMP_CONNECTIONS = 8
@@ -169,6 +170,7 @@ class RedisLink:
         self.bumps = pool(_BUMP_CONNECTIONS, bump_timeout, bump_timeout * 2)
         self._pools = (self.reads, self.writes, self.bumps)
 
+    @overload
     async def call(
         self,
         pool: RespPool,
@@ -177,8 +179,33 @@ class RedisLink:
         *,
         share: Hashable | None = None,
         admit: bool = True,
-    ) -> list[Any]:
-        """``n`` commands in one round trip on ``pool``; their replies.
+    ) -> list[Any]: ...
+
+    @overload
+    async def call(
+        self,
+        pool: RespPool,
+        payload: bytes | Callable[[], bytes],
+        n: int,
+        *,
+        share: Hashable | None = None,
+        admit: bool = True,
+        parse: Callable[[list[Any]], T],
+    ) -> T: ...
+
+    async def call(
+        self,
+        pool: RespPool,
+        payload: bytes | Callable[[], bytes],
+        n: int,
+        *,
+        share: Hashable | None = None,
+        admit: bool = True,
+        parse: Callable[[list[Any]], Any] | None = None,
+    ) -> Any:
+        """``n`` commands in one round trip on ``pool``; their replies, or
+        what ``parse`` makes of them (so that a hit's caller can return this
+        coroutine itself instead of wrapping it in one more).
 
         ``share``: identical reads made in this loop turn, not yet written,
         share one request (see :meth:`~cacheproxy.store.resp.RespConnection.join`);
@@ -227,7 +254,7 @@ class RedisLink:
             raise error from exc
         if ticket is not None:
             self.circuit.success(ticket)
-        return replies
+        return replies if parse is None else parse(replies)
 
     async def _again(
         self, pool: RespPool, payload: bytes, n: int, error: ResponseError

@@ -27,7 +27,7 @@ byte-bounded LRU of copies (:meth:`MemoryStore.get` and
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -46,9 +46,9 @@ class SharedTier(Protocol):
         self, key: bytes, tags: Sequence[str], credential: bytes
     ) -> tuple[Lookup, bytes | None]: ...
 
-    async def probe(
+    def probe(
         self, key: bytes, tags: Sequence[str], credential: bytes
-    ) -> tuple[bytes | None, Generations, float]: ...
+    ) -> Awaitable[tuple[bytes | None, Generations, float]]: ...
 
     async def generations(self, tags: Sequence[str]) -> Generations: ...
 
