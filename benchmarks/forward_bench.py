@@ -1,4 +1,4 @@
-"""What forwarding one request costs: upstream direct vs nginx vs our transports.
+"""What forwarding one request costs: upstream direct vs nginx vs our transport.
 
 Every miss, write and uncacheable GET is forwarded to slurmrestd, so the CPU a
 forwarder spends per request bounds the proxy's miss throughput.  This
@@ -17,7 +17,7 @@ benchmark measures it the same way for every candidate:
 Usage::
 
     .venv/bin/python benchmarks/forward_bench.py                 # everything
-    .venv/bin/python benchmarks/forward_bench.py --targets direct,h1,aiohttp
+    .venv/bin/python benchmarks/forward_bench.py --targets direct,nginx,aiohttp
     .venv/bin/python benchmarks/forward_bench.py \\
         --target-cmd 'proxy={python} -m cacheproxy serve --upstream {upstream} --port {port}'
     .venv/bin/python benchmarks/forward_bench.py \\
@@ -70,7 +70,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-BUILTIN_FORWARDERS = ("h1", "aiohttp", "httpx", "h1-untuned", "aiohttp-untuned")
+BUILTIN_FORWARDERS = ("aiohttp", "httpx", "aiohttp-untuned")
 """Minimal forwarders: a transport kind, ``-untuned`` without ``tune_malloc()``."""
 HOP_BY_HOP = frozenset(
     {

@@ -24,7 +24,7 @@ Targets:
   forward  ``cacheproxy serve`` passing through a GET no rule caches
   miss     ``cacheproxy serve`` with a rule that caches the same GET for a
            microsecond: each request a miss (fetched, stored) or coalesced
-  h1       forward_bench's minimal forwarder over the h1 transport
+  minimal  forward_bench's minimal forwarder over the transport (aiohttp)
 
 Usage (needs Debian's valgrind)::
 
@@ -102,8 +102,8 @@ def target_argv(
         miss_rules = workdir / "miss_rules.toml"
         miss_rules.write_text(MISS_RULES)
         return [*serve, "--config", str(miss_rules)], FORWARD_PATH
-    if name == "h1":
-        cmd = [PY, str(HERE / "forward_bench.py"), "serve-forwarder", "--kind", "h1"]
+    if name == "minimal":
+        cmd = [PY, str(HERE / "forward_bench.py"), "serve-forwarder", "--kind", "aiohttp"]
         return [*cmd, "--upstream", up, "--port", str(port)], FORWARD_PATH
     raise SystemExit(f"unknown target {name!r}")
 
@@ -146,7 +146,7 @@ def count(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    p.add_argument("--targets", default="bare,hit,redis,h1,forward")
+    p.add_argument("--targets", default="bare,hit,redis,minimal,forward")
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--size", type=int, default=2048, help="body size of the upstream")
     args = p.parse_args(argv)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|")
     for name, value in results.items():
         print(f"| {name} | {value:,.0f} |")
-    for target, base in (("hit", "bare"), ("redis", "bare"), ("forward", "h1")):
+    for target, base in (("hit", "bare"), ("redis", "bare"), ("forward", "minimal")):
         if target in results and base in results:
             share = results[base] / results[target]
             print(f"{base} / {target}: {share:.0%} (instructions only; system calls not counted)")

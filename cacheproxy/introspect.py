@@ -82,5 +82,5 @@ def transport_info(transport: object) -> dict[str, float]:
         "queued": int(guard.limiter.queued),
         "max_in_flight": int(guard.limiter.limit),
         "circuit_open": 1 if guard.breaker.is_open else 0,
-        "circuit_opened": int(guard.breaker.opened),
+        "circuit_opened": int(guard.breaker.episodes),
     }

@@ -21,7 +21,7 @@ credential's acceptance together.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from cacheproxy.upstream.base import Headers
@@ -52,6 +52,11 @@ class Entry:
     origin: float = 0.0
     """Wall-clock seconds when the upstream request was sent: the data is at
     least this recent (what an ``update_time`` revalidation asks from)."""
+    version: bytes = field(default=b"", compare=False)
+    """Which stored copy this is in a shared store (Redis: epoch + entry id),
+    so that a local tier can ask whether its copy is still *the very same*
+    one; empty elsewhere.  Not part of the entry's value (not compared, not
+    encoded)."""
 
     @property
     def size(self) -> int:

@@ -1,17 +1,31 @@
-"""The in-process store: entries in an LRU bounded in bytes, generations and
-acceptances in plain dicts.
+"""The in-process store: entries in a ``cachetools`` cache bounded in bytes,
+generations and acceptances beside it.
 
 It is per process: with ``--workers N`` and no shared tier each worker has its
 own cache (N times the upstream misses, and a write through one worker does
 not invalidate the others — which is why several workers require Redis).
+
+What is a cache and what is not: entries may be dropped at any time (a
+dropped entry is a miss), so they live in a ``cachetools.LRUCache`` bounded by
+their bytes (``getsizeof``); an entry past its lifetime is dropped when next
+read, by the injected clock.  (``cachetools.TLRUCache`` would also drop
+expired entries before evicting live ones, but its read costs two more
+Python calls, about 1k instructions of every hit.)  Tag generations are *not* a cache: forgetting
+a bumped generation early would make entries captured before the bump valid
+again, so they are a plain dict, pruned only once every entry that could have
+seen an older value has expired.  Acceptances are a plain dict too, pruned
+when it reaches its bound: a hit reads one, and a dict read with an expiry
+comparison costs a third of a ``TLRUCache`` read (measured: 2.5k of the
+instructions of an in-process hit).
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
+
+from cachetools import LRUCache
 
 from cacheproxy.store.base import Entry, Generations, Lookup
 
@@ -21,6 +35,24 @@ DEFAULT_MAX_LIFETIME = 3600.0
 an invalidated tag's generation must be remembered."""
 _PRUNE_EVERY = 1024
 _MAX_ACCEPTANCES = 100_000
+
+
+class _Entries(LRUCache[bytes, Entry]):
+    """Entries bounded by :attr:`Entry.size`; counts what it had to evict."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(max_bytes, _size)
+        self.evictions = 0
+
+    def popitem(self) -> tuple[bytes, Entry]:
+        # cachetools' documented hook for eviction
+        item = super().popitem()
+        self.evictions += 1
+        return item
+
+
+def _size(entry: Entry) -> int:
+    return entry.size
 
 
 class MemoryStore:
@@ -39,8 +71,7 @@ class MemoryStore:
         self.max_bytes = max_bytes
         self.max_lifetime = max_lifetime
         self._clock = clock
-        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
-        self._bytes = 0
+        self._entries = _Entries(max_bytes)
         self._gens: dict[str, int] = {}
         self._bumped_at: dict[str, float] = {}
         self._counter = itertools.count(1)
@@ -48,13 +79,17 @@ class MemoryStore:
         """What a tag never bumped (or forgotten) reads; raised by clear()."""
         self._bumps_since_prune = 0
         self._accepted: dict[bytes, float] = {}
-        self.evictions = 0
 
     # -- introspection (metrics, tests) ------------------------------------
     @property
     def currsize(self) -> int:
         """Bytes currently charged."""
-        return self._bytes
+        return int(self._entries.currsize)
+
+    @property
+    def evictions(self) -> int:
+        """Live entries dropped to make room."""
+        return self._entries.evictions
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -66,7 +101,25 @@ class MemoryStore:
         (:class:`~cacheproxy.store.tiered.TieredStore`): no generations or
         acceptance are looked up, and no coroutine is made.
         """
-        return self._get(key)
+        entries = self._entries
+        try:
+            entry = entries[key]
+        except KeyError:
+            return None
+        if self._clock() >= entry.stored_at + min(entry.ttl + entry.stale_for, self.max_lifetime):
+            del entries[key]
+            return None
+        return entry
+
+    def keep(self, key: bytes, entry: Entry) -> bool:
+        """Hold ``entry`` under ``key`` with no generation check: for a tier
+        that decides freshness itself (the local copies of
+        :class:`~cacheproxy.store.tiered.TieredStore`).  True when held."""
+        if entry.size > self.max_bytes:
+            self._entries.pop(key, None)
+            return False
+        self._entries[key] = entry
+        return True
 
     # -- Store protocol ----------------------------------------------------
     async def lookup(self, key: bytes, tags: Sequence[str], credential: bytes) -> Lookup:
@@ -75,7 +128,14 @@ class MemoryStore:
     def lookup_now(self, key: bytes, tags: Sequence[str], credential: bytes) -> Lookup:
         """:meth:`lookup` without a coroutine: nothing here waits, and the
         server's fast lane answers hits from a parser callback."""
-        return Lookup(self._get(key), self._generations(tags), self._accepted_until(credential))
+        entry = self.get(key)
+        gens = self._gens
+        floor = self._floor
+        accepted = self._accepted.get(credential, 0.0)
+        if accepted and accepted <= self._clock():
+            del self._accepted[credential]
+            accepted = 0.0
+        return Lookup(entry, tuple([gens.get(t, floor) for t in tags]), accepted)
 
     async def generations(self, tags: Sequence[str]) -> Generations:
         return self._generations(tags)
@@ -83,24 +143,10 @@ class MemoryStore:
     async def put(self, key: bytes, entry: Entry) -> bool:
         if entry.generations != self._generations(entry.tags):
             return False  # invalidated while it was being fetched
-        size = entry.size
-        if size > self.max_bytes:
-            return False
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._bytes -= old.size
-        while self._entries and self._bytes + size > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.size
-            self.evictions += 1
-        self._entries[key] = entry
-        self._bytes += size
-        return True
+        return self.keep(key, entry)
 
     async def remove(self, key: bytes) -> None:
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._bytes -= old.size
+        self._entries.pop(key, None)
 
     async def bump(self, tags: Sequence[str]) -> None:
         now = self._clock()
@@ -127,7 +173,6 @@ class MemoryStore:
 
     async def clear(self) -> None:
         self._entries.clear()
-        self._bytes = 0
         # Every tag, bumped before or not, now reads a value no fetch in
         # flight captured, so none can land its result.
         self._floor = next(self._counter)
@@ -138,28 +183,10 @@ class MemoryStore:
         return None
 
     # -- internals ---------------------------------------------------------
-    def _get(self, key: bytes) -> Entry | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if self._clock() >= entry.stored_at + min(entry.ttl + entry.stale_for, self.max_lifetime):
-            del self._entries[key]
-            self._bytes -= entry.size
-            return None
-        self._entries.move_to_end(key)
-        return entry
-
     def _generations(self, tags: Sequence[str]) -> Generations:
         gens = self._gens
         floor = self._floor
         return tuple([gens.get(t, floor) for t in tags])
-
-    def _accepted_until(self, credential: bytes) -> float:
-        until = self._accepted.get(credential, 0.0)
-        if until and until <= self._clock():
-            del self._accepted[credential]
-            return 0.0
-        return until
 
     def _prune_generations(self, now: float) -> None:
         """Forget generations bumped longer ago than any entry can live.

@@ -5,8 +5,9 @@ asyncio pipeline spends several hundred microseconds of CPU around it
 (Pipeline objects, per-command packing and encoding, the connection pool,
 response callbacks, retry wrappers).  Here a round trip is one ``bytes``
 written to an :class:`asyncio.Protocol` and N replies parsed by
-``hiredis.Reader`` as they arrive; one timer bounds it.  redis-py stays for
-everything else (bumps, stores, admin, Sentinel discovery).
+``hiredis.Reader`` as they arrive; one timer bounds it.  Every call of the
+store goes through it (:mod:`~cacheproxy.store.redis_link`); redis-py stays
+for URL parsing, TLS contexts, its exception classes and Sentinel discovery.
 
 The connections behave like redis-py's, so that the store's fault boundary
 sees the same exceptions (``redis.exceptions``):
@@ -60,7 +61,6 @@ __all__ = [
     "RespPool",
     "classify",
     "pack",
-    "raise_errors",
 ]
 
 Address = tuple[str, int]
@@ -80,13 +80,6 @@ def classify(reply: ResponseError) -> ResponseError:
     if msg.startswith("NOSCRIPT"):
         return NoScriptError(msg)
     return reply
-
-
-def raise_errors(replies: list[Any]) -> None:
-    """Raise the first error reply of a round trip, as redis-py would."""
-    for r in replies:
-        if isinstance(r, ResponseError):
-            raise classify(r)
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,7 +397,7 @@ class RespPool:
 
     async def execute(self, payload: bytes, n: int, *, retry: bool = True) -> list[Any]:
         """One round trip of ``n`` commands; replies in order (error replies
-        included as exceptions: see :func:`raise_errors`).  ``retry=False``:
+        included as exceptions).  ``retry=False``:
         the caller's first attempt (:meth:`send`) already failed."""
         for attempt in (0, 1) if retry else (1,):
             try:

@@ -18,14 +18,16 @@ acceptance are exactly what Redis said last and this replica did not bump
 its tags since.  That is a bounded, documented weakening: a write through
 *another* replica during those seconds is not seen.
 
-The ``local`` store must be dedicated to this tier (it is used as a bounded
-LRU of bytes; tags are never bumped in it).
+The ``local`` store must be dedicated to this tier: it is used only as a
+byte-bounded LRU of copies (:meth:`MemoryStore.get` and
+:meth:`MemoryStore.keep`), each copy carrying the shared tier's
+:attr:`Entry.version` of the bytes it was made from.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -34,19 +36,7 @@ from cacheproxy.store.memory import MemoryStore
 
 __all__ = ["SharedTier", "TieredStore"]
 
-_MARK = "\x00tiered\x00"
 _MAX_SEEN = 65_536
-
-
-class _Held(str):
-    """The synthetic tag of a local copy: reads as ``_MARK`` to the local
-    MemoryStore, and carries the real entry and its Redis version, so that a
-    local hit unwraps with two attribute reads (it used to parse JSON and
-    rebuild the Entry on every hit).  It shares the body with the wrapped
-    copy: nothing is held twice, and it goes when the local store drops it."""
-
-    entry: Entry
-    version: bytes
 
 
 class SharedTier(Protocol):
@@ -56,9 +46,9 @@ class SharedTier(Protocol):
         self, key: bytes, tags: Sequence[str], credential: bytes
     ) -> tuple[Lookup, bytes | None]: ...
 
-    async def probe(
+    def probe(
         self, key: bytes, tags: Sequence[str], credential: bytes
-    ) -> tuple[bytes | None, Generations, float]: ...
+    ) -> Awaitable[tuple[bytes | None, Generations, float]]: ...
 
     async def generations(self, tags: Sequence[str]) -> Generations: ...
 
@@ -79,23 +69,6 @@ class SharedTier(Protocol):
     async def clear(self) -> None: ...
 
     async def aclose(self) -> None: ...
-
-
-def _wrap(entry: Entry, version: bytes, local_generation: int) -> Entry:
-    """Hide the real tags, generations and version in one synthetic tag that
-    is never bumped locally, so the local MemoryStore accepts the copy."""
-    held = _Held(_MARK)
-    held.entry = entry
-    held.version = version
-    return replace(entry, tags=(held,), generations=(local_generation,))
-
-
-def _unwrap(local: Entry) -> tuple[Entry, bytes] | None:
-    tags = local.tags
-    if len(tags) != 1 or type(tags[0]) is not _Held:
-        return None
-    held = tags[0]
-    return held.entry, held.version
 
 
 class TieredStore:
@@ -136,9 +109,9 @@ class TieredStore:
         # What _observe records serves only the outage grace: no clock reads
         # on the hit path without it.
         started = self._mono() if self.outage_grace > 0 else 0.0
-        held = self._local_get(key)
-        if held is not None:
-            entry, version = held
+        entry = self.local.get(key)
+        if entry is not None:
+            version = entry.version
             try:
                 current, gens, accepted = await self.shared.probe(key, tags, credential)
             except StoreError:
@@ -161,7 +134,7 @@ class TieredStore:
             and got.is_valid(tags, found.generations)
             and got.size <= self.local_max_entry_bytes
         ):
-            await self._local_put(key, got, stored)
+            self.local.keep(key, replace(got, version=stored))
         return found
 
     async def generations(self, tags: Sequence[str]) -> Generations:
@@ -175,7 +148,7 @@ class TieredStore:
         version = await self.shared.put_versioned(key, entry)
         self._note_ok()
         if version is not None and entry.size <= self.local_max_entry_bytes:
-            await self._local_put(key, entry, version)
+            self.local.keep(key, replace(entry, version=version))
         return version is not None
 
     async def remove(self, key: bytes) -> None:
@@ -223,16 +196,6 @@ class TieredStore:
         await self.local.aclose()
 
     # -- internals ---------------------------------------------------------
-    async def _local_put(self, key: bytes, entry: Entry, version: bytes) -> None:
-        # The marker tag reads the local store's floor, which clear() raises:
-        # a fixed 0 made every local copy refused after the first clear.
-        (generation,) = await self.local.generations((_MARK,))
-        await self.local.put(key, _wrap(entry, version, generation))
-
-    def _local_get(self, key: bytes) -> tuple[Entry, bytes] | None:
-        entry = self.local.get(key)
-        return None if entry is None else _unwrap(entry)
-
     def _outage_lookup(self, entry: Entry, tags: Sequence[str], credential: bytes) -> Lookup:
         """Serve the local copy only within the grace, exactly as last seen."""
         if self.outage_grace <= 0 or self._mono() - self._last_ok > self.outage_grace:

@@ -1,10 +1,13 @@
-"""A :class:`~cacheproxy.upstream.base.Transport` over aiohttp's client.
+"""The :class:`~cacheproxy.upstream.base.Transport` to slurmrestd, over
+aiohttp's client.
 
-aiohttp is the cheapest mature asyncio HTTP client (several times less CPU
-per request than httpx), so it is the reference: the lean ``h1`` transport,
-which ``create_transport`` picks by default, runs the same test-suite against
-it, and it stays available as ``kind="aiohttp"`` (a fallback should the lean
-one ever misbehave with some slurmrestd).
+Why aiohttp and not a client of our own: forwarding is bounded by slurmrestd
+(a few hundred requests a second, 16 in flight), so aiohttp's CPU per
+forward costs users nothing, while an own HTTP client is a permanent
+security and maintenance burden (the hand-written HTTP/1.1 client that was
+here before was removed for that reason; issue 16).  aiohttp is also the
+cheapest mature asyncio client (several times less CPU per request than
+httpx).
 
 It is configured to be a *transparent* hop rather than a browser-like client:
 
@@ -14,19 +17,21 @@ It is configured to be a *transparent* hop rather than a browser-like client:
   ``Accept-Encoding`` or ``Content-Type``, no cookie jar, no redirects;
 * bodies are neither compressed nor decompressed, and stream both ways;
 * aiohttp's own silent retry of idempotent methods (which includes PUT and
-  DELETE, i.e. slurmrestd writes) is switched off; the transport retries only
-  what :func:`~cacheproxy.upstream.retry.may_retry` allows.  aiohttp does not
-  say whether a connection was reused, so here the one retry also covers a
-  fresh connection dropped before the answer (harmless: reads only).
+  DELETE, i.e. slurmrestd writes) never happens: a client middleware (public
+  API) turns the failures it would retry into an exception of ours, and the
+  transport retries only what :func:`~cacheproxy.upstream.retry.may_retry`
+  allows.  aiohttp does not say whether a connection was reused, so the one
+  retry also covers a fresh connection dropped before the answer (harmless:
+  reads only).
 
-Limitation: aiohttp writes the request line and headers as UTF-8 text, so a
-target or header value that is not valid UTF-8 cannot pass byte for byte (it
-is sent Latin-1-decoded); the h1 transport has no such limit.
+aiohttp writes the request line and headers as UTF-8 text, so a target or
+header value that is not valid UTF-8 cannot pass byte for byte: such a
+request is refused (:class:`~cacheproxy.upstream.base.UpstreamRefused`,
+nothing sent) rather than sent with other bytes than the proxy decided on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -39,6 +44,7 @@ from cacheproxy.upstream.base import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
+    UpstreamRefused,
     UpstreamRequest,
     UpstreamTimeout,
 )
@@ -55,6 +61,32 @@ _STALE = (
 )
 """What a pooled connection that the server already closed looks like: EOF or
 reset before any response byte (connect errors are caught before these)."""
+_CONNECT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+class _Dropped(Exception):
+    """The connection broke before the response head: what aiohttp would
+    retry by itself (see :func:`_no_silent_retry`); ``cause`` is its error."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+async def _no_silent_retry(
+    req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """A client middleware: aiohttp retries a PUT or DELETE on a dropped
+    keep-alive connection by itself, and a slurmrestd write applied twice
+    submits two jobs.  Its retry catches only its own errors, so the ones it
+    would retry leave here as :class:`_Dropped`; :meth:`AiohttpTransport.send`
+    decides (reads only, once)."""
+    try:
+        return await handler(req)
+    except _CONNECT:
+        raise
+    except _STALE as exc:
+        raise _Dropped(exc) from exc
 
 
 def map_error(exc: BaseException) -> UpstreamError:
@@ -88,31 +120,25 @@ def wire_text(target: str) -> str:
     The proxy holds targets as Latin-1 text (one char per byte); aiohttp
     encodes the request line as UTF-8, so non-ASCII targets are re-decoded as
     UTF-8 (which round-trips any valid UTF-8 byte sequence).  Other bytes
-    above 0x7F cannot be sent byte-exact through aiohttp (the h1 transport
-    can).
+    above 0x7F cannot be sent byte-exact: :class:`UpstreamRefused`.
     """
     if _UNSAFE_TARGET.search(target):
         raise ValueError(f"unsafe character in request target {target!r}")
-    if not target.isascii():
-        with contextlib.suppress(UnicodeDecodeError):
-            return target.encode("latin-1").decode("utf-8")
-    return target
+    if target.isascii():
+        return target
+    try:
+        return target.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        raise UpstreamRefused("request target is not valid UTF-8") from None
 
 
 def header_text(headers: Headers) -> list[tuple[str, str]]:
     """Header pairs as the text aiohttp encodes back to the same bytes (UTF-8;
     see :func:`wire_text`).  aiohttp itself refuses CR and LF in them."""
     try:
-        return [(k.decode("latin-1"), v.decode("utf-8")) for k, v in headers]
+        return [(k.decode("utf-8"), v.decode("utf-8")) for k, v in headers]
     except UnicodeDecodeError:
-        out = []
-        for k, v in headers:
-            try:
-                text = v.decode("utf-8")
-            except UnicodeDecodeError:
-                text = v.decode("latin-1")  # not representable: best effort
-            out.append((k.decode("latin-1"), text))
-        return out
+        raise UpstreamRefused("a request header is not valid UTF-8") from None
 
 
 class AiohttpResponse:
@@ -137,7 +163,13 @@ class AiohttpResponse:
             raise map_error(exc) from exc
 
     def body_if_complete(self) -> bytes | None:
-        return None  # aiohttp's buffers are its own: read through aiter_body
+        content = self._resp.content
+        if not content.is_eof():
+            return None  # more to come: read it with aiter_body
+        try:
+            return content.read_nowait()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise map_error(exc) from exc
 
     async def aclose(self) -> None:
         # aiohttp puts the connection back in the pool only if the body was
@@ -191,10 +223,8 @@ class AiohttpTransport:
             cookie_jar=aiohttp.DummyCookieJar(),
             raise_for_status=False,
             trust_env=False,
+            middlewares=(_no_silent_retry,),
         )
-        # aiohttp retries PUT/DELETE on a dropped keep-alive connection by
-        # itself; a write must never be sent twice (see send()).
-        session._retry_connection = False
         self._session = session
         return session
 
@@ -215,13 +245,11 @@ class AiohttpTransport:
                     allow_redirects=False,
                     compress=None,
                 )
-            except aiohttp.ClientConnectorError as exc:
-                raise map_error(exc) from exc
-            except _STALE as exc:
+            except _Dropped as dropped:
                 if retry:
                     retry = False
                     continue
-                raise map_error(exc) from exc
+                raise map_error(dropped.cause) from dropped.cause
             except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
                 raise map_error(exc) from exc
             return AiohttpResponse(resp)

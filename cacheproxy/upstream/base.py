@@ -16,8 +16,11 @@ Exception tree (all derive from :class:`UpstreamError`)::
     │                             write never
     ├── UpstreamBusy              never sent: the proxy's own limit on requests
     │                             in flight to slurmrestd is reached (503)
-    └── UpstreamUnavailable       never sent: the circuit breaker is open after
-                                  repeated upstream failures (fail fast)
+    ├── UpstreamUnavailable       never sent: the circuit breaker is open after
+    │                             repeated upstream failures (fail fast)
+    └── UpstreamRefused           never sent: the request cannot go out byte for
+                                  byte (e.g. a header that is not valid UTF-8);
+                                  the client's doing, not slurmrestd's
 
 ``UpstreamError.sent`` tells whether the request may have reached slurmrestd,
 which is what decides both retries and invalidation of a failed write.
@@ -55,6 +58,15 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     """The exchange broke after the request may have been sent."""
+
+
+class UpstreamRefused(UpstreamError):
+    """Refused before sending: the transport cannot send these exact bytes,
+    and sending others would break the promise that slurmrestd acts on the
+    very request the proxy decided on.  Says nothing about slurmrestd's health
+    (the circuit breaker ignores it)."""
+
+    sent = False
 
 
 class UpstreamBusy(UpstreamError):
@@ -114,7 +126,8 @@ class UpstreamResponse(Protocol):
 
     def body_if_complete(self) -> bytes | None:
         """The whole body if all of it has already arrived, else None (then
-        read it with :meth:`aiter_body`).  Asked before reading any of it;
+        read it with :meth:`aiter_body`); may raise UpstreamError as
+        :meth:`aiter_body` would.  Asked before reading any of it;
         taking it ends the body as draining :meth:`aiter_body` would.  Why:
         a small answer usually arrives with its head, and an async iteration
         per forwarded request is a measurable share of its cost."""

@@ -1,18 +1,22 @@
-"""Choose and build the transport to slurmrestd.
+"""Build the transport to slurmrestd.
 
-Kept apart from the transports so that importing the package does not import
-every HTTP client, and so the default is decided (and documented) in one place.
+Kept apart from the transport so that importing the package does not import
+aiohttp, and so the accepted spellings of the old ``upstream_client`` setting
+are decided in one place.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
 
 from cacheproxy.upstream.base import Transport
 
-TransportKind = Literal["auto", "h1", "aiohttp"]
-TRANSPORT_KINDS: tuple[str, ...] = ("auto", "h1", "aiohttp")
-"""Accepted values of ``kind``; ``auto`` is the fastest correct one."""
+_log = logging.getLogger("cacheproxy.upstream")
+
+TRANSPORT_KINDS: tuple[str, ...] = ("auto", "aiohttp", "h1")
+"""Accepted values of ``kind``.  There is one transport (aiohttp); ``h1``
+named the hand-written client removed in issue 16 and is accepted, with a
+deprecation warning, so that existing configurations keep starting."""
 
 
 def create_transport(
@@ -31,14 +35,10 @@ def create_transport(
     """
     if kind not in TRANSPORT_KINDS:
         raise ValueError(f"unknown transport kind {kind!r}; expected one of {TRANSPORT_KINDS}")
-    if kind in ("auto", "h1"):
-        from cacheproxy.upstream.h1_transport import create_h1_transport
-
-        return create_h1_transport(
-            url,
-            max_connections=max_connections,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
+    if kind == "h1":
+        _log.warning(
+            "upstream_client 'h1' is deprecated: the hand-written HTTP/1.1 client was "
+            "removed and aiohttp is used; set upstream_client to 'auto' or drop it"
         )
     from cacheproxy.upstream.aiohttp_transport import create_aiohttp_transport
 

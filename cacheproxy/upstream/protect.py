@@ -15,7 +15,9 @@ not turn a burst of misses, or a struggling controller, into a pile-up:
   clients get an answer (or a stale entry) at once instead of after a timeout
   and the controller gets room to recover.  Then one request is let through as
   a *probe*: only its success closes the circuit; its failure re-opens it with
-  a doubled cool-down (bounded).
+  a doubled cool-down (bounded).  The breaker is the one
+  :class:`~cacheproxy.circuit.CircuitBreaker` the Redis tier uses too; every
+  upstream failure is a strike.
 
 It wraps any :class:`~cacheproxy.upstream.base.Transport` and is one itself,
 so the proxy does not know it is there.
@@ -24,18 +26,19 @@ so the proxy does not know it is there.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
+from cacheproxy.circuit import CircuitBreaker, Ticket
 from cacheproxy.upstream.base import (
     Headers,
     Transport,
     UpstreamBusy,
     UpstreamError,
+    UpstreamRefused,
     UpstreamRequest,
     UpstreamResponse,
     UpstreamUnavailable,
@@ -44,8 +47,6 @@ from cacheproxy.upstream.base import (
 if TYPE_CHECKING:
     from cacheproxy.settings import Settings
     from cacheproxy.stats import Stats
-
-log = logging.getLogger("cacheproxy.upstream.protect")
 
 DEFAULT_MAX_CONCURRENT = 16
 """slurmrestd's default thread count: more in flight would only queue there."""
@@ -140,92 +141,21 @@ class Limiter:
             self._timer = loop.call_at(waiters[0][0], self._expire, loop)
 
 
-class Breaker:
-    """Closed -> open (fail fast) -> one probe -> closed, or open for longer."""
-
-    def __init__(
-        self,
-        threshold: int,
-        cooldown: float,
-        *,
-        max_cooldown: float = _MAX_COOLDOWN,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.threshold = threshold
-        self.base_cooldown = cooldown
-        self.max_cooldown = max(max_cooldown, cooldown)
-        self._now = monotonic
-        self.consecutive = 0
-        self.is_open = False
-        self._until = 0.0
-        self._cooldown = cooldown
-        self._probing = False
-        self.opened = 0
-        """How many times the circuit opened."""
-        self.rejected = 0
-        """Calls refused without trying."""
-
-    def admit(self) -> bool:
-        """May a call go upstream?  True when it is the probe; raises
-        :class:`UpstreamUnavailable` when the call must fail fast."""
-        if not self.is_open:
-            return False
-        now = self._now()
-        if not self._probing and now >= self._until:
-            self._probing = True
-            return True
-        self.rejected += 1
-        wait = max(self._until - now, 0.0) if not self._probing else self._cooldown
-        raise UpstreamUnavailable(retry_after=float(max(1, math.ceil(wait))))
-
-    def success(self, probe: bool) -> None:
-        self.consecutive = 0
-        if probe and self.is_open:
-            self.is_open = False
-            self._probing = False
-            self._cooldown = self.base_cooldown
-            log.warning("slurmrestd answers again: circuit closed")
-
-    def failure(self, probe: bool) -> None:
-        if probe and self.is_open:
-            self._probing = False
-            self._cooldown = min(self._cooldown * 2, self.max_cooldown)
-            self._until = self._now() + self._cooldown
-            return
-        if self.is_open or self.threshold <= 0:
-            return  # calls admitted before the circuit opened: already counted
-        self.consecutive += 1
-        if self.consecutive >= self.threshold:
-            self.is_open = True
-            self.opened += 1
-            self._until = self._now() + self._cooldown
-            log.warning(
-                "slurmrestd failed %d times in a row: failing fast for %.1f s",
-                self.consecutive,
-                self._cooldown,
-            )
-
-    def abandon(self, probe: bool) -> None:
-        """The call ended without a verdict (cancelled): let another probe."""
-        if probe:
-            self._probing = False
-
-
 class _Guarded:
     """The inner response; its body feeds the breaker and its close frees the slot."""
 
-    __slots__ = ("_inner", "_owner", "_probe", "_released", "headers", "status")
+    __slots__ = ("_inner", "_owner", "_released", "_ticket", "headers", "status")
 
-    def __init__(self, inner: UpstreamResponse, owner: ProtectedTransport, probe: bool) -> None:
+    def __init__(self, inner: UpstreamResponse, owner: ProtectedTransport, ticket: Ticket) -> None:
         self._inner = inner
         self._owner = owner
-        self._probe = probe
+        self._ticket = ticket
         self._released = False
         self.status: int = inner.status
         self.headers: Headers = inner.headers
 
     def aiter_body(self) -> _GuardedBody:
-        return _GuardedBody(self._inner.aiter_body(), self._owner.breaker, self._probe)
+        return _GuardedBody(self._inner.aiter_body(), self._owner.breaker, self._ticket)
 
     def body_if_complete(self) -> bytes | None:
         return self._inner.body_if_complete()  # complete: nothing broke
@@ -245,12 +175,14 @@ class _GuardedBody:
     frame, costs paid on every forwarded request.
     """
 
-    __slots__ = ("_breaker", "_chunks", "_probe")
+    __slots__ = ("_breaker", "_chunks", "_ticket")
 
-    def __init__(self, chunks: AsyncIterator[bytes], breaker: Breaker, probe: bool) -> None:
+    def __init__(
+        self, chunks: AsyncIterator[bytes], breaker: CircuitBreaker, ticket: Ticket
+    ) -> None:
         self._chunks = chunks.__aiter__()
         self._breaker = breaker
-        self._probe = probe
+        self._ticket = ticket
 
     def __aiter__(self) -> _GuardedBody:
         return self
@@ -258,8 +190,8 @@ class _GuardedBody:
     async def __anext__(self) -> bytes:
         try:
             return await self._chunks.__anext__()
-        except UpstreamError:
-            self._breaker.failure(self._probe)
+        except UpstreamError as exc:
+            self._breaker.strike(self._ticket, exc)
             raise
 
 
@@ -281,38 +213,49 @@ class ProtectedTransport:
     ) -> None:
         self.inner = inner
         self.limiter = Limiter(max_concurrent, max_queue, queue_timeout)
-        self.breaker = Breaker(breaker_failures, breaker_cooldown, monotonic=monotonic)
+        self.breaker = CircuitBreaker(
+            "slurmrestd",
+            threshold=breaker_failures,
+            cooldown=breaker_cooldown,
+            max_cooldown=_MAX_COOLDOWN,
+            monotonic=monotonic,
+        )
         self.stats = stats
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        try:
-            probe = self.breaker.admit()
-        except UpstreamUnavailable:
+        breaker = self.breaker
+        ticket = breaker.enter()
+        if ticket is None:
             if self.stats is not None:
                 self.stats.breaker_rejected += 1
-            raise
+            wait = breaker.retry_after()
+            raise UpstreamUnavailable(retry_after=float(max(1, math.ceil(wait))))
         try:
             await self.limiter.acquire()
         except BaseException as exc:
-            self.breaker.abandon(probe)
+            breaker.abandon(ticket)
             if isinstance(exc, UpstreamBusy) and self.stats is not None:
                 self.stats.upstream_busy += 1
             raise
         try:
             resp = await self.inner.send(request)
-        except UpstreamError:
+        except UpstreamRefused:
             self.limiter.release()
-            self.breaker.failure(probe)
+            breaker.abandon(ticket)  # the request's fault: slurmrestd was not asked
+            raise
+        except UpstreamError as exc:
+            self.limiter.release()
+            breaker.strike(ticket, exc)
             raise
         except BaseException:
             self.limiter.release()
-            self.breaker.abandon(probe)
+            breaker.abandon(ticket)
             raise
         if resp.status in FAILURE_STATUSES:
-            self.breaker.failure(probe)
+            breaker.strike(ticket, f"answered {resp.status}")
         else:
-            self.breaker.success(probe)
-        return _Guarded(resp, self, probe)
+            breaker.success(ticket)
+        return _Guarded(resp, self, ticket)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -1,9 +1,8 @@
 """Parse the upstream address every transport accepts.
 
 slurmrestd listens on TCP or on a UNIX socket; the proxy is configured with
-``http://host:port`` or ``unix:/path/to.sock``.  Parsing is shared so every
-transport accepts exactly the same spellings and derives the same default
-``Host`` header.
+``http://host:port`` or ``unix:/path/to.sock``.  Parsing lives here so the
+spellings accepted are decided in one place.
 """
 
 from __future__ import annotations
@@ -19,15 +18,6 @@ class UpstreamAddress:
     host: str
     port: int
     path: str | None = None
-
-    @property
-    def host_header(self) -> bytes:
-        """The ``Host`` value to send when the caller gave none (HTTP/1.1
-        requires one; ``localhost`` for a UNIX socket, as curl does)."""
-        if self.path is not None:
-            return b"localhost"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}".encode("ascii")
 
 
 def parse_upstream_url(url: str) -> UpstreamAddress:

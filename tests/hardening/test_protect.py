@@ -18,7 +18,7 @@ from cacheproxy.upstream.base import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from cacheproxy.upstream.protect import Breaker, Limiter, ProtectedTransport
+from cacheproxy.upstream.protect import Limiter, ProtectedTransport
 
 REQ = UpstreamRequest(method="GET", target="/slurm/v0.0.43/ping", headers=[])
 
@@ -257,16 +257,6 @@ async def test_broken_body_counts_and_successes_reset() -> None:
         await drain(await t.send(REQ))
     assert not t.breaker.is_open
     assert t.breaker.consecutive == 1
-
-
-async def test_cancelled_probe_lets_another_probe() -> None:
-    mono = Mono()
-    breaker = Breaker(1, 1.0, monotonic=mono)
-    breaker.failure(False)
-    mono.now += 1
-    assert breaker.admit() is True
-    breaker.abandon(True)
-    assert breaker.admit() is True
 
 
 async def test_breaker_off() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 
-from cacheproxy.store.redis import _candidates
+from cacheproxy.store.redis_layout import candidates as _candidates
 
 
 def _child(conn: multiprocessing.connection.Connection) -> None:

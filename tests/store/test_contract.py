@@ -356,6 +356,14 @@ class TestMemoryStore(StoreContract):
             assert (await store.lookup(k, TAGS, CRED)).entry is not None
         await store.put(b"huge", make_entry(clock(), (0, 0), body=b"x" * probe.size * 4))
         assert (await store.lookup(b"huge", TAGS, CRED)).entry is None
+        assert store.evictions == 1
+
+    async def test_a_replacing_answer_too_big_to_keep_drops_the_old_one(self, clock: Any) -> None:
+        small = make_entry(clock(), (0, 0), body=b"x" * 100)
+        store = MemoryStore(max_bytes=small.size * 2, clock=clock)
+        await store.put(b"k", small)
+        await store.put(b"k", make_entry(clock(), (0, 0), body=b"x" * small.size * 4))
+        assert (await store.lookup(b"k", TAGS, CRED)).entry is None
 
 
 class TestRedisStore(StoreContract):

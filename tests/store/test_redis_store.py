@@ -15,7 +15,8 @@ import trustme
 
 from cacheproxy.compress import make_variants
 from cacheproxy.store.base import Entry, StoreError
-from cacheproxy.store.redis import RedisStore, parse_sentinel_url, redacted_url
+from cacheproxy.store.redis import RedisStore
+from cacheproxy.store.redis_link import parse_sentinel_url, redacted_url
 from tests.store import servers
 
 TAGS = ("jobs", "user:alice")
@@ -290,7 +291,7 @@ async def test_a_stalled_redis_is_a_store_error_not_a_hang(
     try:
         await store.generations(TAGS)
         faulty_link.set_mode("blackhole")
-        for _ in range(store.circuit.strikes):  # a timeout is a strike, not yet a verdict
+        for _ in range(store.circuit.threshold):  # a timeout is a strike, not yet a verdict
             assert not store.circuit.is_open
             with pytest.raises(StoreError):
                 await store.lookup(b"k", TAGS, CRED)
@@ -344,6 +345,35 @@ async def test_a_lost_bump_is_written_before_this_replica_trusts_redis_again(
     finally:
         await writer.aclose()
         await other.aclose()
+
+
+async def test_a_probe_whose_pending_bumps_fail_reopens_the_circuit(
+    faulty_link: Any, prefix: str, clock: Any, mono: Any
+) -> None:
+    """The probe writes the pending bumps first; when that fails Redis is
+    still away: the circuit re-opens for a cool-down (no probe on every
+    following call), the bumps stay pending and nothing is served."""
+    store = RedisStore(
+        faulty_link.url, prefix=prefix, clock=clock, timeout=0.2, monotonic=mono, bump_deadline=0.2
+    )
+    try:
+        gens = await store.generations(TAGS)
+        await store.put(b"k", entry(clock(), gens))
+        faulty_link.set_mode("refuse")
+        with pytest.raises(StoreError):
+            await store.bump(["jobs"])
+        mono.advance(1.5)
+        with pytest.raises(StoreError):
+            await store.lookup(b"k", TAGS, CRED)  # the probe: its flush fails
+        assert store.circuit.is_open
+        assert store.circuit.enter() is None  # a cool-down again, not another probe
+        assert store.stats()["pending_bumps"] == 1
+        faulty_link.set_mode("pass")
+        mono.advance(1.5)
+        assert not stale_but_valid(await store.lookup(b"k", TAGS, CRED))
+        assert store.stats()["pending_bumps"] == 0
+    finally:
+        await store.aclose()
 
 
 async def test_bumps_failing_while_the_circuit_is_open_are_kept_too(

@@ -255,7 +255,7 @@ async def test_a_sleeping_server_is_a_timeout_then_a_circuit(
                 await store.lookup(b"k", TAGS, CRED)
             assert loop.time() - started < 0.5  # bounded by the timeout, not the sleep
             assert not store.circuit.is_open  # one timeout is a strike
-            for _ in range(store.circuit.strikes - 1):
+            for _ in range(store.circuit.threshold - 1):
                 with pytest.raises(StoreError, match="timed out"):
                     await store.probe(b"k", TAGS, CRED)
             assert store.circuit.is_open

@@ -1,7 +1,8 @@
-"""Fixtures: a scriptable raw server and a transport of every kind under test.
+"""Fixtures: a scriptable raw server and the transport under test.
 
-Every behavioural test runs against every transport ``create_transport`` can
-build, so a leaner transport cannot quietly differ from the reference one.
+Every behavioural test runs with slurmrestd on TCP and on a UNIX socket (the
+two ways it listens; aiohttp uses a different connector for each), on
+asyncio's loop and on uvloop.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from cacheproxy.upstream import create_transport
 from cacheproxy.upstream.base import Transport
 from tests.upstream.rawserver import RawServer
 
-KINDS = ["h1", "aiohttp"]
+FAMILIES = ["tcp", "unix"]
 
 
 def pytest_asyncio_loop_factories(
@@ -32,17 +33,9 @@ def pytest_asyncio_loop_factories(
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
-@pytest.fixture(params=KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
+@pytest.fixture(params=FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[RawServer]:
-    srv = RawServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
 
 
 @pytest.fixture
@@ -52,15 +45,23 @@ def sock_dir() -> Iterator[Path]:
         yield Path(d)
 
 
+@pytest.fixture
+async def server(family: str, sock_dir: Path) -> AsyncIterator[RawServer]:
+    srv = RawServer()
+    await srv.start(uds=str(sock_dir / "slurmrestd.sock") if family == "unix" else None)
+    yield srv
+    await srv.stop()
+
+
 MakeTransport = Callable[..., Transport]
 
 
 @pytest.fixture
-async def make_transport(kind: str) -> AsyncIterator[MakeTransport]:
+async def make_transport() -> AsyncIterator[MakeTransport]:
     made: list[Transport] = []
 
     def make(url: str, **kwargs: Any) -> Transport:
-        t = create_transport(url, kind=kind, **kwargs)
+        t = create_transport(url, **kwargs)
         made.append(t)
         return t
 
