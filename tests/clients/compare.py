@@ -41,22 +41,21 @@ def without_meta(data: Any) -> Any:
     return data
 
 
-def counters_masked(data: Any) -> Any:
-    """Diag without its numbers: every call moves the controller's own RPC and
-    time counters (``req_time``, ``rpcs_by_*``), so two diag answers a moment
-    apart can only be compared in shape."""
+def shape(data: Any) -> Any:
+    """Diag as its shape: every call moves the controller's own counters
+    (``req_time``, ``rpcs_by_*``), and its RPC tables gain a row for every
+    message type seen since, so two diag answers a moment apart can only be
+    compared in their members and types."""
     if isinstance(data, dict):
-        return {k: counters_masked(v) for k, v in data.items()}
+        return {k: shape(v) for k, v in data.items()}
     if isinstance(data, list):
-        return [counters_masked(v) for v in data]
-    if isinstance(data, bool) or not isinstance(data, int | float):
-        return data
-    return "<n>"
+        return "list"
+    return type(data).__name__
 
 
 def comparable(label: str, data: Any) -> Any:
     body = without_meta(data)
-    return counters_masked(body) if label in UNCACHED else body
+    return shape(body) if label in UNCACHED else body
 
 
 def is_hit(headers: dict[str, str]) -> bool:

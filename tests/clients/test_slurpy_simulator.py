@@ -78,8 +78,15 @@ def reads(sim: Running, version: str) -> list[list[Any]]:
 
 
 def run(python: Path, url: str, version: str, calls: list[list[Any]], **extra: Any) -> Any:
-    request = {"url": url, "version": version, "user": USER, "token": TOKEN, "calls": calls}
-    return run_client(python, "slurpy_client.py", {**request, **extra})
+    request = {
+        "package": "slurpy.v" + version.removeprefix("v").replace(".", ""),
+        "apis": {"slurm": "SlurmApi", "slurmdb": "SlurmdbApi"},
+        "url": url,
+        "user": USER,
+        "token": TOKEN,
+        "calls": calls,
+    }
+    return run_client(python, "generated_client.py", {**request, **extra})
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -124,7 +131,8 @@ def test_slurpy_submit_through_the_proxy_appears_in_the_next_list(
             "environment": ["PATH=/usr/bin:/bin"],
         },
     }
-    after = run(slurpy, proxy, version, listing, submit=submission)
+    submit = ["slurm", "post_job_submit", "JobSubmitReq", submission]
+    after = run(slurpy, proxy, version, listing, submit=submit)
     job_id = after["submitted"]
     assert isinstance(job_id, int)
     assert job_id > 0
