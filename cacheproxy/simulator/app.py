@@ -26,6 +26,7 @@ from cacheproxy.simulator.config import SimConfig
 from cacheproxy.simulator.cost import make_cost
 from cacheproxy.simulator.envelope import Body, Requester, Response, Served, error_entry
 from cacheproxy.simulator.model import Cluster
+from cacheproxy.simulator.ratelimit import RateLimiter
 from cacheproxy.simulator.releases import LEGACY_VERSIONS, Release, base_version
 from cacheproxy.simulator.routes import OPENAPI_PATHS, Match, match, split_path
 from cacheproxy.simulator.specs import document, spec_files
@@ -116,6 +117,11 @@ class Simulator:
         self._fds: OrderedDict[tuple[str, int], int] = OrderedDict()
         self._next_fd = 8
         self._openapi: bytes | None = None
+        self.limiter = (
+            RateLimiter(self.config.rl_bucket_size, self.config.rl_refill_rate)
+            if self.config.rate_limit
+            else None
+        )
 
     # ------------------------------------------------------------------ time
     def now(self) -> float:
@@ -279,6 +285,9 @@ class Simulator:
                 _served(found), ctx.family, result, who, self.config.cluster_name
             )
 
+        if self.limiter is not None and found.route.family == "slurm":
+            # slurmctld's limit, retried inside slurmrestd: a delay, not an error.
+            await self.limiter.admit(user, found.release)
         if found.route.family == "slurmdb":
             kind = op.removeprefix("db_")
             if kind.endswith(("_add", "_delete")):
@@ -311,7 +320,10 @@ class Simulator:
     ) -> Response:
         await self._read_body(receive)
         if rest == ["stats"] and method == "GET":
-            return Response(200, [orjson.dumps(self.stats.snapshot())])
+            snapshot = self.stats.snapshot()
+            if self.limiter is not None:
+                snapshot["rl_backoffs"] = self.limiter.backoffs
+            return Response(200, [orjson.dumps(snapshot)])
         if rest == ["reset"] and method == "POST":
             self.stats.reset()
             return Response(200, [orjson.dumps(self.stats.snapshot())])

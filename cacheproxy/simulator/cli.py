@@ -53,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="multiply every simulated service time (realistic model only)",
     )
     p.add_argument(
+        "--rate-limit",
+        action="store_true",
+        help="SlurmctldParameters=rl_enable (23.02 on): a per-user token bucket; a limited "
+        "user's requests are delayed by slurmrestd's own retries, never refused",
+    )
+    p.add_argument("--rl-bucket-size", type=int, default=30, help="rl_bucket_size (default 30)")
+    p.add_argument(
+        "--rl-refill-rate", type=float, default=2.0, help="tokens per second (default 2)"
+    )
+    p.add_argument(
         "--uvicorn-status-lines",
         action="store_true",
         help="keep uvicorn's reason phrases instead of slurmrestd's (e.g. '304 NOT MODIFIED')",
@@ -87,6 +97,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         job_speed=max(0.0, args.job_speed),
         exact_status_lines=not args.uvicorn_status_lines,
         cost=cost,
+        rate_limit=args.rate_limit,
+        rl_bucket_size=max(1, args.rl_bucket_size),
+        rl_refill_rate=max(0.001, args.rl_refill_rate),
     )
 
 

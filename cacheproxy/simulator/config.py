@@ -90,6 +90,11 @@ class SimConfig:
     #: Process-wide, so only enabled where the simulator owns the process.
     exact_status_lines: bool = False
     cost: CostParams = field(default_factory=CostParams)
+    #: ``SlurmctldParameters=rl_enable`` (23.02 on; see ``ratelimit.py``).
+    rate_limit: bool = False
+    rl_bucket_size: int = 30
+    #: Tokens per second (``rl_refill_rate`` per ``rl_refill_period=1``).
+    rl_refill_rate: float = 2.0
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:

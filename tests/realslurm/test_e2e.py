@@ -1,5 +1,8 @@
 """The proxy in front of a real slurmrestd 22.05: the claims that matter, proven.
 
+Third-party clients (the generated v0.0.38 one among them) run in venvs of
+their own: test_clients.py.
+
 Each test states one promise the proxy makes to slurmrestd's clients and
 checks it against the real daemon, never against our own idea of it:
 unchanged client behaviour, identical bodies, read-your-writes, PrivateData
@@ -17,12 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from openapi_client.api.slurm_api import SlurmApi
-from openapi_client.api_client import ApiClient
-from openapi_client.configuration import Configuration
-from openapi_client.exceptions import ServiceException
-from openapi_client.models.v0038_job_properties import V0038JobProperties
-from openapi_client.models.v0038_job_submission import V0038JobSubmission
 
 from tests.realslurm.cluster import API, RealSlurmCluster
 from tests.realslurm.conftest import ProxyProcess, job_body
@@ -55,63 +52,6 @@ def job_info_rpcs(cluster: RealSlurmCluster) -> int:
         if row["message_type"] == "REQUEST_JOB_INFO":
             return int(row["count"])
     return 0
-
-
-# -- the generated client -----------------------------------------------------
-
-
-def _client(url: str, cluster: RealSlurmCluster, user: str) -> ApiClient:
-    conf = Configuration(host=url)
-    conf.api_key["user"] = user
-    conf.api_key["token"] = cluster.tokens[user]
-    return ApiClient(conf)
-
-
-def test_generated_client_works_unchanged(cluster: RealSlurmCluster, proxy: ProxyProcess) -> None:
-    """The PyPI client generated from 22.05's spec needs no change to go
-    through the proxy: every call parses into its typed model."""
-    with _client(proxy.url, cluster, "root") as root_client:
-        root_api = SlurmApi(root_client)
-        assert root_api.slurm_v0038_diag().statistics is not None
-
-    with _client(proxy.url, cluster, "cpalice") as client:
-        api = SlurmApi(client)
-        pings = api.slurm_v0038_ping().pings
-        assert pings
-        assert pings[0].ping == "UP"
-        nodes = api.slurm_v0038_get_nodes().nodes
-        assert nodes
-        assert nodes[0].name == "localhost"
-        partitions = api.slurm_v0038_get_partitions().partitions
-        assert partitions
-        assert partitions[0].name == "debug"
-
-        before = api.slurm_v0038_get_jobs_with_http_info()
-        assert before.status_code == 200
-        assert "cache-status" in {k.lower() for k in before.headers or {}}
-
-        body = job_body(cluster, name="client-e2e")
-        submitted = api.slurm_v0038_submit_job(
-            V0038JobSubmission(script=body["script"], job=V0038JobProperties(**body["job"]))
-        )
-        job_id = submitted.job_id
-        assert isinstance(job_id, int)
-        assert job_id > 0
-
-        listed = api.slurm_v0038_get_jobs().jobs or []
-        assert job_id in {j.job_id for j in listed}, "submitted job missing from /jobs"
-        one = api.slurm_v0038_get_job(str(job_id)).jobs or []
-        assert [j.job_id for j in one] == [job_id]
-        assert one[0].user_name == "cpalice"
-
-        assert api.slurm_v0038_cancel_job(str(job_id)) is None
-        after = api.slurm_v0038_get_job(str(job_id)).jobs or []
-        assert after[0].job_state == "CANCELLED"
-
-        # slurmrestd's errors still reach the client as its own exception.
-        with pytest.raises(ServiceException) as err:
-            api.slurm_v0038_get_job("999999")
-        assert err.value.status == 500
 
 
 # -- identical to direct ------------------------------------------------------
