@@ -164,7 +164,10 @@ class Mirror:
             labels = tuple(sample.labels.items())
             counter = self._object(metric, [k for k, _ in labels])
             key = (metric.name, labels)
-            added = sample.value - self._counted.get(key, 0.0)
+            before = self._counted.get(key)
+            if before == sample.value:
+                continue  # unchanged: no file write
+            added = sample.value - (before or 0.0)
             if added < 0:  # a counter went back (a store replaced): start over
                 added = sample.value
             child = counter.labels(*[v for _, v in labels]) if labels else counter
