@@ -15,9 +15,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cacheproxy import settings as settings_mod
-from cacheproxy.endpoints import OWN_PREFIX, own_endpoints, start_background, stop_background
 from cacheproxy.fastlane import FastResult
 from cacheproxy.identity import IdentityResolver
+from cacheproxy.ops.adapter import AppReport
+from cacheproxy.ops.endpoints import own_endpoints, start_background, stop_background
+from cacheproxy.ops.paths import OWN_PREFIX
 from cacheproxy.proxy import Proxy, ProxyConfig, Receive, Scope, Send
 from cacheproxy.rules import RuleSet
 from cacheproxy.settings import Settings
@@ -106,7 +108,7 @@ class CacheProxyApp:
         self._store = store
         self._shared = shared_store
         self.proxy: Proxy | None = None
-        self.own = own_endpoints(self)
+        self.own = own_endpoints(AppReport(settings, self.stats, lambda: self.proxy))
 
     async def startup(self) -> None:
         if self.proxy is not None:

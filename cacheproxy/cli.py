@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -14,7 +13,7 @@ from typing import Any
 from cacheproxy import __version__
 from cacheproxy import settings as settings_mod
 from cacheproxy.rules import RuleError, RuleSet
-from cacheproxy.settings import ENV_PREFIX, Settings, SettingsError
+from cacheproxy.settings import ENV_PREFIX, SETTINGS_FILE_ENV, Settings, SettingsError
 
 
 def _serve_parser(sub: Any) -> None:
@@ -22,27 +21,32 @@ def _serve_parser(sub: Any) -> None:
         "serve",
         help="run the proxy",
         description="Run the caching proxy in front of slurmrestd. Every option can also be "
-        f"set as {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}UPSTREAM) or in --settings FILE.",
+        f"set as {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}UPSTREAM) or as <option> in the "
+        "settings file. Precedence, lowest first: the defaults, the settings file, the "
+        "environment, these options.",
     )
-    p.add_argument("--settings", help="settings file (TOML), see config/settings.example.toml")
-    for f in dataclasses.fields(Settings):
-        flag = "--" + f.name.replace("_", "-")
-        env = ENV_PREFIX + f.name.upper()
-        help_text = f"{f.metadata.get('help', '')} [env {env}; default {f.default!r}]"
-        if f.type in (bool, "bool"):
+    p.add_argument(
+        "--settings",
+        help=f"settings file (TOML), see config/settings.example.toml [env {SETTINGS_FILE_ENV}]",
+    )
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = ENV_PREFIX + name.upper()
+        help_text = f"{field.description or ''} [env {env}; default {field.default!r}]"
+        if field.annotation is bool:
             p.add_argument(
                 flag,
-                dest=f.name,
+                dest=name,
                 default=None,
                 action=argparse.BooleanOptionalAction,
                 help=help_text,
             )
         else:
-            p.add_argument(flag, dest=f.name, default=None, help=help_text)
+            p.add_argument(flag, dest=name, default=None, help=help_text)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    cli = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
+    cli = {name: getattr(args, name) for name in Settings.model_fields}
     try:
         s = settings_mod.load(cli=cli, settings_file=args.settings)
         if not s.upstream:
@@ -64,18 +68,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "host": s.host,
         "port": s.port,
         "loop": "uvloop",
-        "http": "httptools",
         "lifespan": "on",
-        "access_log": s.access_log,
         "server_header": False,
         "date_header": False,
         "log_level": s.log_level.lower(),
+        # the protocol, limits, TLS, proxy headers and access log (uvicorn's
+        # own is off: ours redacts): hardening's, not repeated here
+        **hardening.uvicorn_options(s),
     }
-    common.update(hardening.uvicorn_options(s))  # limits, TLS, our access log
     hardening.configure_access_log(s)
     multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if multiproc_dir:
-        from cacheproxy.metrics import prepare_multiproc_dir
+        from cacheproxy.ops.metrics import prepare_multiproc_dir
 
         prepare_multiproc_dir(multiproc_dir)  # a previous run's files would be merged in
     if s.workers > 1:
@@ -83,7 +87,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             logging.getLogger("cacheproxy").warning(
                 "%d workers without --redis-url: each worker caches alone", s.workers
             )
-        os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(s))
+        os.environ[SETTINGS_ENV] = s.model_dump_json()
         uvicorn.run(
             "cacheproxy.hardening:create_app_from_env", factory=True, workers=s.workers, **common
         )

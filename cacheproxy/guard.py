@@ -59,10 +59,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from cacheproxy import errors, policy
-from cacheproxy.admin import ADMIN_PREFIX
-from cacheproxy.endpoints import OWN_PREFIX
 from cacheproxy.fastlane import FastResult, responder_of
 from cacheproxy.identity import AUTHORIZATION, USER_NAME, USER_TOKEN, jwt_claims
+from cacheproxy.ops.paths import ADMIN_PREFIX, OWN_PREFIX
 from cacheproxy.respond import ASGIApp, Message, Receive, Scope, Send, retry_after, send_error
 from cacheproxy.stats import Stats
 from cacheproxy.upstream.base import Headers

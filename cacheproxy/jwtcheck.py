@@ -29,9 +29,9 @@ from pathlib import Path
 
 import jwt
 
-from cacheproxy.endpoints import OWN_PREFIX
 from cacheproxy.fastlane import FastResult, responder_of
 from cacheproxy.identity import AUTHORIZATION, USER_TOKEN
+from cacheproxy.ops.paths import OWN_PREFIX
 from cacheproxy.respond import ASGIApp, Receive, Scope, Send, send_auth_failure
 from cacheproxy.stats import Stats
 from cacheproxy.upstream.base import Headers

@@ -1,33 +1,56 @@
 """Settings: defaults, a TOML settings file, environment, command line.
 
 Precedence, lowest first: the defaults below, the settings file
-(``--settings FILE``), ``CACHEPROXY_<NAME>`` environment variables, then
-command-line options.  Every option is settable each way.
+(``--settings FILE`` or ``CACHEPROXY_SETTINGS``), ``CACHEPROXY_<NAME>``
+environment variables, then command-line options.  Every option is settable
+each way, under the same name (dashes for underscores on the command line
+and, if you like, in the file).
+
+:class:`Settings` is a pydantic-settings model: typed, frozen, and built
+from exactly the values given (``Settings(port=1)`` reads no environment).
+:func:`load` reads the sources, pydantic-settings' TOML source for the file
+and :class:`EnvironmentSource` for the environment, merges them in that
+order and validates once; every error is a one-line :class:`SettingsError`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
 ENV_PREFIX = "CACHEPROXY_"
+SETTINGS_FILE_ENV = ENV_PREFIX + "SETTINGS"
+"""The settings file, when ``--settings`` does not name one."""
 
 DEFAULT_PORT = 6821
 """Next to slurmrestd's customary 6820."""
 
 
-def _opt(default: Any, help: str, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kw})
+def _opt(default: Any, help: str, *, secret: bool = False) -> Any:
+    return Field(default, description=help, json_schema_extra={"secret": True} if secret else None)
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        coerce_numbers_to_str=True,
+        validate_default=False,
+    )
+
     upstream: str = _opt("", "slurmrestd URL: http://host:port or unix:/path/to.sock")
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(DEFAULT_PORT, "port to listen on")
@@ -101,17 +124,102 @@ class Settings:
     keep_alive_timeout: int = _opt(5, "seconds an idle client connection is kept open")
     max_connections: int = _opt(1000, "open client connections/requests before 503 (0: no limit)")
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values given: the file and the environment are read by
+        :func:`load`, once, not whenever a ``Settings`` is made (tests, the
+        worker hand-over)."""
+        return (init_settings,)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_bool_int(cls, value: Any, info: ValidationInfo) -> Any:
+        """Booleans as before: ``1/true/yes/on``, ``0/false/no/off`` or empty;
+        never a boolean where a number is expected."""
+        field = cls.model_fields[str(info.field_name)]
+        if field.annotation in (bool, "bool") and isinstance(value, str):
+            text = value.strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError("not a boolean")
+        if field.annotation in (int, float, "int", "float"):
+            if isinstance(value, bool):
+                raise ValueError("not a number")
+            if isinstance(value, str):
+                return value.strip()
+        return value
+
     def public(self) -> dict[str, Any]:
         """Settings safe to print or log (secrets masked)."""
-        out = dataclasses.asdict(self)
-        for f in fields(self):
-            if f.metadata.get("secret") and out[f.name]:
-                out[f.name] = "***"
+        out = self.model_dump()
+        for name, field in type(self).model_fields.items():
+            if is_secret(field) and out[name]:
+                out[name] = "***"
         return out
+
+
+def is_secret(field: FieldInfo) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("secret"))
 
 
 class SettingsError(ValueError):
     pass
+
+
+class EnvironmentSource(PydanticBaseSettingsSource):
+    """``CACHEPROXY_<NAME>`` variables of ``environ`` (the process's
+    environment unless told otherwise), as strings for validation."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        key = ENV_PREFIX + field_name.upper()
+        return self._environ.get(key), key, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, _, _ = self.get_field_value(field, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+def file_values(path: str) -> dict[str, Any]:
+    """The settings file's values, keys as field names (dashes allowed)."""
+    if not Path(path).is_file():
+        raise SettingsError(f"{path}: no such file")
+    try:
+        raw = TomlConfigSettingsSource(Settings, toml_file=Path(path))()
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"{path}: {exc}") from None
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in Settings.model_fields:
+            raise SettingsError(f"{path}: unknown setting {key!r}")
+        out[name] = value
+    return out
+
+
+def _one_line(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    name = ".".join(str(part) for part in first["loc"]) or "settings"
+    if first["type"] == "extra_forbidden":
+        return f"unknown setting {name!r}"
+    return f"{name}: invalid value {first.get('input')!r}"
 
 
 def trusted_proxies(value: str) -> list[str]:
@@ -137,58 +245,24 @@ def trusted_proxies(value: str) -> list[str]:
     return entries
 
 
-def _coerce(name: str, typ: Any, value: Any) -> Any:
-    try:
-        if typ in (bool, "bool"):
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(value)
-        if typ in (int, "int"):
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return int(value)
-        if typ in (float, "float"):
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise SettingsError(f"{name}: invalid value {value!r}") from None
-
-
 def load(
     cli: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     settings_file: str | None = None,
 ) -> Settings:
-    """Merge every source into one validated :class:`Settings`."""
+    """Merge every source into one validated :class:`Settings`: the file,
+    then the environment, then ``cli`` (options left ``None`` are not given)."""
     env = os.environ if env is None else env
-    cli = cli or {}
-    values: dict[str, Any] = {}
-    path = settings_file or env.get(ENV_PREFIX + "SETTINGS")
-    known = {f.name: f for f in fields(Settings)}
-    if path:
-        try:
-            doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SettingsError(f"{path}: {exc}") from None
-        for k, v in doc.items():
-            name = k.replace("-", "_")
-            if name not in known:
-                raise SettingsError(f"{path}: unknown setting {k!r}")
-            values[name] = v
-    for name in known:
-        raw = env.get(ENV_PREFIX + name.upper())
-        if raw is not None:
-            values[name] = raw
-    for name, v in cli.items():
-        if v is not None and name in known:
-            values[name] = v
-    coerced = {n: _coerce(n, known[n].type, v) for n, v in values.items()}
-    settings = Settings(**coerced)
+    path = settings_file or env.get(SETTINGS_FILE_ENV)
+    values: dict[str, Any] = file_values(path) if path else {}
+    values.update(EnvironmentSource(Settings, env)())
+    values.update(
+        {k: v for k, v in (cli or {}).items() if v is not None and k in Settings.model_fields}
+    )
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        raise SettingsError(_one_line(exc)) from None
     validate(settings)
     return settings
 

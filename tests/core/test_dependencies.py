@@ -8,8 +8,6 @@ site silently.
 
 from __future__ import annotations
 
-import importlib
-
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from cacheproxy import protocol
@@ -19,9 +17,3 @@ def test_uvicorn_still_has_the_hook_the_fast_lane_overrides() -> None:
     # Without it the lane turns itself off (a warning, every hit through ASGI).
     assert callable(getattr(HttpToolsProtocol, "_start_asgi_task", None))
     assert protocol.LANE_SUPPORTED
-
-
-def test_prometheus_client_still_has_the_mmap_writer_metrics_use() -> None:
-    mmap_dict = importlib.import_module("prometheus_client.mmap_dict")
-    assert hasattr(mmap_dict, "MmapedDict")
-    assert hasattr(mmap_dict, "mmap_key")

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cacheproxy.app import CacheProxyApp
-from cacheproxy.readiness import Readiness
+from cacheproxy.ops.readiness import Readiness
 from cacheproxy.settings import Settings
 from cacheproxy.store.memory import MemoryStore
 from tests.clock import Clock

@@ -111,7 +111,7 @@ async def test_purge_by_user_bumps_the_users_tag(
     user (``Proxy.user_tag``), the user's tag is what gets bumped."""
     assert app.proxy is not None
     key = b"k" * 32
-    app.proxy.user_tag = lambda name: user_tag(key, name)  # type: ignore[attr-defined]
+    app.proxy.user_tag = lambda name: user_tag(key, name)  # type: ignore[method-assign]
     r = await client.post(PURGE, json={"users": ["alice"]}, headers=admin())
     assert r.status_code == 200
     tag = user_tag(key, "alice")

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from cacheproxy.app import CacheProxyApp
-from cacheproxy.metrics import Exporter, MultiprocWriter, families, prepare_multiproc_dir
+from cacheproxy.ops.metrics import prepare_multiproc_dir, replay
 from cacheproxy.stats import MAX_TAG_SERIES, OTHER_TAG, Histogram, Stats, fold_tag
 from tests.clock import Clock
 from tests.core.fake_slurmrestd import FakeSlurmrestd
@@ -210,45 +211,38 @@ def test_histogram() -> None:
     assert Histogram((1.0,)).quantile(0.5) is None
 
 
-def _root(stats: Stats) -> Any:
-    return cast(Any, SimpleNamespace(stats=stats, proxy=None))
-
-
 def _has_file(directory: Path, pattern: str, pid: int) -> bool:
-    return any(str(pid) in p.name for p in directory.glob(pattern))
+    return any(p.name.endswith(f"_{pid}.db") for p in directory.glob(pattern))
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+def _worker(directory: Path, hits: int, latency: float, role: str) -> subprocess.Popen[str]:
+    """A worker process of tests/ops/multiproc_worker.py, writing into ``directory``."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.ops.multiproc_worker", str(hits), str(latency), role],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
-def _worker_stats(hits: int, latency: float) -> Stats:
-    s = Stats()
-    s.requests[("jobs", "hit")] = hits
-    s.upstream_requests["jobs"] = 1
-    s.observe_upstream("jobs", latency)
-    s.invalidated(["jobs", "job:1"])
-    return s
+def test_multiprocess_mode_merges_workers(tmp_path: Path) -> None:
+    prepare_multiproc_dir(str(tmp_path))
+    with _worker(tmp_path, 5, 0.02, "exit") as dead:  # a worker that has exited
+        dead.communicate(timeout=60)
+    assert dead.returncode == 0
+    assert _has_file(tmp_path, "gauge_live*", dead.pid)
+    with _worker(tmp_path, 4, 2.0, "stay") as other:  # a sibling worker, alive
+        assert other.stdout is not None
+        assert other.stdout.readline().strip() == "synced"
+        with _worker(tmp_path, 3, 0.02, "scrape") as here:
+            out, _ = here.communicate(timeout=60)
+        other.communicate(timeout=60)  # closes its stdin: it exits
+    assert here.returncode == 0
+    first, last = (json.loads(line) for line in out.splitlines())
 
-
-async def test_multiprocess_mode_merges_workers(tmp_path: Path) -> None:
-    directory = str(tmp_path)
-    prepare_multiproc_dir(directory)
-    here, other, dead = _worker_stats(3, 0.02), _worker_stats(4, 2.0), _worker_stats(5, 0.02)
-    exporter = Exporter(_root(here), multiproc_dir=directory)  # this process: os.getpid()
-    await exporter.start()
-    # a sibling worker (alive: our parent's pid) and one that has exited
-    dead_pid = _dead_pid()
-    for stats, pid in ((other, os.getppid()), (dead, dead_pid)):
-        writer = MultiprocWriter(directory, pid=lambda pid=pid: pid)  # type: ignore[misc]
-        writer.write(families(_root(stats)))
-        writer.close()
-    assert _has_file(tmp_path, "gauge_live*", dead_pid)
-
-    body, _ = exporter.render()
-    m = samples(body.decode())
+    m = samples(first)
     assert value(m, "cacheproxy_requests_total", route="jobs", cache="hit") == 12
     assert value(m, "cacheproxy_upstream_requests_total", route="jobs") == 3
     assert value(m, "cacheproxy_invalidations_total", tag="job:*") == 3
@@ -258,12 +252,24 @@ async def test_multiprocess_mode_merges_workers(tmp_path: Path) -> None:
     assert abs(value(m, "cacheproxy_upstream_latency_seconds_sum", route="jobs") - 2.04) < 1e-9
     assert value(m, "cacheproxy_build_info", version="0.1.0") == 1
     # the exited worker's counters still count; its live gauges are gone
-    assert not _has_file(tmp_path, "gauge_live*", dead_pid)
-    assert _has_file(tmp_path, "counter_*", dead_pid)
+    assert not _has_file(tmp_path, "gauge_live*", dead.pid)
+    assert _has_file(tmp_path, "counter_*", dead.pid)
 
-    # values are absolute: a worker's later writes replace, never add up
-    here.requests[("jobs", "hit")] += 10
-    await exporter.stop()  # the final sync
-    m = samples(exporter.render()[0].decode())
-    assert value(m, "cacheproxy_requests_total", route="jobs", cache="hit") == 22
-    await exporter.stop()
+    # a worker's later writes add only what is new, never its totals again
+    assert value(samples(last), "cacheproxy_requests_total", route="jobs", cache="hit") == 22
+
+
+def _buckets(bounds: tuple[float, ...], values: list[float]) -> list[int]:
+    h = Histogram(bounds[:-1])
+    for v in values:
+        h.observe(v)
+    return h.counts
+
+
+def test_replay_keeps_bucket_counts_and_sum() -> None:
+    bounds = (0.1, 1.0, 10.0, math.inf)
+    for observed in ([0.05], [0.1], [0.5, 0.7, 5.0], [50.0, 0.01], [0.0, 99.0, 99.0], []):
+        counts = _buckets(bounds, observed)
+        replayed = [v for v, n in replay(bounds, counts, sum(observed)) for _ in range(n)]
+        assert _buckets(bounds, replayed) == counts, observed
+        assert abs(sum(replayed) - sum(observed)) < 1e-9, observed

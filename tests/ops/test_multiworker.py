@@ -78,7 +78,7 @@ def test_every_workers_counts_reach_the_scrape(tmp_path: Path) -> None:
 
             def both_workers_up() -> bool:
                 ok = httpx.get(base + "/_cacheproxy/health").status_code == 200
-                return ok and len(list(multiproc.glob("counter_cacheproxy-*.db"))) == 2
+                return ok and len(list(multiproc.glob("counter_*.db"))) == 2
 
             eventually(both_workers_up, "two workers did not start", logs)
             n = 40

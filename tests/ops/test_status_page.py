@@ -50,7 +50,7 @@ async def test_prefix_without_slash_redirects(client: httpx.AsyncClient) -> None
 
 
 def test_page_is_package_data() -> None:
-    page = resources.files("cacheproxy").joinpath("static/status.html")
+    page = resources.files("cacheproxy.ops").joinpath("static/status.html")
     assert page.is_file()
     assert page.read_text("utf-8").startswith("<!doctype html>")
 

@@ -12,6 +12,8 @@ list.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -290,6 +292,16 @@ CLIENT_FAILS = frozenset(
 )
 
 
+def wait_for_db_job(cluster: RealSlurmCluster, job: int, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        status, _, raw = cluster.request("GET", f"/slurmdb/v0.0.37/job/{job}", "root")
+        if status == 200 and json.loads(raw).get("jobs"):
+            return
+        assert time.monotonic() < deadline, f"slurmdbd never showed job {job}"
+        time.sleep(0.25)
+
+
 def test_slurm_rest_reads_the_same_directly_and_through_the_proxy(
     dbd_cluster: RealSlurmCluster,
     slurm_rest: Path,
@@ -302,6 +314,10 @@ def test_slurm_rest_reads_the_same_directly_and_through_the_proxy(
     body = job_body(dbd_cluster, name="slurm-rest")
     submitted = run37(slurm_rest, dbd_cluster, proxy_db.url, submit=body)["submitted"]
     try:
+        # slurmctld tells slurmdbd of a job a moment after the submit: read
+        # only once slurmdbd has it, or the direct read and the proxy's
+        # first read could see two different databases.
+        wait_for_db_job(dbd_cluster, submitted)
         calls = slurm_rest_reads(submitted, db_reservation, dbd_cluster.cluster_name)
         direct = check_reads(
             lambda url: run37(slurm_rest, dbd_cluster, url, calls=calls),

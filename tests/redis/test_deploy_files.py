@@ -159,7 +159,7 @@ def _env_example() -> dict[str, str]:
 
 def test_env_example_names_only_real_options_and_loads() -> None:
     env = _env_example()
-    known = {f"CACHEPROXY_{f.upper()}" for f in settings.Settings.__dataclass_fields__}
+    known = {f"CACHEPROXY_{f.upper()}" for f in settings.Settings.model_fields}
     assert set(env) <= known, set(env) - known
     loaded = settings.load(env=env)
     assert loaded.redis_url.startswith("redis://")

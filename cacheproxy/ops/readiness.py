@@ -20,20 +20,11 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-from cacheproxy import introspect
-from cacheproxy.upstream.base import UpstreamError, UpstreamRequest
+from cacheproxy.ops.report import Report
 
-if TYPE_CHECKING:
-    from cacheproxy.app import CacheProxyApp
-
-PING_TARGET = "/slurm/v0.0.38/ping"
-"""Answered by every slurmrestd (a 404 from versions without v0.0.38 still
-proves it alive); without credentials it is refused before slurmctld is asked."""
 GATEWAY_FAILURES = frozenset({502, 503, 504})
 """Answers that mean something between us and slurmrestd found it down."""
-_MAX_BODY = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +54,13 @@ class Readiness:
 
     def __init__(
         self,
-        root: CacheProxyApp,
+        report: Report,
         *,
         interval: float = 1.0,
         timeout: float = 2.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._root = root
+        self._report = report
         self.interval = interval
         self.timeout = timeout
         self.monotonic = monotonic
@@ -92,57 +83,33 @@ class Readiness:
         return verdict is not None and self.monotonic() - verdict.checked_at < self.interval
 
     async def _check(self) -> Verdict:
-        proxy = self._root.proxy
         now = self.monotonic()
-        if proxy is None:
+        if not self._report.started:
             return Verdict(False, "not started", "not started", False, now)
-        upstream_ok, upstream = await self._upstream(proxy)
-        store_ok, store = await self._store(proxy.store)
+        upstream_ok, upstream = await self._upstream()
+        store_ok, store = await self._store()
         return Verdict(upstream_ok, upstream, store, store_ok, self.monotonic())
 
-    async def _upstream(self, proxy: Any) -> tuple[bool, str]:
-        transport = introspect.innermost(proxy.transport)
-        request = UpstreamRequest(
-            method="GET",
-            target=PING_TARGET,
-            headers=[
-                (b"host", proxy.config.upstream_host),
-                (b"user-agent", b"cacheproxy-readiness"),
-            ],
-            retry_on_stale_connection=True,
-        )
+    async def _upstream(self) -> tuple[bool, str]:
         try:
             async with asyncio.timeout(self.timeout):
-                resp = await transport.send(request)
-                try:
-                    seen = 0
-                    async for chunk in resp.aiter_body():  # drain: keep the connection
-                        seen += len(chunk)
-                        if seen > _MAX_BODY:
-                            break
-                finally:
-                    await resp.aclose()
+                status = await self._report.probe_upstream()
         except TimeoutError:
             return False, f"timed out after {self.timeout:g} s"
-        except UpstreamError as exc:
+        except Exception as exc:  # a transport fault (or bug) reads as "not ready", not a 500
             return False, f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # a transport bug must read as "not ready", not a 500
-            return False, f"{type(exc).__name__}: {exc}"
-        status = int(resp.status)
         if status in GATEWAY_FAILURES:
             return False, f"HTTP {status} from a gateway"
         return True, f"ok (HTTP {status})"
 
-    async def _store(self, store: object) -> tuple[bool, str]:
-        shared = introspect.shared_tier(store)
-        ping = getattr(shared, "ping", None)
-        if shared is None or ping is None:
-            return True, "local"
+    async def _store(self) -> tuple[bool, str]:
         try:
             async with asyncio.timeout(self.timeout):
-                ok = bool(await ping())
+                ok = await self._report.probe_store()
         except TimeoutError:
             return False, f"timed out after {self.timeout:g} s"
         except Exception as exc:  # a ping must answer, not raise; treat as down
             return False, f"{type(exc).__name__}: {exc}"
+        if ok is None:
+            return True, "local"
         return (True, "ok") if ok else (False, "no answer to PING")

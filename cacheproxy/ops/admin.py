@@ -6,7 +6,8 @@ without one it gets 401, with a wrong one 403.  The comparison is constant
 time, and the token is never logged.  Both refusals count as authentication
 failures of the client's address in :class:`cacheproxy.guard.AuthGuard`
 (``auth_fail_limit``), so guessing the token is blocked like guessing a
-user's; the guard knows these routes by :data:`ADMIN_PREFIX`.
+user's; the guard knows these routes by
+:data:`cacheproxy.ops.paths.ADMIN_PREFIX`.
 
 A purge is a tag bump, exactly what a write does, so it is O(1) whatever the
 cache holds, and with a shared tier it reaches every replica at once.  Without
@@ -18,25 +19,18 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from cacheproxy import introspect
-from cacheproxy.readiness import Readiness
-from cacheproxy.rules import ALL_TAG, Rule
-from cacheproxy.store.base import StoreError
-
-if TYPE_CHECKING:
-    from cacheproxy.app import CacheProxyApp
+from cacheproxy.ops.paths import ADMIN_PREFIX
+from cacheproxy.ops.readiness import Readiness
+from cacheproxy.ops.report import Report, RuleSummary, StoreUnavailable
 
 log = logging.getLogger("cacheproxy.admin")
-
-ADMIN_PREFIX = "/admin"
-"""The admin routes, under the own endpoints' prefix."""
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 _MAX_ITEMS = 1000
@@ -57,7 +51,7 @@ class PurgeRequest(BaseModel):
     """Everything (``@all``)."""
 
 
-def route_tags(rules: tuple[Rule, ...], name: str) -> list[str]:
+def route_tags(rules: Sequence[RuleSummary], name: str) -> list[str]:
     """The tags to bump to purge what rule ``name`` cached.
 
     Templated tags (``job:{job_id:base}``) name one object each and cannot
@@ -72,7 +66,7 @@ def route_tags(rules: tuple[Rule, ...], name: str) -> list[str]:
         raise HTTPException(400, f"rule {name!r} caches nothing")
     out: list[str] = []
     for rule in cached:
-        static = [t.text for t in rule.tags if "{" not in t.text]
+        static = [t for t in rule.tags if "{" not in t]
         if static:
             out += static
         else:
@@ -89,11 +83,11 @@ def _bearer(request: Request) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def admin_router(root: CacheProxyApp, prefix: str, readiness: Readiness) -> APIRouter:
-    """The admin routes of ``root`` under ``<prefix>/admin``."""
+def admin_router(report: Report, prefix: str, readiness: Readiness) -> APIRouter:
+    """The admin routes under ``<prefix>/admin``."""
 
     async def require_admin(request: Request) -> None:
-        expected = root.settings.admin_token
+        expected = report.admin_token
         if not expected:
             raise HTTPException(404, "Not Found")
         token = _bearer(request)
@@ -113,52 +107,50 @@ def admin_router(root: CacheProxyApp, prefix: str, readiness: Readiness) -> APIR
     @router.post("/purge")
     async def purge(body: PurgeRequest) -> JSONResponse:
         """Invalidate entries by tag, rule, user, or all of them."""
-        proxy = root.proxy
-        if proxy is None:
+        if not report.started:
             raise HTTPException(503, "proxy not started")
         if not (body.tags or body.routes or body.users or body.all):
             raise HTTPException(400, "nothing to purge: give tags, routes, users or all")
         tags: list[str] = list(body.tags)
         for name in body.routes:
-            tags += route_tags(proxy.rules.rules, name)
-        if body.users:
-            tag_of: Callable[[str], str] | None = getattr(proxy, "user_tag", None)
-            if tag_of is None:
+            tags += route_tags(report.rules(), name)
+        for user in body.users:
+            tag = report.user_tag(user)
+            if tag is None:
                 raise HTTPException(
                     501, "purge by user needs per-user tags, which this proxy does not add yet"
                 )
-            tags += [tag_of(u) for u in body.users]
+            tags.append(tag)
         if body.all:
-            tags.append(ALL_TAG)
+            tags.append(report.all_tag)
         unique = list(dict.fromkeys(tags))
         try:
-            await proxy.store.bump(unique)
-        except StoreError as exc:
+            await report.purge(unique)
+        except StoreUnavailable as exc:
             raise HTTPException(503, f"cache store unavailable: {exc}") from None
-        root.stats.invalidated(unique, source="admin")
         log.info("admin purge: %d tag(s)", len(unique))
-        shared = introspect.shared_tier(proxy.store) is not None
-        return JSONResponse({"purged": unique, "scope": "shared" if shared else "process"})
+        return JSONResponse(
+            {"purged": unique, "scope": "shared" if report.shared_store else "process"}
+        )
 
     @router.get("/stats")
     async def stats() -> JSONResponse:
         """Everything in the public stats, unfolded tags, settings (secrets
         masked), readiness and the cached rules."""
-        snap: dict[str, Any] = root.stats.snapshot(raw_tags=True)
-        proxy = root.proxy
-        if proxy is not None:
-            snap["store"] = introspect.store_info(proxy.store)
-            snap["transport"] = introspect.transport_info(proxy.transport)
-            snap["shared_store"] = introspect.shared_tier(proxy.store) is not None
-            snap["user_purge"] = hasattr(proxy, "user_tag")
+        snap: dict[str, Any] = report.stats.snapshot(raw_tags=True)
+        if report.started:
+            snap["store"] = report.store_state()
+            snap["transport"] = report.transport_state()
+            snap["shared_store"] = report.shared_store
+            snap["user_purge"] = report.user_purge
             snap["rules"] = [
-                {"name": r.name, "path": r.path, "ttl": r.ttl, "tags": [t.text for t in r.tags]}
-                for r in proxy.rules.rules
+                {"name": r.name, "path": r.path, "ttl": r.ttl, "tags": list(r.tags)}
+                for r in report.rules()
                 if r.cache
             ]
         last = readiness.last
         snap["ready"] = last.to_json() if last is not None else None
-        snap["settings"] = root.settings.public()
+        snap["settings"] = dict(report.settings_summary())
         return JSONResponse(snap)
 
     return router

@@ -19,20 +19,16 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from cacheproxy import introspect
-from cacheproxy.admin import admin_router
-from cacheproxy.metrics import Exporter
-from cacheproxy.readiness import Readiness
-
-if TYPE_CHECKING:
-    from cacheproxy.app import CacheProxyApp
-
-OWN_PREFIX = "/_cacheproxy"
+from cacheproxy.ops.admin import admin_router
+from cacheproxy.ops.metrics import Exporter
+from cacheproxy.ops.paths import OWN_PREFIX
+from cacheproxy.ops.readiness import Readiness
+from cacheproxy.ops.report import Report
 
 _PAGE_HEADERS = {
     # Inline script and style only; it may fetch from this origin, nothing else.
@@ -49,34 +45,35 @@ _PAGE_HEADERS = {
 
 @cache
 def status_page() -> str:
-    """The status page, shipped inside the package (``cacheproxy/static``)."""
-    return resources.files("cacheproxy").joinpath("static/status.html").read_text("utf-8")
+    """The status page, shipped inside the package (``cacheproxy/ops/static``)."""
+    return resources.files("cacheproxy.ops").joinpath("static/status.html").read_text("utf-8")
 
 
-def public_stats(root: CacheProxyApp) -> dict[str, Any]:
+def public_stats(report: Report) -> dict[str, Any]:
     """The JSON of ``/_cacheproxy/stats`` (and what the status page shows)."""
-    snap: dict[str, Any] = root.stats.snapshot()
-    proxy = root.proxy
-    if proxy is not None:
-        store = introspect.store_info(proxy.store)
+    snap: dict[str, Any] = report.stats.snapshot()
+    if report.started:
+        store = report.store_state()
         for name in ("entries", "bytes", "evictions"):  # top-level, as before
             if name in store:
                 snap[name] = int(store[name])
         snap["store"] = store
-        snap["transport"] = introspect.transport_info(proxy.transport)
-        snap["upstream_fetches_in_flight"] = len(proxy.coalescer)
+        snap["transport"] = report.transport_state()
+        snap["upstream_fetches_in_flight"] = report.fetches_in_flight()
     return snap
 
 
-def own_endpoints(root: CacheProxyApp) -> FastAPI:
+def own_endpoints(report: Report) -> FastAPI:
+    """The own endpoints' app; its ``state`` holds the readiness check and
+    the metrics exporter (the lifespan starts and stops the latter)."""
     app = FastAPI(
         title="cacheproxy",
         openapi_url=f"{OWN_PREFIX}/openapi.json",
         docs_url=None,
         redoc_url=None,
     )
-    readiness = Readiness(root)
-    exporter = Exporter(root)
+    readiness = Readiness(report)
+    exporter = Exporter(report)
     app.state.readiness = readiness
     app.state.exporter = exporter
 
@@ -95,7 +92,7 @@ def own_endpoints(root: CacheProxyApp) -> FastAPI:
     @app.get(f"{OWN_PREFIX}/stats")
     async def stats() -> JSONResponse:
         """Counters since start (JSON)."""
-        return JSONResponse(public_stats(root), headers={"Cache-Control": "no-store"})
+        return JSONResponse(public_stats(report), headers={"Cache-Control": "no-store"})
 
     @app.get(f"{OWN_PREFIX}/metrics")
     async def metrics(request: Request) -> Response:
@@ -113,13 +110,13 @@ def own_endpoints(root: CacheProxyApp) -> FastAPI:
         """The status page: hit ratio, upstream load saved, per-route table."""
         return HTMLResponse(status_page(), headers=_PAGE_HEADERS)
 
-    app.include_router(admin_router(root, OWN_PREFIX, readiness))
+    app.include_router(admin_router(report, OWN_PREFIX, readiness))
     return app
 
 
 async def start_background(own: FastAPI) -> None:
     """Start the own endpoints' background work: with several workers, each
-    writes its metrics for the others' scrapes (see :mod:`cacheproxy.metrics`)."""
+    writes its metrics for the others' scrapes (see :mod:`cacheproxy.ops.metrics`)."""
     exporter: Exporter = own.state.exporter
     await exporter.start()
 
