@@ -185,9 +185,7 @@ class SlurmViews:
         """
         text = "Access/permission denied" if errno == m.ACCESS_DENIED[0] else "Unspecified error"
         if ctx.legacy:
-            return Body(
-                payload=[(key, [])], errors=[{"error": text, "errno": errno}], status=500
-            )
+            return Body(payload=[(key, [])], errors=[{"error": text, "errno": errno}], status=500)
         return Body(
             payload=[(key, [])],
             errors=[error_entry(ctx.version, errno, text, source)],

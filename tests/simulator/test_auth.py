@@ -11,7 +11,6 @@ import pytest
 from cacheproxy.simulator.config import load_users_file
 from tests.simulator.conftest import ROOT, auth, started
 
-
 FAILURE = (401, "Authentication failure")
 
 
