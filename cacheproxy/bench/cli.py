@@ -15,6 +15,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,6 +30,32 @@ OTHER_LOAD_NOTE = 0.25
 """Cores used by processes outside the bench above which the report warns."""
 DEFAULT_BUDGET = 20.0
 """Upstream requests/s a site is willing to let REST clients put on slurmctld."""
+WORKLOADS = ("service", "user")
+"""``service``: dashboards behind one portal service account; ``user``: per-user clients."""
+PROXY_PRIVATE_DATA_OPTION: str | None = None
+"""The ``cacheproxy serve`` option that takes PrivateData words, once the proxy has one
+(issue 17, item 1): ``--private-data`` is then passed to the proxy too."""
+
+
+def workloads(args: argparse.Namespace) -> list[str]:
+    """The workloads to run, in order (``--dashboard-identity`` picks one)."""
+    if args.dashboard_identity is not None:
+        return [args.dashboard_identity]
+    out = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    bad = [w for w in out if w not in WORKLOADS]
+    if bad or not out:
+        raise ValueError(f"--workloads: expected service and/or user, got {args.workloads!r}")
+    return list(dict.fromkeys(out))
+
+
+def _process_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Simulator and proxy arguments, with ``--private-data`` where it applies."""
+    sim_args, proxy_args = list(args.sim_arg), list(args.proxy_arg)
+    if args.private_data is not None:
+        sim_args.append(f"--private-data={args.private_data}")
+        if PROXY_PRIVATE_DATA_OPTION is not None:
+            proxy_args.append(f"{PROXY_PRIVATE_DATA_OPTION}={args.private_data}")
+    return sim_args, proxy_args
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,11 +131,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     w = p.add_argument_group("workload")
     w.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        metavar="service,user",
+        help="which workloads to run, each direct and through the proxy: dashboards poll with "
+        "one portal service account (service) and/or with each user's own credentials (user) "
+        "[service,user]",
+    )
+    w.add_argument(
         "--dashboard-identity",
-        choices=["service", "user"],
-        default="service",
-        help="dashboards poll with one portal service account (service) or with "
-        "each user's own credentials (user) [service]",
+        choices=list(WORKLOADS),
+        default=None,
+        help="run this one workload only (same as --workloads with one word)",
+    )
+    w.add_argument(
+        "--private-data",
+        default=None,
+        metavar="WORDS",
+        help="slurm.conf PrivateData of the simulated cluster (e.g. jobs; none), passed to "
+        "`cacheproxy simulate --private-data`. The proxy has no such option yet: it is not told",
     )
     w.add_argument(
         "--submit-rate",
@@ -217,7 +258,7 @@ def _spec(args: argparse.Namespace) -> workload.WorkloadSpec:
         duration=args.duration,
         seed=args.seed,
         api_version=args.api_version,
-        dashboard_shared=args.dashboard_identity == "service",
+        dashboard_shared=workloads(args)[0] == "service",
         submit_rate=args.submit_rate,
         cancel_rate=args.cancel_rate,
         writes=writes,
@@ -273,11 +314,21 @@ def _notes(
                 "Every client used the same identity, so per-user cache entries are shared more "
                 "than with real users; expect a lower hit ratio with distinct users."
             )
-    if _spec(args).dashboard_shared:
+    if "service" in workloads(args):
         notes.append(
-            "Dashboards poll with one portal service account (--dashboard-identity service), as "
-            "portals do; user actions use each user's own token."
+            "Workload service: dashboards poll with one portal service account, as portals do; "
+            "user actions use each user's own token."
         )
+    if "user" in workloads(args):
+        notes.append(
+            "Workload user: every client polls with its own credentials (scripts, CLI wrappers, "
+            "per-user portals, gateways passing the user's JWT through)."
+        )
+    if args.private_data is not None and args.upstream is None:
+        told = "and the proxy" if PROXY_PRIVATE_DATA_OPTION else "only; the proxy is not told"
+        notes.append(f"PrivateData={args.private_data}: the simulator {told}.")
+    if args.sweep and len(workloads(args)) > 1:
+        notes.append(f"The sweep and capacity figures are those of workload {workloads(args)[0]}.")
     return notes
 
 
@@ -287,6 +338,8 @@ async def _bench(
     spec = _spec(args)
     user_counts = capacity.parse_sweep(args.sweep) if args.sweep else [args.users]
     targets = runner.ordered_targets(["direct", "proxy", *args.compare])
+    kinds = workloads(args)
+    sim_args, proxy_args = _process_args(args)
     opts = runner.SessionOptions(
         outdir=outdir,
         spec=spec,
@@ -296,8 +349,8 @@ async def _bench(
         max_users=max(user_counts),
         sim_jobs=args.sim_jobs,
         sim_nodes=args.sim_nodes,
-        sim_args=args.sim_arg,
-        proxy_args=args.proxy_arg,
+        sim_args=sim_args,
+        proxy_args=proxy_args,
         drain=args.drain,
         timeout=args.timeout,
         connections=args.connections,
@@ -309,18 +362,24 @@ async def _bench(
     latencies: dict[tuple[int, str], list[float]] = {}
     async with runner.Session(opts) as session:
         for users in user_counts:
-            for target in targets:
-                progress.log(f"run: {target}, {users} users, {spec.duration:g} s")
-                out = await session.run(target, users)
-                progress.end_line()
-                runs.append(out.summary)
-                latencies[(users, target)] = out.latencies_ms
-                s = out.summary
-                progress.log(
-                    f"  {s['client_requests']} requests, p50 {s['latency_ms']['p50']:.1f} ms, "
-                    f"p99 {s['latency_ms']['p99']:.1f} ms, upstream {s['upstream_requests']}, "
-                    f"errors {s['errors']}, RYW violations {s['ryw_violations']}"
-                )
+            for kind in kinds:
+                session.spec = replace(session.spec, dashboard_shared=kind == "service")
+                for target in targets:
+                    progress.log(
+                        f"run: {kind} workload, {target}, {users} users, {spec.duration:g} s"
+                    )
+                    out = await session.run(target, users)
+                    progress.end_line()
+                    runs.append(out.summary)
+                    latencies[(users, _label(out.summary, len(kinds)))] = out.latencies_ms
+                    s = out.summary
+                    busy = (s.get("controller") or {}).get("busy_s")
+                    progress.log(
+                        f"  {s['client_requests']} requests, p50 {s['latency_ms']['p50']:.1f} ms, "
+                        f"p99 {s['latency_ms']['p99']:.1f} ms, upstream {s['upstream_requests']}"
+                        + ("" if busy is None else f", controller busy {busy:g} s")
+                        + f", errors {s['errors']}, RYW violations {s['ryw_violations']}"
+                    )
         notes = _notes(runs, session, args)
         crashed = list(session.crashed)
         spec = session.spec
@@ -330,7 +389,14 @@ async def _bench(
     cap = None
     if args.sweep:
         sweep = [
-            {"users": u, "runs": {r["target"]: _sweep_view(r) for r in runs if r["users"] == u}}
+            {
+                "users": u,
+                "runs": {
+                    r["target"]: _sweep_view(r)
+                    for r in runs
+                    if r["users"] == u and r["workload"] == kinds[0]
+                },
+            }
             for u in user_counts
         ]
         cap = capacity.capacity_report(sweep, args.upstream_budget, targets)
@@ -339,6 +405,8 @@ async def _bench(
         "mode": "upstream" if args.upstream else "simulator",
         "targets": targets,
         "workload": spec.to_json(),
+        "workloads": kinds,
+        "private_data": args.private_data,
         "user_counts": user_counts,
         "simulator": {"argv": _portable(sim_argv), "jobs": args.sim_jobs, "nodes": args.sim_nodes}
         if not args.upstream
@@ -360,6 +428,11 @@ async def _bench(
         )
     report.write(outdir, rep, plot_files)
     return rep
+
+
+def _label(run: dict[str, Any], kinds: int) -> str:
+    """A run's name in plots: the target, and its workload when there are several."""
+    return run["target"] if kinds == 1 else f"{run['target']} ({run['workload']})"
 
 
 def _portable(argv: list[str]) -> list[str]:
@@ -403,8 +476,13 @@ def _plots(
         )
         files.append(name)
         name = f"upstream-rps{suffix}.png"
+        kinds = len(rep["config"]["workloads"])
         plots.upstream_over_time(
-            {r["target"]: r["upstream_rps_series"] for r in rep["runs"] if r["users"] == users},
+            {
+                _label(r, kinds): r["upstream_rps_series"]
+                for r in rep["runs"]
+                if r["users"] == users
+            },
             outdir / name,
             f"upstream requests/s, {users} users",
         )
@@ -418,6 +496,11 @@ def _plots(
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     args = _parser().parse_args(argv)
+    try:
+        workloads(args)
+    except ValueError as exc:
+        print(f"cacheproxy bench: {exc}", file=sys.stderr)
+        return 2
     if args.users <= 0 or args.duration <= 0:
         print("cacheproxy bench: --users and --duration must be positive", file=sys.stderr)
         return 2

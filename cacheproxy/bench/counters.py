@@ -61,6 +61,8 @@ class SimulatorCounter:
         self._base_routes: dict[str, int] = {}
         self._base_busy = 0.0
         self._base_lock = 0.0
+        self._base_busy_routes: dict[str, float] = {}
+        self._base_lock_routes: dict[str, float] = {}
 
     async def _stats(self) -> dict[str, Any] | None:
         return _loads(await self.http.get_json_bytes(SIM_STATS))
@@ -73,6 +75,8 @@ class SimulatorCounter:
         self._base_routes = dict(stats.get("by_route", {}))
         self._base_busy = float(stats.get("busy_seconds", 0.0))
         self._base_lock = float(stats.get("lock_wait_seconds", 0.0))
+        self._base_busy_routes = dict(stats.get("busy_by_route", {}))
+        self._base_lock_routes = dict(stats.get("lock_wait_by_route", {}))
 
     async def total(self) -> int | None:
         stats = await self._stats()
@@ -86,8 +90,15 @@ class SimulatorCounter:
             k: int(v) - int(self._base_routes.get(k, 0))
             for k, v in dict(stats.get("by_route", {})).items()
         }
+
+        def seconds(key: str, base: dict[str, float]) -> dict[str, float]:
+            now = dict(stats.get(key, {}))
+            return {k: round(float(v) - float(base.get(k, 0.0)), 3) for k, v in sorted(now.items())}
+
         return {
             "by_route": {k: v for k, v in sorted(routes.items()) if v},
+            "busy_by_route": seconds("busy_by_route", self._base_busy_routes),
+            "lock_wait_by_route": seconds("lock_wait_by_route", self._base_lock_routes),
             "busy_seconds": round(float(stats.get("busy_seconds", 0.0)) - self._base_busy, 3),
             "lock_wait_seconds": round(
                 float(stats.get("lock_wait_seconds", 0.0)) - self._base_lock, 3

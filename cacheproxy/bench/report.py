@@ -56,11 +56,24 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _point(r: dict[str, Any]) -> tuple[int, str | None]:
+    """What a run is compared within: its user count and workload."""
+    return r["users"], r.get("workload")
+
+
 def add_comparisons(runs: list[dict[str, Any]]) -> None:
-    """Each run's upstream load relative to the direct run at the same users."""
-    direct = {r["users"]: r for r in runs if r["target"] == "direct"}
+    """Each run's upstream load and controller time relative to the direct run of the
+    same users and workload."""
+    direct = {_point(r): r for r in runs if r["target"] == "direct"}
     for r in runs:
-        base = direct.get(r["users"])
+        base = direct.get(_point(r))
+        busy, base_busy = (r.get("controller") or {}).get("busy_s"), None
+        if base is not None:
+            base_busy = (base.get("controller") or {}).get("busy_s")
+        if busy is not None:
+            r["controller"]["busy_pct_of_direct"] = (
+                round(100.0 * busy / base_busy, 2) if base_busy else None
+            )
         if base is None or r["target"] == "direct":
             r["reduction_factor"] = 1.0 if r["target"] == "direct" else None
             r["upstream_pct_of_direct"] = 100.0 if r["target"] == "direct" else None
@@ -76,14 +89,16 @@ UPSTREAM_TARGET_PCT = 5.0
 
 def target_checks(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The project's targets, per caching run against the direct run at the same users."""
-    direct = {r["users"]: r for r in runs if r["target"] == "direct"}
+    direct = {_point(r): r for r in runs if r["target"] == "direct"}
     out: list[dict[str, Any]] = []
     for r in runs:
-        base = direct.get(r["users"])
+        base = direct.get(_point(r))
         if r["target"] == "direct" or base is None:
             continue
         pct = r.get("upstream_pct_of_direct")
         where = {"target": r["target"], "users": r["users"]}
+        if "workload" in r:
+            where["workload"] = r["workload"]
         lat, base_lat = r["latency_ms"], base["latency_ms"]
         out += [
             {
@@ -145,41 +160,82 @@ def _f(v: float | None, digits: int = 1) -> str:
 
 
 TABLE_HEAD = (
-    "| target | users | client req/s | p50 ms | p95 ms | p99 ms | upstream req | upstream req/s "
-    "| upstream vs direct | hit ratio | coalesced | RYW violations | errors |"
+    "| workload | target | users | client req/s | p50 ms | p95 ms | p99 ms | upstream req "
+    "| upstream req/s | upstream vs direct | ctld busy s | busy vs direct | ctld lock wait s "
+    "| hit ratio | coalesced | RYW violations | errors |"
 )
 
 
+def _ctld(r: dict[str, Any]) -> tuple[str, str, str]:
+    """Controller busy s, busy vs direct, lock-wait s (– without the simulator)."""
+    c = r.get("controller")
+    if not c:
+        return "–", "–", "–"
+    pct = c.get("busy_pct_of_direct")
+    return f"{c['busy_s']:.1f}", "–" if pct is None else f"{pct:.1f}%", f"{c['lock_wait_s']:.1f}"
+
+
 def table(runs: Sequence[dict[str, Any]]) -> str:
-    rows = [TABLE_HEAD, "|" + "---|" * 13]
+    rows = [TABLE_HEAD, "|" + "---|" * 17]
     for r in runs:
         lat = r["latency_ms"]
         pct = r.get("upstream_pct_of_direct")
         factor = r.get("reduction_factor")
         vs = "–" if pct is None else f"{pct:.1f}% (÷{_f(factor)})"
+        busy, busy_vs, wait = _ctld(r)
         rows.append(
-            f"| {r['target']} | {r['users']} | {r['throughput_rps']:.1f} | {lat['p50']:.1f} "
+            f"| {r.get('workload', '–')} | {r['target']} | {r['users']} "
+            f"| {r['throughput_rps']:.1f} | {lat['p50']:.1f} "
             f"| {lat['p95']:.1f} | {lat['p99']:.1f} | {r['upstream_requests']} "
-            f"| {r['upstream_rps']:.2f} | {vs} | {r['hit_ratio']:.3f} | {r.get('coalesced', 0)} "
+            f"| {r['upstream_rps']:.2f} | {vs} | {busy} | {busy_vs} | {wait} "
+            f"| {r['hit_ratio']:.3f} | {r.get('coalesced', 0)} "
             f"| {r['ryw_violations']} / {r['ryw']['checks']} | {r['errors']} |"
         )
+    return "\n".join(rows)
+
+
+def route_table(runs: Sequence[dict[str, Any]]) -> str:
+    """Per route: upstream requests and simulated controller busy/lock-wait seconds, one
+    column group per run."""
+    with_cost = [r for r in runs if r.get("controller")]
+    if not with_cost:
+        return ""
+    routes = sorted({k for r in with_cost for k in r["controller"]["by_route"]})
+    head = "| route | " + " | ".join(
+        f"{r.get('workload', '')} {r['target']} req / busy s / wait s" for r in with_cost
+    )
+    rows = [head + " |", "|" + "---|" * (1 + len(with_cost))]
+    for route in routes:
+        cells = []
+        for r in with_cost:
+            c = r["controller"]["by_route"].get(route)
+            cells.append(
+                "–"
+                if c is None
+                else f"{c['requests']} / {c['busy_s']:.1f} / {c['lock_wait_s']:.1f}"
+            )
+        rows.append(f"| `{route}` | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
 def text_table(runs: Sequence[dict[str, Any]]) -> str:
     """The terminal version of :func:`table`."""
     head = (
-        f"{'target':<7} {'users':>5} {'req/s':>7} {'p50ms':>7} {'p95ms':>7} {'p99ms':>8} "
-        f"{'upstream':>8} {'up/s':>7} {'vs direct':>9} {'hit':>6} {'coal':>5} {'RYW':>7} {'err':>4}"
+        f"{'workload':<8} {'target':<7} {'users':>5} {'req/s':>7} {'p50ms':>7} {'p95ms':>7} "
+        f"{'p99ms':>8} {'upstream':>8} {'up/s':>7} {'vs direct':>9} {'busy s':>7} "
+        f"{'busy vs':>8} {'wait s':>7} {'hit':>6} {'coal':>5} {'RYW':>7} {'err':>4}"
     )
     lines = [head, "-" * len(head)]
     for r in runs:
         lat = r["latency_ms"]
         pct = r.get("upstream_pct_of_direct")
+        busy, busy_vs, wait = _ctld(r)
         lines.append(
-            f"{r['target']:<7} {r['users']:>5} {r['throughput_rps']:>7.1f} {lat['p50']:>7.1f} "
+            f"{r.get('workload', '–'):<8} {r['target']:<7} {r['users']:>5} "
+            f"{r['throughput_rps']:>7.1f} {lat['p50']:>7.1f} "
             f"{lat['p95']:>7.1f} {lat['p99']:>8.1f} {r['upstream_requests']:>8} "
             f"{r['upstream_rps']:>7.2f} {('–' if pct is None else f'{pct:.1f}%'):>9} "
+            f"{busy:>7} {busy_vs:>8} {wait:>7} "
             f"{r['hit_ratio']:>6.3f} {r.get('coalesced', 0):>5} "
             f"{str(r['ryw_violations']) + '/' + str(r['ryw']['checks']):>7} {r['errors']:>4}"
         )
@@ -243,16 +299,22 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
         "*upstream vs direct* is the target's upstream requests as a share of the direct "
         "run's (÷ = reduction factor). *hit ratio* counts GETs answered from the cache "
         "(`Cache-Status: hit`); *coalesced* are misses that joined another request's upstream "
-        "fetch. RYW = read-your-writes violations / checks.",
+        "fetch. RYW = read-your-writes violations / checks. *ctld busy s* is the simulated "
+        "controller's service time (lock held, or slurmdbd), *lock wait s* the time requests "
+        "queued for it (the simulator's `/_sim/stats`).",
         "",
     ]
+    routes = route_table(report["runs"])
+    if routes:
+        lines += ["## Controller cost per route", "", routes, ""]
     checks = report.get("targets_met") or []
     if checks:
         lines += ["## Targets", ""]
         for c in checks:
             mark = "✅" if c["pass"] else "❌"
+            wl = f", {c['workload']} workload" if c.get("workload") else ""
             lines.append(
-                f"- {mark} {c['target']} ({c['users']} users): {c['check']} ({c['value']})"
+                f"- {mark} {c['target']} ({c['users']} users{wl}): {c['check']} ({c['value']})"
             )
         lines.append("")
     cap = report.get("capacity")

@@ -323,6 +323,10 @@ class Session:
             source = "none"
             self.notes.append(f"{target}: no upstream count available")
         extra["upstream_detail"] = await counter.details()
+        extra["workload"] = "service" if self.spec.dashboard_shared else "user"
+        controller = controller_cost(extra["upstream_detail"])
+        if controller is not None:
+            extra["controller"] = controller
         if proxy_counter is not None:
             detail = await proxy_counter.details()
             extra["proxy_stats"] = detail
@@ -336,6 +340,30 @@ class Session:
             coalesced=coalesced,
             extra=extra,
         )
+
+
+def controller_cost(detail: dict[str, Any]) -> dict[str, Any] | None:
+    """The simulated controller's cost of a run, in all and per route, from
+    ``/_sim/stats`` deltas (None when the upstream is not the simulator)."""
+    if "busy_seconds" not in detail:
+        return None
+    counts: dict[str, int] = detail.get("by_route", {})
+    busy: dict[str, float] = detail.get("busy_by_route", {})
+    wait: dict[str, float] = detail.get("lock_wait_by_route", {})
+    routes = {
+        r: {
+            "requests": int(counts.get(r, 0)),
+            "busy_s": round(float(busy.get(r, 0.0)), 3),
+            "lock_wait_s": round(float(wait.get(r, 0.0)), 3),
+        }
+        for r in sorted(set(counts) | set(busy))
+        if counts.get(r) or busy.get(r)
+    }
+    return {
+        "busy_s": round(float(detail["busy_seconds"]), 3),
+        "lock_wait_s": round(float(detail.get("lock_wait_seconds", 0.0)), 3),
+        "by_route": routes,
+    }
 
 
 def _labelled(

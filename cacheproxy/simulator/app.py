@@ -215,7 +215,7 @@ class Simulator:
             if exc.missing:
                 status, text = auth.refusal(rules, exc.kind)
                 return envelope.plain(status, text.decode())
-            await self.cost.auth_reject()
+            await self.cost.auth_reject(f"{method} {found.route.template()}")
             return self._rejected(found, exc.claimed_user, scope)
         raw_query = scope.get("query_string", b"")
         parsed = request_query(found, method, query, bool(raw_query), body)
@@ -272,6 +272,7 @@ class Simulator:
         )
         who = Requester(user, self._source(scope))
         op = found.operation
+        route = f"{scope['method']} {found.route.template()}"
 
         def run() -> Response:
             views: SlurmViews | DbViews = self.db if found.route.family == "slurmdb" else self.slurm
@@ -292,10 +293,10 @@ class Simulator:
             kind = op.removeprefix("db_")
             if kind.endswith(("_add", "_delete")):
                 kind = "write"
-            await self.cost.dbd(kind)
+            await self.cost.dbd(kind, route)
             response = run()
         else:
-            response = await self.cost.locked(op in WRITE_OPS, run, lambda r: r.items)
+            response = await self.cost.locked(op in WRITE_OPS, run, lambda r: r.items, route)
         self._trim_caches()
         return response
 

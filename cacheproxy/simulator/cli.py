@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
+from cacheproxy.simulator import privatedata
 from cacheproxy.simulator.config import CostParams, SimConfig, default_users, load_users_file
 from cacheproxy.simulator.releases import RELEASES, STYLES
 
@@ -23,7 +24,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--users-file", help='JSON object {"user": "token"} (default root, user001..100)'
     )
-    p.add_argument("--private-data", action="store_true", help="PrivateData=jobs")
+    p.add_argument(
+        "--private-data",
+        nargs="?",
+        const="jobs",
+        default="none",
+        metavar="WORDS",
+        help="slurm.conf/slurmdbd.conf PrivateData, comma-separated: "
+        + ", ".join(privatedata.WORDS)
+        + "; all; none (default). The bare flag means jobs",
+    )
+    p.add_argument(
+        "--operator",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="give USER AdminLevel=Operator (sees everything); repeatable",
+    )
+    p.add_argument(
+        "--coordinator",
+        action="append",
+        default=[],
+        metavar="USER=ACCT[,ACCT]",
+        help="make USER coordinator of the accounts; repeatable",
+    )
     p.add_argument(
         "--style",
         choices=list(STYLES),
@@ -90,7 +114,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         jobs=max(0, args.jobs),
         nodes=max(1, args.nodes),
         users=users,
-        private_data=args.private_data,
+        private_data=privatedata.parse(args.private_data),
+        operators=frozenset(args.operator),
+        coordinators=_coordinators(args.coordinator),
         style=args.style,
         cost_model=args.cost_model,
         seed=args.seed,
@@ -101,6 +127,16 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         rl_bucket_size=max(1, args.rl_bucket_size),
         rl_refill_rate=max(0.001, args.rl_refill_rate),
     )
+
+
+def _coordinators(specs: list[str]) -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {}
+    for spec in specs:
+        user, sep, accounts = spec.partition("=")
+        if not sep or not user or not accounts:
+            raise ValueError(f"--coordinator {spec!r}: expected USER=ACCT[,ACCT]")
+        out[user] = out.get(user, ()) + tuple(a for a in accounts.split(",") if a)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from cacheproxy.simulator import privatedata
 from cacheproxy.simulator.releases import STYLES, Release, style_map
 
 #: A Slurm release ("22.05" ... "26.05"), "all" or the alias "25.x" (see releases.py).
@@ -79,7 +80,13 @@ class SimConfig:
     jobs: int = 2000
     nodes: int = 500
     users: dict[str, str] = field(default_factory=default_users)
-    private_data: bool = False
+    #: ``PrivateData`` words (privatedata.WORDS); a string ("jobs,nodes") or
+    #: ``True`` (the old boolean: jobs) is normalised to the set.
+    private_data: frozenset[str] | str | bool = frozenset()
+    #: Users with AdminLevel=Operator: like root, they see everything.
+    operators: frozenset[str] = frozenset()
+    #: user -> the accounts they coordinate (sacctmgr add coordinator).
+    coordinators: dict[str, tuple[str, ...]] = field(default_factory=dict)
     style: Style = "all"
     cost_model: CostModelName = "realistic"
     seed: int = 0
@@ -99,6 +106,15 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.style not in STYLES:
             raise ValueError(f"unknown style {self.style!r}; expected one of {', '.join(STYLES)}")
+        object.__setattr__(self, "private_data", privatedata.parse(self.private_data))
+        object.__setattr__(self, "operators", frozenset(self.operators))
+
+    def private(self, word: str) -> bool:
+        """Whether ``PrivateData`` has ``word`` (one of privatedata.WORDS)."""
+        assert word in privatedata.WORDS, word
+        words = self.private_data
+        assert isinstance(words, frozenset)
+        return word in words
 
     @property
     def served(self) -> dict[str, Release]:

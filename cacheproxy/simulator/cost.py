@@ -126,24 +126,29 @@ class ControllerLock:
 
 
 class CostModel(Protocol):
-    async def locked(self, exclusive: bool, work: Callable[[], R], items: Callable[[R], int]) -> R:
-        """Run ``work`` under the controller lock (shared for reads, exclusive for writes)."""
+    async def locked(
+        self, exclusive: bool, work: Callable[[], R], items: Callable[[R], int], route: str = ""
+    ) -> R:
+        """Run ``work`` under the controller lock (shared for reads, exclusive for writes);
+        its cost is charged to ``route`` in the stats."""
         ...
 
-    async def dbd(self, kind: str) -> None: ...
-    async def auth_reject(self) -> None: ...
+    async def dbd(self, kind: str, route: str = "") -> None: ...
+    async def auth_reject(self, route: str = "") -> None: ...
 
 
 class NoCost:
     """``--cost-model none``: answer at once (functional tests)."""
 
-    async def locked(self, exclusive: bool, work: Callable[[], R], items: Callable[[R], int]) -> R:
+    async def locked(
+        self, exclusive: bool, work: Callable[[], R], items: Callable[[R], int], route: str = ""
+    ) -> R:
         return work()
 
-    async def dbd(self, kind: str) -> None:
+    async def dbd(self, kind: str, route: str = "") -> None:
         return None
 
-    async def auth_reject(self) -> None:
+    async def auth_reject(self, route: str = "") -> None:
         return None
 
 
@@ -165,7 +170,9 @@ class RealisticCost:
     def _contention(self) -> float:
         return 1.0 + self.p.contention * min(len(self.lock.waiting), 8) / 8
 
-    async def locked(self, exclusive: bool, work: Callable[[], R], items: Callable[[R], int]) -> R:
+    async def locked(
+        self, exclusive: bool, work: Callable[[], R], items: Callable[[R], int], route: str = ""
+    ) -> R:
         """Queue for the lock, take the snapshot or apply the write, hold, release.
 
         The work runs when the lock is granted, as in slurmctld, so a read
@@ -186,8 +193,7 @@ class RealisticCost:
                 await asyncio.sleep(delay)
         finally:
             self.lock.release(exclusive, start + service)
-        self.stats.lock_wait_seconds += max(0.0, start - arrival)
-        self.stats.busy_seconds += service
+        self.stats.charge(route, max(0.0, start - arrival), service)
         render = self.p.render_per_item * n
         if render >= 0.0005:
             if self._render is None:
@@ -196,7 +202,7 @@ class RealisticCost:
                 await asyncio.sleep(render * self._jitter())
         return result
 
-    async def dbd(self, kind: str) -> None:
+    async def dbd(self, kind: str, route: str = "") -> None:
         if self._dbd is None:
             self._dbd = asyncio.Semaphore(max(1, self.p.dbd_parallelism))
         low, high = DBD_COST.get(kind, DBD_COST["default"])
@@ -206,13 +212,12 @@ class RealisticCost:
             started = loop.time()
             service = self.rng.uniform(low, high) * self.p.dbd_scale
             await asyncio.sleep(service)
-        self.stats.lock_wait_seconds += started - arrival
-        self.stats.busy_seconds += service
+        self.stats.charge(route, started - arrival, service)
 
-    async def auth_reject(self) -> None:
+    async def auth_reject(self, route: str = "") -> None:
         # slurmctld takes the request, checks the token and refuses: a read's
         # cost plus the rejection path (about 12 ms in all on 22.05).
-        await self.locked(False, lambda: 0, lambda _: 0)
+        await self.locked(False, lambda: 0, lambda _: 0, route)
         await asyncio.sleep(self.p.auth_reject_delay * self._jitter())
 
 

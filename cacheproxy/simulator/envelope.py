@@ -196,7 +196,7 @@ def render(served: Served, family: str, body: Body, who: Requester, cluster: str
         members.append(jsonfmt.member("warnings", body.warnings, False))
         members.extend(payload(k, v) for k, v in body.payload if listed(k))
     else:
-        meta = render4x.meta(served.version, family, cluster, who.source, who.user, served.release)
+        meta = render4x.meta(served.version, family, cluster, who.source, served.release)
         tail = [
             payload("meta", meta),
             jsonfmt.member("errors", body.errors, False),

@@ -149,6 +149,8 @@ class User:
     uid: int
     default_account: str
     admin_level: str = "None"
+    #: Accounts this user coordinates (``sacctmgr add coordinator``).
+    coord_accounts: tuple[str, ...] = ()
 
 
 @dataclass
@@ -298,7 +300,9 @@ class Cluster:
                 else 2000 + idx
             )
             account = f"acct{(uid % 10) + 1:02d}"
-            self.users[name] = User(name, uid, account)
+            level = "Operator" if name in self.config.operators else "None"
+            coords = tuple(self.config.coordinators.get(name, ()))
+            self.users[name] = User(name, uid, account, admin_level=level, coord_accounts=coords)
             self._add_assoc(account, name)
 
     def _add_assoc(self, account: str, user: str, parent: str = "") -> Association:
@@ -529,20 +533,48 @@ class Cluster:
 
     # ------------------------------------------------------------- queries
     def visible_jobs(self, viewer: str | None) -> list[Job]:
-        """Jobs a user may see: all, or with PrivateData=jobs only their own."""
+        """Jobs a viewer (:meth:`viewer_for`) may see."""
         if viewer is None:
             return list(self.jobs.values())
-        return [j for j in self.jobs.values() if j.user == viewer]
+        return [j for j in self.jobs.values() if self.job_visible(viewer, j)]
+
+    def job_visible(self, viewer: str | None, job: Job) -> bool:
+        """PrivateData=jobs: own jobs and jobs of accounts the viewer coordinates.
+
+        slurmctld's ``_hide_job_user_rec`` (src/slurmctld/job_mgr.c, 22.05 to
+        25.11, without MCS) and slurmdbd's ``_cluster_get_jobs``
+        (as_mysql_jobacct_process.c): ``job.user_id == uid`` or
+        ``assoc_mgr_is_user_acct_coord(uid, job.account)``.
+        """
+        if viewer is None or job.user == viewer:
+            return True
+        return job.account in self.coordinated(viewer)
 
     def viewer_for(self, user: str) -> str | None:
-        """The visibility key for a user: ``None`` means "sees everything"."""
-        if not self.config.private_data or self.is_admin(user):
+        """The visibility key for a user's jobs: ``None`` means "sees every job"."""
+        if not self.config.private("jobs") or self.privileged(user):
             return None
         return user
 
     def is_admin(self, user: str) -> bool:
         u = self.users.get(user)
         return user == "root" or (u is not None and u.admin_level == "Administrator")
+
+    def privileged(self, user: str) -> bool:
+        """``validate_operator`` (src/slurmctld/proc_req.c): root, SlurmUser or
+        AdminLevel Operator/Administrator; PrivateData never hides anything from them."""
+        u = self.users.get(user)
+        return user in ("root", "slurm") or (
+            u is not None and u.admin_level in ("Operator", "Administrator")
+        )
+
+    def coordinated(self, user: str) -> frozenset[str]:
+        u = self.users.get(user)
+        return frozenset(u.coord_accounts) if u else frozenset()
+
+    def user_accounts(self, user: str) -> frozenset[str]:
+        """Accounts the user has an association in."""
+        return frozenset(a.account for a in self.associations if a.user == user)
 
     def find_jobs(self, job_id: int, task: int | None = None) -> list[Job]:
         """``job_id`` alone matches a job or every task of an array; with ``task``, one task."""

@@ -27,18 +27,28 @@ UNSET = {"set": False, "infinite": False, "number": 0}
 
 
 def meta(
-    version: str, plugin: str, cluster: str, source: str, user: str, release: Release | None = None
+    version: str, plugin: str, cluster: str, source: str, release: Release | None = None
 ) -> dict[str, Any]:
-    """``meta`` of a data_parser body; ``client`` names the requester (so bodies differ per user).
+    """``meta`` of a data_parser body; ``client.source`` names the requester's connection.
 
     ``release`` is the daemon serving the request (default: the one of the
-    version's templates).
+    version's templates).  slurmrestd fills only ``client.source`` per request
+    (``query_meta.client.source = context_id``, src/slurmrestd/openapi.c,
+    23.11.0 to master); ``client.user``/``group`` are the plugin's constants:
+    uid/gid 0 ("root") for slurmctld (openapi/slurmctld/api.c leaves them
+    unset) and ``SLURM_AUTH_NOBODY`` (99) for slurmdbd (openapi/slurmdbd/api.c),
+    which dumps as "" until 25.11 names it "nobody" (src/common/uid.c).
     """
     if release is None:
         r = RELEASES[version]
     else:
         major, minor, micro = release.full.split(".")
         r = {"major": major, "minor": minor, "micro": micro, "release": release.full}
+    if plugin == "slurm":
+        user, group = "root", "root"
+    else:
+        named = (int(r["major"]), int(r["minor"])) >= (25, 11)
+        user, group = ("nobody" if named else ""), ""
     kind = "slurmctld" if plugin == "slurm" else "slurmdbd"
     return {
         "plugin": {
@@ -47,7 +57,7 @@ def meta(
             "data_parser": f"data_parser/{version}",
             "accounting_storage": "accounting_storage/slurmdbd",
         },
-        "client": {"source": source, "user": user, "group": user},
+        "client": {"source": source, "user": user, "group": group},
         "command": [],
         "slurm": {
             "version": {"major": r["major"], "micro": r["micro"], "minor": r["minor"]},
@@ -296,11 +306,18 @@ def diag(c: m.Cluster, version: str, requests: int) -> dict[str, Any]:
 
 
 def shares(
-    c: m.Cluster, version: str, users: set[str] | None, accounts: set[str] | None
+    c: m.Cluster,
+    version: str,
+    users: set[str] | None,
+    accounts: set[str] | None,
+    visible: set[int] | None = None,
 ) -> dict[str, Any]:
+    """``visible``: the association ids PrivateData=usage leaves (None: all)."""
     d = _t(version, "shares")
     rows = []
     for a in c.associations:
+        if visible is not None and a.id not in visible:
+            continue
         if users is not None and a.user not in users:
             continue
         if accounts is not None and a.account not in accounts:

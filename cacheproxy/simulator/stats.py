@@ -12,6 +12,8 @@ class Stats:
     ``lock_wait_seconds`` sums the time requests queued for the simulated
     controller lock; ``busy_seconds`` the service time spent holding it (or
     in slurmdbd), so the harness can tell a saturated upstream from an idle one.
+    Both are also kept per route (``busy_by_route``, ``lock_wait_by_route``,
+    keyed as ``by_route``): what each route costs the controller.
     """
 
     def __init__(self) -> None:
@@ -23,6 +25,16 @@ class Stats:
         self.by_method: Counter[str] = Counter()
         self.lock_wait_seconds = 0.0
         self.busy_seconds = 0.0
+        self.busy_by_route: dict[str, float] = {}
+        self.lock_wait_by_route: dict[str, float] = {}
+
+    def charge(self, route: str, wait: float, busy: float) -> None:
+        """Add one request's queueing and service time (``route``: "" if unknown)."""
+        self.lock_wait_seconds += wait
+        self.busy_seconds += busy
+        if route:
+            self.lock_wait_by_route[route] = self.lock_wait_by_route.get(route, 0.0) + wait
+            self.busy_by_route[route] = self.busy_by_route.get(route, 0.0) + busy
 
     def count(self, method: str, route: str) -> None:
         self.total += 1
@@ -36,4 +48,8 @@ class Stats:
             "by_method": dict(sorted(self.by_method.items())),
             "lock_wait_seconds": round(self.lock_wait_seconds, 6),
             "busy_seconds": round(self.busy_seconds, 6),
+            "busy_by_route": {k: round(v, 6) for k, v in sorted(self.busy_by_route.items())},
+            "lock_wait_by_route": {
+                k: round(v, 6) for k, v in sorted(self.lock_wait_by_route.items())
+            },
         }

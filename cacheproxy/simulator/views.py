@@ -169,6 +169,29 @@ class SlurmViews:
             status=status,
         )
 
+    def _hidden(self, ctx: Ctx, word: str) -> bool:
+        """PrivateData=``word`` and the requester is no operator (``validate_operator``)."""
+        return self.c.config.private(word) and not self.c.privileged(ctx.user)
+
+    def _denied(self, ctx: Ctx, key: str, source: str, errno: int = m.ACCESS_DENIED[0]) -> Body:
+        """A read slurmctld refuses with ESLURM_ACCESS_DENIED (slurmrestd: 500).
+
+        PrivateData=nodes/partitions: ``_slurm_rpc_dump_nodes``,
+        ``_slurm_rpc_dump_node_single`` and ``_slurm_rpc_dump_partitions``
+        (src/slurmctld/proc_req.c, 22.05.8 to 25.11.0) refuse a non-operator
+        before looking at ``update_time``.  22.05's v0.0.38 plugin lists
+        ``{"error", "errno"}``; the data_parser plugins an error entry, and
+        ``http_status_from_error`` (src/common/http.c) maps it to 500.
+        """
+        text = "Access/permission denied" if errno == m.ACCESS_DENIED[0] else "Unspecified error"
+        if ctx.legacy:
+            return Body(payload=[(key, [])], errors=[{"error": text, "errno": errno}], status=500)
+        return Body(
+            payload=[(key, [])],
+            errors=[error_entry(ctx.version, errno, text, source)],
+            status=500,
+        )
+
     # ------------------------------------------------------------------ GETs
     def ping(self, ctx: Ctx) -> Body:
         p = r38.ping(self.c) if ctx.legacy else render4x.ping(self.c, ctx.version)
@@ -245,8 +268,7 @@ class SlurmViews:
                             "source": "_handle_job_get",
                         }
                     )
-        if ctx.viewer is not None:
-            jobs = [j for j in jobs if j.user == ctx.viewer]
+        jobs = [j for j in jobs if self.c.job_visible(ctx.viewer, j)]
         if not jobs:
             if ctx.legacy:
                 return Body(
@@ -296,7 +318,21 @@ class SlurmViews:
         gens = (self.c.gen["nodes"], self.c.gen["reservations"])
         return self.cache.member(("nodes", ctx.version), gens, build)
 
+    def _nodes_hidden(self, ctx: Ctx) -> Body | None:
+        """PrivateData=nodes hides nodes; so does =partitions on data_parser
+        releases, whose ``_dump_nodes`` (openapi/slurmctld/nodes.c, 23.11 to
+        25.11) loads the partitions too and fails the request with that
+        call's ``SLURM_ERROR`` when slurmctld refuses it."""
+        if self._hidden(ctx, "nodes"):
+            return self._denied(ctx, "nodes", "slurm_load_node")
+        if not ctx.legacy and self._hidden(ctx, "partitions"):
+            return self._denied(ctx, "nodes", "_dump_nodes", errno=-1)
+        return None
+
     def nodes(self, ctx: Ctx) -> Body | Response:
+        refused = self._nodes_hidden(ctx)
+        if refused is not None:
+            return refused
         # data_parser releases pass the same update_time to slurm_load_partitions()
         # for the nodes' partition lists, and its "no change" becomes the answer:
         # 304 although nodes changed, when partitions did not (slurmctld/nodes.c).
@@ -309,6 +345,9 @@ class SlurmViews:
 
     def node(self, ctx: Ctx) -> Body:
         """One node; ``update_time`` is not a parameter here (22.05) or ignored (25.x)."""
+        refused = self._nodes_hidden(ctx)
+        if refused is not None:
+            return refused
         name = ctx.params["node_name"]
         n = self.c.nodes.get(name)
         if n is None:
@@ -330,6 +369,8 @@ class SlurmViews:
         return Body(payload=[("nodes", [item]), *self._times(ctx, "nodes")], items=1)
 
     def partitions(self, ctx: Ctx) -> Body | Response:
+        if self._hidden(ctx, "partitions"):
+            return self._denied(ctx, "partitions", "slurm_load_partitions")
         if unchanged_since(ctx.query, self.c.changed["partitions"]):
             return not_modified()
         items = [self._partition(p, ctx) for p in self.c.partitions.values()]
@@ -343,6 +384,8 @@ class SlurmViews:
         )
 
     def partition(self, ctx: Ctx) -> Body | Response:
+        if self._hidden(ctx, "partitions"):
+            return self._denied(ctx, "partitions", "slurm_load_partitions")
         if unchanged_since(ctx.query, self.c.changed["partitions"]):
             return not_modified()
         p = self.c.partitions.get(ctx.params["partition_name"])
@@ -375,10 +418,29 @@ class SlurmViews:
             return r38.reservation(r, self.c)
         return render4x.reservation(r, self.c, ctx.version)
 
+    def _usable(self, ctx: Ctx) -> list[m.Reservation]:
+        """PrivateData=reservations: a non-operator sees the reservations they
+        may use (``show_resv`` and ``_validate_user_access``,
+        src/slurmctld/reservation.c, 22.05.8 to 25.11.0): by account when the
+        reservation names accounts (any of the user's associations), else by
+        its user list."""
+        if not self._hidden(ctx, "reservations"):
+            return list(self.c.reservations.values())
+        accounts = self.c.user_accounts(ctx.user)
+        out = []
+        for r in self.c.reservations.values():
+            named = [a for a in r.accounts.split(",") if a]
+            if named:
+                if accounts & set(named):
+                    out.append(r)
+            elif ctx.user in r.users.split(","):
+                out.append(r)
+        return out
+
     def reservations(self, ctx: Ctx) -> Body | Response:
         if unchanged_since(ctx.query, self.c.changed["reservations"]):
             return not_modified()
-        items = [self._reservation(r, ctx) for r in self.c.reservations.values()]
+        items = [self._reservation(r, ctx) for r in self._usable(ctx)]
         return Body(
             payload=[("reservations", items), *self._times(ctx, "reservations")], items=len(items)
         )
@@ -387,7 +449,7 @@ class SlurmViews:
         if unchanged_since(ctx.query, self.c.changed["reservations"]):
             return not_modified()
         name = ctx.params["reservation_name"]
-        r = self.c.reservations.get(name)
+        r = next((x for x in self._usable(ctx) if x.name == name), None)
         if r is None:
             return Body(
                 payload=[("reservations", []), *self._times(ctx, "reservations")],
@@ -413,9 +475,15 @@ class SlurmViews:
     def shares(self, ctx: Ctx) -> Body:
         users = set(ctx.query["users"].split(",")) if ctx.query.get("users") else None
         accounts = set(ctx.query["accounts"].split(",")) if ctx.query.get("accounts") else None
-        if self.c.config.private_data and not self.c.is_admin(ctx.user):
-            users = {ctx.user} if users is None else users & {ctx.user}
-        s = render4x.shares(self.c, ctx.version, users, accounts)
+        visible = None
+        if self._hidden(ctx, "usage"):
+            # assoc_mgr_get_shares (src/common/assoc_mgr.c, 22.05.8 to 25.11.0):
+            # own user associations and every association of a coordinated account.
+            coord = self.c.coordinated(ctx.user)
+            visible = {
+                a.id for a in self.c.associations if a.user == ctx.user or a.account in coord
+            }
+        s = render4x.shares(self.c, ctx.version, users, accounts, visible)
         return Body(payload=[("shares", s)], items=len(s["shares"]))
 
     # ---------------------------------------------------------------- writes
@@ -582,7 +650,7 @@ class SlurmViews:
             if parsed is None:
                 raise m.SimError(*m.INVALID_JOB_ID)
             if ctx.viewer is not None and not [
-                j for j in self.c.find_jobs(*parsed) if j.user == ctx.viewer
+                j for j in self.c.find_jobs(*parsed) if self.c.job_visible(ctx.viewer, j)
             ]:
                 raise m.SimError(*m.INVALID_JOB_ID)
             jobs = self.c.cancel(parsed[0], ctx.user, parsed[1])

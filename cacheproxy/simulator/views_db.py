@@ -43,9 +43,7 @@ class DbViews:
 
     # ------------------------------------------------------------------ jobs
     def _select_jobs(self, ctx: Ctx) -> list[m.Job]:
-        jobs = list(self.c.history.values())
-        if ctx.viewer is not None:
-            jobs = [j for j in jobs if j.user == ctx.viewer]
+        jobs = [j for j in self.c.history.values() if self.c.job_visible(ctx.viewer, j)]
         q = ctx.query
         if q.get("users"):
             names = set(q["users"].split(","))
@@ -102,8 +100,7 @@ class DbViews:
                     and (parsed[1] is None or j.array_task_id == parsed[1])
                 )
             ]
-        if ctx.viewer is not None:
-            jobs = [j for j in jobs if j.user == ctx.viewer]
+        jobs = [j for j in jobs if self.c.job_visible(ctx.viewer, j)]
         warnings = []
         if not jobs and not ctx.legacy:
             warnings.append(
@@ -116,21 +113,58 @@ class DbViews:
         )
 
     # ------------------------------------------------------------- entities
+    def _hidden(self, ctx: Ctx, word: str) -> bool:
+        """slurmdbd's PrivateData test: the word is set and the requester is
+        below AdminLevel Operator (``is_user_min_admin_level``)."""
+        return self.c.config.private(word) and not self.c.privileged(ctx.user)
+
+    def _visible_users(self, ctx: Ctx) -> list[m.User]:
+        """PrivateData=users: a non-operator lists only themselves, coordinator
+        or not (``as_mysql_get_users``, as_mysql_user.c, 22.05.8 to 25.11.0)."""
+        users = list(self.c.users.values())
+        if self._hidden(ctx, "users"):
+            users = [u for u in users if u.name == ctx.user]
+        return users
+
+    def _visible_accounts(self, ctx: Ctx) -> list[m.Account] | None:
+        """PrivateData=accounts: only the accounts a non-operator coordinates;
+        ``None`` (ESLURM_ACCESS_DENIED) when they coordinate none
+        (``as_mysql_get_accts``, as_mysql_acct.c, 22.05.8 to 25.11.0)."""
+        accounts = list(self.c.accounts.values())
+        if not self._hidden(ctx, "accounts"):
+            return accounts
+        coord = self.c.coordinated(ctx.user)
+        if not coord:
+            return None
+        return [a for a in accounts if a.name in coord]
+
+    def _assoc_visible(self, ctx: Ctx) -> Callable[[m.Association], bool]:
+        """PrivateData=users: a non-operator sees the associations under their
+        own (lineage prefix: their user associations) and every association of
+        the accounts they coordinate (``_cluster_get_assocs``, as_mysql_assoc.c,
+        22.05.8 to 25.11.0)."""
+        if not self._hidden(ctx, "users"):
+            return lambda a: True
+        coord = self.c.coordinated(ctx.user)
+        return lambda a: a.user == ctx.user or a.account in coord
+
     def _users(self, ctx: Ctx) -> list[dict[str, Any]]:
-        return [self._r(ctx, r38.db_user, render4x.db_user, u) for u in self.c.users.values()]
+        return [self._r(ctx, r38.db_user, render4x.db_user, u) for u in self._visible_users(ctx)]
 
     def _accounts(self, ctx: Ctx) -> list[dict[str, Any]]:
         return [
-            self._r(ctx, r38.db_account, render4x.db_account, a) for a in self.c.accounts.values()
+            self._r(ctx, r38.db_account, render4x.db_account, a)
+            for a in self._visible_accounts(ctx) or []
         ]
 
     def _assocs(
         self, ctx: Ctx, only: Callable[[m.Association], bool] | None = None
     ) -> list[dict[str, Any]]:
+        seen = self._assoc_visible(ctx)
         return [
             self._r(ctx, r38.db_association, render4x.db_association, a)
             for a in self.c.associations
-            if only is None or only(a)
+            if seen(a) and (only is None or only(a))
         ]
 
     def _qos(self, ctx: Ctx) -> list[dict[str, Any]]:
@@ -147,16 +181,21 @@ class DbViews:
         return Body(payload=[("users", items)], items=len(items))
 
     def db_user(self, ctx: Ctx) -> Body:
-        u = self.c.users.get(ctx.params["name"])
+        u = next((x for x in self._visible_users(ctx) if x.name == ctx.params["name"]), None)
         items = [self._r(ctx, r38.db_user, render4x.db_user, u)] if u else []
         return Body(payload=[("users", items)], items=len(items))
 
     def db_accounts(self, ctx: Ctx) -> Body:
+        if self._visible_accounts(ctx) is None:
+            return self.denied(ctx, "accounts")
         items = self._accounts(ctx)
         return Body(payload=[("accounts", items)], items=len(items))
 
     def db_account(self, ctx: Ctx) -> Body:
-        a = self.c.accounts.get(ctx.params["account_name"])
+        visible = self._visible_accounts(ctx)
+        if visible is None:
+            return self.denied(ctx, "accounts")
+        a = next((x for x in visible if x.name == ctx.params["account_name"]), None)
         items = [self._r(ctx, r38.db_account, render4x.db_account, a)] if a else []
         return Body(payload=[("accounts", items)], items=len(items))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -78,27 +79,39 @@ def test_valid_token_is_200_without_extra_headers(client: httpx.Client) -> None:
     assert r.headers["content-type"] == "application/json"
 
 
-def test_bearer_works_on_25x_only(client: httpx.Client) -> None:
+def acting_user(c: httpx.Client, version: str, headers: dict[str, str]) -> str:
+    """Who slurmrestd acts as, seen as slurmdbd shows it under PrivateData=users
+    (``meta.client.user`` is the plugin's constant, not the requester)."""
+    r = c.get(f"/slurmdb/{version}/users", headers=headers)
+    assert r.status_code == 200, r.text
+    (user,) = r.json()["users"]
+    return str(user["name"])
+
+
+@pytest.fixture
+def private_users() -> Iterator[httpx.Client]:
+    with started(private_data="users") as running, running.client() as c:
+        yield c
+
+
+def test_bearer_works_on_25x_only(private_users: httpx.Client) -> None:
+    c = private_users
     bearer = {"Authorization": "Bearer sim-token-user007"}
-    r = client.get("/slurm/v0.0.44/ping", headers=bearer)
-    assert r.status_code == 200
-    assert r.json()["meta"]["client"]["user"] == "user007"
-    assert client.get("/slurm/v0.0.38/ping", headers=bearer).status_code == 401
-    r = client.get("/slurm/v0.0.43/ping", headers={"Authorization": "Bearer unknown"})
+    assert acting_user(c, "v0.0.44", bearer) == "user007"
+    assert c.get("/slurm/v0.0.38/ping", headers=bearer).status_code == 401
+    r = c.get("/slurm/v0.0.43/ping", headers={"Authorization": "Bearer unknown"})
     assert r.status_code == 511
 
 
-def test_a_token_alone_acts_as_its_owner_after_2205(client: httpx.Client) -> None:
-    r = client.get("/slurm/v0.0.43/ping", headers={"X-SLURM-USER-TOKEN": "sim-token-user007"})
-    assert r.status_code == 200
-    assert r.json()["meta"]["client"]["user"] == "user007"
+def test_a_token_alone_acts_as_its_owner_after_2205(private_users: httpx.Client) -> None:
+    headers = {"X-SLURM-USER-TOKEN": "sim-token-user007"}
+    assert acting_user(private_users, "v0.0.43", headers) == "user007"
 
 
-def test_root_token_acts_as_named_user(client: httpx.Client) -> None:
+def test_root_token_acts_as_named_user(private_users: httpx.Client) -> None:
     headers = {"X-SLURM-USER-NAME": "user042", "X-SLURM-USER-TOKEN": ROOT["X-SLURM-USER-TOKEN"]}
-    r = client.get("/slurm/v0.0.43/ping", headers=headers)
-    assert r.status_code == 200
-    assert r.json()["meta"]["client"]["user"] == "user042"
+    assert acting_user(private_users, "v0.0.43", headers) == "user042"
+    assert acting_user(private_users, "v0.0.38", headers) == "user042"
 
 
 def test_users_file(tmp_path: Path) -> None:

@@ -43,12 +43,25 @@ def test_25x_envelope(client: httpx.Client) -> None:
 
 
 def test_meta_client_per_requester(sim: Running) -> None:
+    """Only ``source`` (the connection) differs per requester.
+
+    slurmrestd sets ``query_meta.client.source`` per request and nothing else
+    (src/slurmrestd/openapi.c, 23.11.0 to master): the slurmctld plugin's
+    ``plugin_meta`` leaves uid/gid 0 ("root"), the slurmdbd plugin's sets
+    ``SLURM_AUTH_NOBODY`` (99: "" up to 25.05, "nobody" from 25.11 on, which
+    names it), as the recorded 25.05/25.11 examples show.
+    """
     with sim.client() as a, sim.client() as b:
         ma = a.get("/slurm/v0.0.43/ping", headers=auth("user001")).json()["meta"]["client"]
         mb = b.get("/slurm/v0.0.43/ping", headers=auth("user002")).json()["meta"]["client"]
         ma2 = a.get("/slurm/v0.0.43/jobs", headers=auth("user001")).json()["meta"]["client"]
-    assert ma["user"] == ma["group"] == "user001"
-    assert mb["user"] == "user002"
+        db43 = a.get("/slurmdb/v0.0.43/qos", headers=auth("user001")).json()["meta"]["client"]
+        db44 = a.get("/slurmdb/v0.0.44/qos", headers=auth("user001")).json()["meta"]["client"]
+        m40 = a.get("/slurm/v0.0.40/ping", headers=auth("user003")).json()["meta"]["client"]
+    assert (ma["user"], ma["group"]) == (mb["user"], mb["group"]) == ("root", "root")
+    assert (m40["user"], m40["group"]) == ("root", "root")
+    assert (db43["user"], db43["group"]) == ("", "")
+    assert (db44["user"], db44["group"]) == ("nobody", "")
     assert ma["source"].startswith("127.0.0.1:")
     assert "(fd:" in ma["source"]
     assert ma["source"] != mb["source"]  # two connections

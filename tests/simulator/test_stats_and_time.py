@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from cacheproxy.simulator import SimConfig, Simulator, running_simulator
 from tests.simulator.conftest import ROOT, Running, started
@@ -37,6 +38,24 @@ def test_cost_model_counts_busy_time() -> None:
         assert c.get("/slurmdb/v0.0.38/tres", headers=ROOT).status_code == 200
         stats = c.get("/_sim/stats").json()
     assert stats["busy_seconds"] > 0
+
+
+def test_cost_is_charged_per_route() -> None:
+    """Busy and lock-wait seconds per route add up to the totals (what the
+    benchmark reports beside upstream requests)."""
+    with started(cost_model="realistic", jobs=20, nodes=8) as running, running.client() as c:
+        for _ in range(3):
+            c.get("/slurm/v0.0.43/jobs", headers=ROOT)
+        c.get("/slurm/v0.0.38/ping", headers=ROOT)
+        c.get("/slurmdb/v0.0.43/qos", headers=ROOT)
+        c.get("/slurm/v0.0.43/nodes", headers={"X-SLURM-USER-TOKEN": "forged"})
+        stats = c.get("/_sim/stats").json()
+    busy, wait = stats["busy_by_route"], stats["lock_wait_by_route"]
+    assert set(busy) == set(wait) == set(stats["by_route"])
+    assert all(busy[k] > 0 for k in busy)
+    assert sum(busy.values()) == pytest.approx(stats["busy_seconds"], abs=1e-4)
+    assert sum(wait.values()) == pytest.approx(stats["lock_wait_seconds"], abs=1e-4)
+    assert busy["GET /slurmdb/{v}/qos"] > busy["GET /slurm/{v}/ping"]  # slurmdbd: 90 ms+
 
 
 def test_jobs_advance_with_time() -> None:

@@ -1,0 +1,113 @@
+"""Both workloads by default, PrivateData to the simulator, controller cost per route."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cacheproxy.bench import cli, report, runner
+
+
+def _args(*argv: str) -> Any:
+    return cli._parser().parse_args(list(argv))
+
+
+def test_default_runs_both_workloads() -> None:
+    assert cli.workloads(_args()) == ["service", "user"]
+    assert cli.workloads(_args("--workloads", "user")) == ["user"]
+    assert cli.workloads(_args("--dashboard-identity", "service")) == ["service"]
+    with pytest.raises(ValueError, match="--workloads"):
+        cli.workloads(_args("--workloads", "portal"))
+    assert cli.main(["--workloads", "portal"]) == 2
+
+
+def test_private_data_configures_the_simulator_not_the_proxy_yet() -> None:
+    sim, proxy = cli._process_args(_args("--private-data", "jobs,nodes", "--sim-arg=--seed=3"))
+    assert sim == ["--seed=3", "--private-data=jobs,nodes"]
+    assert proxy == []  # cli.PROXY_PRIVATE_DATA_OPTION is None: the proxy has no such option
+    assert cli._process_args(_args()) == ([], [])
+
+
+def test_controller_cost_from_sim_stats_deltas() -> None:
+    detail = {
+        "by_route": {"GET /slurm/{v}/jobs": 4, "GET /slurm/{v}/ping": 1},
+        "busy_by_route": {"GET /slurm/{v}/jobs": 0.5, "GET /slurm/{v}/ping": 0.002},
+        "lock_wait_by_route": {"GET /slurm/{v}/jobs": 1.25},
+        "busy_seconds": 0.502,
+        "lock_wait_seconds": 1.25,
+    }
+    cost = runner.controller_cost(detail)
+    assert cost == {
+        "busy_s": 0.502,
+        "lock_wait_s": 1.25,
+        "by_route": {
+            "GET /slurm/{v}/jobs": {"requests": 4, "busy_s": 0.5, "lock_wait_s": 1.25},
+            "GET /slurm/{v}/ping": {"requests": 1, "busy_s": 0.002, "lock_wait_s": 0.0},
+        },
+    }
+    assert runner.controller_cost({}) is None  # a real upstream
+
+
+def _run(target: str, workload: str, upstream: int, busy: float) -> dict[str, Any]:
+    return {
+        "target": target,
+        "workload": workload,
+        "users": 200,
+        "client_requests": 2000,
+        "upstream_requests": upstream,
+        "upstream_source": "simulator",
+        "throughput_rps": 80.0,
+        "upstream_rps": upstream / 25,
+        "latency_ms": {"p50": 10.0, "p95": 20.0, "p99": 30.0},
+        "hit_ratio": 0.0,
+        "ryw_violations": 0,
+        "ryw": {"checks": 1, "violations": 0},
+        "errors": 0,
+        "generator": {
+            "cpu_util": 0.3,
+            "saturated": False,
+            "why": "",
+            "lag_ms": {"p50": 0.1, "p99": 1.0, "max": 2.0},
+        },
+        "controller": {
+            "busy_s": busy,
+            "lock_wait_s": busy / 2,
+            "by_route": {
+                "GET /slurm/{v}/jobs": {"requests": upstream, "busy_s": busy, "lock_wait_s": 0.0}
+            },
+        },
+    }
+
+
+def test_report_compares_each_workload_with_its_own_direct_run(tmp_path: Path) -> None:
+    runs = [
+        _run("direct", "service", 2000, 80.0),
+        _run("proxy", "service", 40, 2.0),
+        _run("direct", "user", 2200, 88.0),
+        _run("proxy", "user", 2178, 88.0),
+    ]
+    config = {
+        "mode": "simulator",
+        "targets": ["direct", "proxy"],
+        "workload": {"users": 200, "duration": 25.0, "api_version": "v0.0.43"},
+        "workloads": ["service", "user"],
+        "private_data": None,
+    }
+    rep = report.build(config=config, runs=copy.deepcopy(runs), notes=[])
+    assert report.validate(rep) == []
+    by = {(r["workload"], r["target"]): r for r in rep["runs"]}
+    assert by["service", "proxy"]["upstream_pct_of_direct"] == 2.0
+    assert by["user", "proxy"]["upstream_pct_of_direct"] == 99.0
+    assert by["service", "proxy"]["controller"]["busy_pct_of_direct"] == 2.5
+    assert by["user", "proxy"]["controller"]["busy_pct_of_direct"] == 100.0
+    checks = [c for c in rep["targets_met"] if c["check"].startswith("upstream")]
+    assert {(c["workload"], c["pass"]) for c in checks} == {("service", True), ("user", False)}
+    report.write(tmp_path, rep)
+    md = (tmp_path / "report.md").read_text()
+    assert "| user | proxy | 200 |" in md
+    assert "## Controller cost per route" in md
+    assert "`GET /slurm/{v}/jobs` | 2000 / 80.0 / 0.0 |" in md
+    assert "busy vs" in report.text_table(rep["runs"])
