@@ -123,3 +123,22 @@ def test_credential_refused() -> None:
     )
     assert not credential_refused(500, b'{"errors":[{"error_number": 2017}]}')
     assert not credential_refused(200, b"{}")
+
+
+@pytest.mark.parametrize(
+    ("body", "refused"),
+    [
+        # slurmdbd's 200 that refuses a token: error 1007 (any spacing) or the text
+        (b'{"errors": [{"error_number": 1007, "error": "x"}], "jobs": []}', True),
+        (b'{"errors":[{"error_number" :\n  1007}]}', True),
+        (b'{"errors": [{"description": "Protocol authentication error"}]}', True),
+        (b'{"errors": [{"description": "authentication error"}]}', True),
+        # 1007 as a job id, "error_number" of another error, no error at all
+        (b'{"errors": [], "jobs": [{"job_id": 1007}, {"job_id": 10070}]}', False),
+        (b'{"errors": [{"error_number": 10070}], "jobs": []}', False),
+        (b'{"errors": [{"error_number": 9003}], "jobs": [{"job_id": 1007}]}', False),
+        (b'{"errors": [], "jobs": [' + b'{"job_id": 1007, "name": "a"},' * 50_000 + b"{}]}", False),
+    ],
+)
+def test_a_2xx_refuses_only_when_its_errors_say_authentication(body: bytes, refused: bool) -> None:
+    assert credential_refused(200, body) is refused
