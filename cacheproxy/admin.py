@@ -26,12 +26,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from cacheproxy import introspect
+from cacheproxy.core.rules import ALL_TAG, Rule
 from cacheproxy.readiness import Readiness
-from cacheproxy.rules import ALL_TAG, Rule
 from cacheproxy.store.base import StoreError
 
 if TYPE_CHECKING:
-    from cacheproxy.app import CacheProxyApp
+    from cacheproxy.http.app import CacheProxyApp
 
 log = logging.getLogger("cacheproxy.admin")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from cacheproxy import __version__
 from cacheproxy import settings as settings_mod
-from cacheproxy.rules import RuleError, RuleSet
+from cacheproxy.core.rules import RuleError, RuleSet
 from cacheproxy.settings import ENV_PREFIX, Settings, SettingsError
 
 
@@ -57,8 +57,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     import uvicorn
 
-    from cacheproxy import hardening
-    from cacheproxy.app import SETTINGS_ENV, create_app
+    from cacheproxy.http import hardening
+    from cacheproxy.http.app import SETTINGS_ENV, create_app
 
     common: dict[str, Any] = {
         "host": s.host,
@@ -85,7 +85,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             )
         os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(s))
         uvicorn.run(
-            "cacheproxy.hardening:create_app_from_env", factory=True, workers=s.workers, **common
+            "cacheproxy.http.hardening:create_app_from_env",
+            factory=True,
+            workers=s.workers,
+            **common,
         )
     else:
         uvicorn.run(hardening.wrap(create_app(s, rules=rules)), **common)
@@ -96,9 +99,9 @@ def _check_hardening_files(s: Settings) -> None:
     """Fail at start, with a clear message, on unusable TLS or JWT key files."""
     import ssl
 
-    from cacheproxy import tls
-    from cacheproxy.hardening import token_verifier
-    from cacheproxy.jwtcheck import JwtConfigError
+    from cacheproxy.http import tls
+    from cacheproxy.http.hardening import token_verifier
+    from cacheproxy.http.jwtcheck import JwtConfigError
 
     if s.tls_cert:
         try:

@@ -30,7 +30,7 @@ from cacheproxy.metrics import Exporter
 from cacheproxy.readiness import Readiness
 
 if TYPE_CHECKING:
-    from cacheproxy.app import CacheProxyApp
+    from cacheproxy.http.app import CacheProxyApp
 
 OWN_PREFIX = "/_cacheproxy"
 

@@ -45,7 +45,7 @@ from cacheproxy import __version__, introspect
 from cacheproxy.stats import Histogram, Stats
 
 if TYPE_CHECKING:
-    from cacheproxy.app import CacheProxyApp
+    from cacheproxy.http.app import CacheProxyApp
 
 log = logging.getLogger("cacheproxy.metrics")
 

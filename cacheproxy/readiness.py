@@ -26,7 +26,7 @@ from cacheproxy import introspect
 from cacheproxy.upstream.base import UpstreamError, UpstreamRequest
 
 if TYPE_CHECKING:
-    from cacheproxy.app import CacheProxyApp
+    from cacheproxy.http.app import CacheProxyApp
 
 PING_TARGET = "/slurm/v0.0.38/ping"
 """Answered by every slurmrestd (a 404 from versions without v0.0.38 still

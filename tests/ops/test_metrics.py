@@ -13,7 +13,7 @@ from typing import Any, cast
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from cacheproxy.app import CacheProxyApp
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.metrics import Exporter, MultiprocWriter, families, prepare_multiproc_dir
 from cacheproxy.stats import MAX_TAG_SERIES, OTHER_TAG, Histogram, Stats, fold_tag
 from tests.clock import Clock

@@ -13,7 +13,7 @@ import pytest
 import redis
 import trustme
 
-from cacheproxy.compress import make_variants
+from cacheproxy.core.compress import make_variants
 from cacheproxy.store.base import Entry, StoreError
 from cacheproxy.store.redis import RedisStore, parse_sentinel_url, redacted_url
 from tests.store import servers

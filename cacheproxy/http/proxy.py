@@ -28,18 +28,18 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cacheproxy import policy
-from cacheproxy.answer import hit_response, send_entry, send_flight, send_upstream_error
-from cacheproxy.coalesce import Coalescer, flight_refused
-from cacheproxy.credentials import Credentials
-from cacheproxy.fastlane import FastResult, HitResponse
-from cacheproxy.fill import Filler
-from cacheproxy.forward import Forwarder
-from cacheproxy.identity import Identity, IdentityResolver
-from cacheproxy.plan import GetPlan, Planner, Route
-from cacheproxy.request import from_scope
-from cacheproxy.rules import Match, RuleSet
-from cacheproxy.stale import flight_failed, send_stale
+from cacheproxy.core import policy
+from cacheproxy.core.identity import Identity, IdentityResolver
+from cacheproxy.core.plan import GetPlan, Planner, Route
+from cacheproxy.core.request import from_scope
+from cacheproxy.core.rules import Match, RuleSet
+from cacheproxy.http.answer import hit_response, send_entry, send_flight, send_upstream_error
+from cacheproxy.http.coalesce import Coalescer, flight_refused
+from cacheproxy.http.credentials import Credentials
+from cacheproxy.http.fastlane import FastResult, HitResponse
+from cacheproxy.http.fill import Filler
+from cacheproxy.http.forward import Forwarder
+from cacheproxy.http.stale import flight_failed, send_stale
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry, Lookup, Store, StoreError
 from cacheproxy.upstream.base import Transport, UpstreamError

@@ -58,12 +58,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from cacheproxy import errors, policy
 from cacheproxy.admin import ADMIN_PREFIX
+from cacheproxy.core import errors, policy
+from cacheproxy.core.identity import AUTHORIZATION, USER_NAME, USER_TOKEN, jwt_claims
 from cacheproxy.endpoints import OWN_PREFIX
-from cacheproxy.fastlane import FastResult, responder_of
-from cacheproxy.identity import AUTHORIZATION, USER_NAME, USER_TOKEN, jwt_claims
-from cacheproxy.respond import ASGIApp, Message, Receive, Scope, Send, retry_after, send_error
+from cacheproxy.http.fastlane import FastResult, responder_of
+from cacheproxy.http.respond import ASGIApp, Message, Receive, Scope, Send, retry_after, send_error
 from cacheproxy.stats import Stats
 from cacheproxy.upstream.base import Headers
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import orjson
 
-from cacheproxy.identity import Identity
-from cacheproxy.request import ProxyRequest
-from cacheproxy.rules import Match
+from cacheproxy.core.identity import Identity
+from cacheproxy.core.request import ProxyRequest
+from cacheproxy.core.rules import Match
 from cacheproxy.store.base import Entry
 from cacheproxy.upstream.base import Headers
 

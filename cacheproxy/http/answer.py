@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from cacheproxy import compress, errors, headers, policy
-from cacheproxy.coalesce import Flight
-from cacheproxy.fastlane import HitResponse
-from cacheproxy.respond import Send
-from cacheproxy.rules import Match
+from cacheproxy.core import compress, errors, headers, policy
+from cacheproxy.core.rules import Match
+from cacheproxy.http.coalesce import Flight
+from cacheproxy.http.fastlane import HitResponse
+from cacheproxy.http.respond import Send
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry
 from cacheproxy.upstream.base import (

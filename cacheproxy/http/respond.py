@@ -12,7 +12,7 @@ import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from cacheproxy import errors
+from cacheproxy.core import errors
 from cacheproxy.upstream.base import Headers
 
 Scope = MutableMapping[str, Any]

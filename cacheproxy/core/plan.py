@@ -24,12 +24,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from cacheproxy import usertag
-from cacheproxy.headers import RequestView
-from cacheproxy.identity import Identity, IdentityResolver
-from cacheproxy.keys import cache_key
-from cacheproxy.memo import ByteMemo
-from cacheproxy.request import (
+from cacheproxy.core import usertag
+from cacheproxy.core.headers import RequestView
+from cacheproxy.core.identity import Identity, IdentityResolver
+from cacheproxy.core.keys import cache_key
+from cacheproxy.core.memo import ByteMemo
+from cacheproxy.core.request import (
     MAX_URL_BYTES,
     BadRequest,
     Query,
@@ -37,8 +37,8 @@ from cacheproxy.request import (
     path_canonical,
     split_path,
 )
-from cacheproxy.respond import Scope
-from cacheproxy.rules import Match, RuleSet
+from cacheproxy.core.rules import Match, RuleSet
+from cacheproxy.http.respond import Scope
 
 ROUTE_MEMO_BYTES = 32 * 1024 * 1024
 KEY_MEMO_BYTES = 32 * 1024 * 1024

@@ -7,11 +7,11 @@ failed, and sending the entry marked stale.
 
 from __future__ import annotations
 
-from cacheproxy import headers, policy
-from cacheproxy.answer import BUFFER_BODY_BELOW, send_entry
-from cacheproxy.coalesce import Flight
-from cacheproxy.respond import Message, Send
-from cacheproxy.rules import Match
+from cacheproxy.core import headers, policy
+from cacheproxy.core.rules import Match
+from cacheproxy.http.answer import BUFFER_BODY_BELOW, send_entry
+from cacheproxy.http.coalesce import Flight
+from cacheproxy.http.respond import Message, Send
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry
 from cacheproxy.upstream.base import UpstreamError

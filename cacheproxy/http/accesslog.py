@@ -32,9 +32,9 @@ from typing import Any
 
 import orjson
 
-from cacheproxy import errors
-from cacheproxy.fastlane import FORWARDING, FastResult, HitResponse, responder_of
-from cacheproxy.respond import ASGIApp, Message, Receive, Scope, Send, send_error
+from cacheproxy.core import errors
+from cacheproxy.http.fastlane import FORWARDING, FastResult, HitResponse, responder_of
+from cacheproxy.http.respond import ASGIApp, Message, Receive, Scope, Send, send_error
 from cacheproxy.stats import Stats
 
 log = logging.getLogger("cacheproxy")

@@ -25,14 +25,14 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-from cacheproxy import errors, headers, policy
-from cacheproxy.answer import AbortResponse, relay, send_proxy_error, send_upstream_error
-from cacheproxy.fastlane import FORWARDING, HANDOVER, HitResponse
-from cacheproxy.identity import IdentityResolver
-from cacheproxy.plan import Route
-from cacheproxy.request import BadRequest, ProxyRequest, client_host, from_scope, raw_target
-from cacheproxy.respond import Receive, Scope, Send
-from cacheproxy.rules import Match, RuleSet
+from cacheproxy.core import errors, headers, policy
+from cacheproxy.core.identity import IdentityResolver
+from cacheproxy.core.plan import Route
+from cacheproxy.core.request import BadRequest, ProxyRequest, client_host, from_scope, raw_target
+from cacheproxy.core.rules import Match, RuleSet
+from cacheproxy.http.answer import AbortResponse, relay, send_proxy_error, send_upstream_error
+from cacheproxy.http.fastlane import FORWARDING, HANDOVER, HitResponse
+from cacheproxy.http.respond import Receive, Scope, Send
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Store, StoreError
 from cacheproxy.upstream.base import (

@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from cacheproxy import compress, headers, policy
-from cacheproxy.coalesce import Flight
-from cacheproxy.credentials import Credentials
-from cacheproxy.forward import upstream_headers
-from cacheproxy.identity import Identity
-from cacheproxy.request import ProxyRequest
-from cacheproxy.rules import Match
+from cacheproxy.core import compress, headers, policy
+from cacheproxy.core.identity import Identity
+from cacheproxy.core.request import ProxyRequest
+from cacheproxy.core.rules import Match
+from cacheproxy.http.coalesce import Flight
+from cacheproxy.http.credentials import Credentials
+from cacheproxy.http.forward import upstream_headers
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry, Store, StoreError
 from cacheproxy.upstream.base import Headers, Transport, UpstreamRequest, UpstreamResponse

@@ -15,11 +15,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cacheproxy import settings as settings_mod
+from cacheproxy.core.identity import IdentityResolver
+from cacheproxy.core.rules import RuleSet
 from cacheproxy.endpoints import OWN_PREFIX, own_endpoints, start_background, stop_background
-from cacheproxy.fastlane import FastResult
-from cacheproxy.identity import IdentityResolver
-from cacheproxy.proxy import Proxy, ProxyConfig, Receive, Scope, Send
-from cacheproxy.rules import RuleSet
+from cacheproxy.http.fastlane import FastResult
+from cacheproxy.http.proxy import Proxy, ProxyConfig, Receive, Scope, Send
 from cacheproxy.settings import Settings
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Store
@@ -146,7 +146,7 @@ class CacheProxyApp:
             # Serving for real (tests inject a transport): keep the garbage
             # collector's passes off the request path (measured: 30-90 us of
             # CPU per forwarded request, see cacheproxy/gctune.py).
-            from cacheproxy.gctune import tune_gc
+            from cacheproxy.http.gctune import tune_gc
 
             tune_gc()
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cacheproxy import policy
-from cacheproxy.identity import Identity
-from cacheproxy.memo import ByteMemo
-from cacheproxy.rules import Match
+from cacheproxy.core import policy
+from cacheproxy.core.identity import Identity
+from cacheproxy.core.memo import ByteMemo
+from cacheproxy.core.rules import Match
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Store, StoreError
 from cacheproxy.upstream.base import Headers
