@@ -22,7 +22,9 @@ their keys are what clients send.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cacheproxy.core import usertag
 from cacheproxy.core.headers import RequestView
@@ -38,7 +40,6 @@ from cacheproxy.core.request import (
     split_path,
 )
 from cacheproxy.core.rules import Match, RuleSet
-from cacheproxy.http.respond import Scope
 
 ROUTE_MEMO_BYTES = 32 * 1024 * 1024
 KEY_MEMO_BYTES = 32 * 1024 * 1024
@@ -92,7 +93,7 @@ class Planner:
             ByteMemo(key_bytes)
         )
 
-    def plan(self, scope: Scope) -> GetPlan | Route | None:
+    def plan(self, scope: Mapping[str, Any]) -> GetPlan | Route | None:
         """Everything a cached GET needs from the request, from one scan of
         its headers and memoised parsing and keys.
 

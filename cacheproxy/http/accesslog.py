@@ -253,7 +253,7 @@ class RequestContext:
             type(exc).__name__,
             "".join(traceback.format_tb(exc.__traceback__)),
         )
-        await send_error(send, errors.INTERNAL, "internal-error")
+        await send_error(send, errors.INTERNAL, "detail=internal-error")
 
     def _log(
         self, scope: Scope, rid: bytes, status: int, sent: int, cache: bytes, started: float

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
-from cacheproxy import settings as settings_mod
 from cacheproxy.core.identity import IdentityResolver
 from cacheproxy.core.rules import RuleSet
 from cacheproxy.endpoints import OWN_PREFIX, own_endpoints, start_background, stop_background
 from cacheproxy.http.fastlane import FastResult
-from cacheproxy.http.proxy import Proxy, ProxyConfig, Receive, Scope, Send
+from cacheproxy.http.proxy import Proxy, ProxyConfig
+from cacheproxy.http.respond import Receive, Scope, Send
 from cacheproxy.settings import Settings
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Store
@@ -200,13 +199,3 @@ class CacheProxyApp:
 
 def create_app(settings: Settings, **kw: Any) -> CacheProxyApp:
     return CacheProxyApp(settings, **kw)
-
-
-def create_app_from_env() -> CacheProxyApp:
-    """uvicorn factory for ``--workers N``: settings come from the parent."""
-    raw = os.environ.get(SETTINGS_ENV)
-    if raw is None:
-        return CacheProxyApp(settings_mod.load())
-    import json
-
-    return CacheProxyApp(settings_mod.load(cli=json.loads(raw), env={}))

@@ -122,8 +122,8 @@ class Filler:
         try:
             status = resp.status
             resp_headers = headers.response_headers(resp.headers)
-            length = policy.header_value(resp_headers, b"content-length")
-            small = length is not None and length.isdigit() and int(length) <= _NO_CHANGE_MAX
+            length = policy.content_length(resp_headers)
+            small = length is not None and length <= _NO_CHANGE_MAX
             if status == 304 or (status == 200 and small):
                 body = resp.body_if_complete()
                 if body is None:
@@ -196,8 +196,8 @@ class Filler:
         limit = self.max_entry_bytes
         status = resp.status
         flight.set_head(status, resp_headers)
-        length = policy.header_value(resp_headers, b"content-length")
-        if status != 200 or (length is not None and length.isdigit() and int(length) > limit):
+        length = policy.content_length(resp_headers)
+        if status != 200 or (length is not None and length > limit):
             flight.stop_sharing()
         whole = resp.body_if_complete()
         if whole is not None:  # a small answer, all in with its head

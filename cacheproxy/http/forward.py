@@ -30,9 +30,9 @@ from cacheproxy.core.identity import IdentityResolver
 from cacheproxy.core.plan import Route
 from cacheproxy.core.request import BadRequest, ProxyRequest, client_host, from_scope, raw_target
 from cacheproxy.core.rules import Match, RuleSet
-from cacheproxy.http.answer import AbortResponse, relay, send_proxy_error, send_upstream_error
+from cacheproxy.http.answer import AbortResponse, relay, send_upstream_error
 from cacheproxy.http.fastlane import FORWARDING, HANDOVER, HitResponse
-from cacheproxy.http.respond import Receive, Scope, Send
+from cacheproxy.http.respond import Receive, Scope, Send, send_error
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Store, StoreError
 from cacheproxy.upstream.base import (
@@ -96,9 +96,7 @@ class Forwarder:
                 match = route.match
         except BadRequest as exc:
             self.stats.bad_requests += 1
-            await send_proxy_error(
-                send, errors.bad_request(str(exc)), "fwd=request; detail=bad-request"
-            )
+            await send_error(send, errors.bad_request(str(exc)), "fwd=request; detail=bad-request")
             return
         method = req.method
         if match is None:
@@ -106,7 +104,7 @@ class Forwarder:
         decision = decide.uncached(method, match)
         if isinstance(decision, decide.Refuse):
             err = errors.ProxyError(decision.status, "Method not allowed", decision.reason)
-            await send_proxy_error(send, err, "fwd=request; detail=method")
+            await send_error(send, err, "fwd=request; detail=method")
             return
         outcome = decision.outcome
         handed = scope.get(HANDOVER)
@@ -159,13 +157,8 @@ class Forwarder:
             scope[HANDOVER] = _Forwarded(exc)
             return None
         stats.observe_upstream(match.name, time.monotonic() - started)
-        length = policy.header_value(resp.headers, b"content-length")
-        if (
-            resp.status >= 400
-            or length is None
-            or not length.isdigit()
-            or int(length) > _LANE_BODY_MAX
-        ):
+        length = policy.content_length(resp.headers)
+        if resp.status >= 400 or length is None or length > _LANE_BODY_MAX:
             scope[HANDOVER] = _Forwarded(resp)  # the ASGI path relays and releases it
             return None
         try:
@@ -199,7 +192,7 @@ class Forwarder:
             body, length = await self._request_body(req, receive)
         except _BodyTooLarge:
             self.stats.requests[(match.name, "error")] += 1
-            await send_proxy_error(send, errors.BODY_TOO_LARGE, outcome)
+            await send_error(send, errors.BODY_TOO_LARGE, outcome)
             return
         except _ClientGone:
             return  # nobody to answer, and a partial body must never go upstream
@@ -389,8 +382,8 @@ async def _small_body(resp: UpstreamResponse) -> bytes | None:
     body = resp.body_if_complete()
     if body is not None:
         return body  # in memory already (and taken: it must be relayed from here)
-    length = policy.header_value(resp.headers, b"content-length")
-    if length is None or not length.isdigit() or int(length) > policy.REFUSAL_BODY_MAX:
+    length = policy.content_length(resp.headers)
+    if length is None or length > policy.REFUSAL_BODY_MAX:
         return None
     return b"".join([chunk async for chunk in resp.aiter_body()])
 

@@ -376,7 +376,9 @@ class AuthGuard:
         if not _admin(path) and await self._passes(scope, address, blocked_address, user, now):
             return False
         self.stats.auth_blocked += 1
-        await send_error(send, errors.AUTH_BLOCKED, "auth-blocked", [retry_after(until - now)])
+        await send_error(
+            send, errors.AUTH_BLOCKED, "detail=auth-blocked", [retry_after(until - now)]
+        )
         return True
 
     async def _passes(
@@ -411,5 +413,5 @@ class AuthGuard:
         if wait <= 0.0:
             return False
         self.stats.rate_limited += 1
-        await send_error(send, errors.RATE_LIMITED, "rate-limited", [retry_after(wait)])
+        await send_error(send, errors.RATE_LIMITED, "detail=rate-limited", [retry_after(wait)])
         return True

@@ -19,15 +19,18 @@ itself does not grow, and tests of the core run without them.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import secrets
 import sys
 import time
 from typing import Any
 
+from cacheproxy import settings as settings_mod
 from cacheproxy.http import httplimits, tls
 from cacheproxy.http.accesslog import RequestContext
-from cacheproxy.http.app import CacheProxyApp
+from cacheproxy.http.app import SETTINGS_ENV, CacheProxyApp
 from cacheproxy.http.guard import AuthGuard, IsAccepted
 from cacheproxy.http.jwtcheck import JwtCheck, TokenVerifier, load_hs256_key, load_jwks
 from cacheproxy.http.localauth import RequireToken, refuses_uncredentialed
@@ -116,7 +119,7 @@ def uvicorn_options(s: Settings) -> dict[str, Any]:
         "h11_max_incomplete_event_size": s.max_header_bytes,
         # uvicorn's own access log prints the query string as is; ours redacts.
         "access_log": False,
-        **tls.uvicorn_options(s),
+        **tls.server_options(s),
     }
 
 
@@ -135,9 +138,9 @@ def configure_access_log(s: Settings) -> None:
 
 def create_app_from_env() -> ASGIApp:
     """uvicorn factory for ``--workers N``: the parent's settings, hardened."""
-    from cacheproxy.http.app import create_app_from_env as plain
-
-    app = plain()
+    raw = os.environ.get(SETTINGS_ENV)
+    s = settings_mod.load() if raw is None else settings_mod.load(cli=json.loads(raw), env={})
+    app = CacheProxyApp(s)
     uvicorn_options(app.settings)  # configure the protocol limits in this child
     configure_access_log(app.settings)
     return wrap(app)

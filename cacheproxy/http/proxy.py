@@ -24,9 +24,8 @@ response objects cost about three quarters of the hit path's throughput.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from cacheproxy.core import decide, policy
 from cacheproxy.core.identity import IdentityResolver
@@ -39,15 +38,11 @@ from cacheproxy.http.credentials import Credentials
 from cacheproxy.http.fastlane import FastResult, HitResponse
 from cacheproxy.http.fill import Filler
 from cacheproxy.http.forward import Forwarder
+from cacheproxy.http.respond import Receive, Scope, Send
 from cacheproxy.http.stale import flight_failed, send_stale
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry, Generations, Lookup, Store, StoreError
 from cacheproxy.upstream.base import Transport, UpstreamError
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 _PLANNED = "cacheproxy.core.plan"
 """Scope key: ``(the result of _plan,)`` as the fast lane computed it, so the

@@ -22,8 +22,8 @@ async def flight_failed(flight: Flight) -> bool:
     broke)?  Only asked when a stale entry could stand in."""
     if flight.status in policy.STALE_ON_STATUS:
         return True
-    length = policy.header_value(flight.headers, b"content-length")
-    if flight.done or (length is not None and length.isdigit() and int(length) < BUFFER_BODY_BELOW):
+    length = policy.content_length(flight.headers)
+    if flight.done or (length is not None and length < BUFFER_BODY_BELOW):
         await flight.wait_done()
         return isinstance(flight.error, UpstreamError)
     return False
