@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 
 from cacheproxy import settings as settings_mod
-from cacheproxy.app import CacheProxyApp
-from cacheproxy.respond import ASGIApp
-from cacheproxy.rules import RuleSet
+from cacheproxy.core.rules import RuleSet
+from cacheproxy.http.app import CacheProxyApp
+from cacheproxy.http.respond import ASGIApp
 
 MISS_RULES = """
 # Every GET under /slurm/{v}/bench/ is cached for a microsecond: each request
@@ -44,7 +44,7 @@ def core(upstream: str) -> ASGIApp:
 def full(upstream: str) -> ASGIApp:
     """The proxy inside RequestContext and AuthGuard, as ``serve`` runs it
     (minus uvicorn's protocol limits)."""
-    from cacheproxy import hardening
+    from cacheproxy.http import hardening
 
     return hardening.wrap(_app(upstream))
 

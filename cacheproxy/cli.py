@@ -12,7 +12,7 @@ from typing import Any
 
 from cacheproxy import __version__
 from cacheproxy import settings as settings_mod
-from cacheproxy.rules import RuleError, RuleSet
+from cacheproxy.core.rules import RuleError, RuleSet
 from cacheproxy.settings import ENV_PREFIX, SETTINGS_FILE_ENV, Settings, SettingsError
 
 
@@ -61,8 +61,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     import uvicorn
 
-    from cacheproxy import hardening
-    from cacheproxy.app import SETTINGS_ENV, create_app
+    from cacheproxy.http import hardening
+    from cacheproxy.http.app import SETTINGS_ENV, create_app
 
     common: dict[str, Any] = {
         "host": s.host,
@@ -89,7 +89,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             )
         os.environ[SETTINGS_ENV] = s.model_dump_json()
         uvicorn.run(
-            "cacheproxy.hardening:create_app_from_env", factory=True, workers=s.workers, **common
+            "cacheproxy.http.hardening:create_app_from_env",
+            factory=True,
+            workers=s.workers,
+            **common,
         )
     else:
         uvicorn.run(hardening.wrap(create_app(s, rules=rules)), **common)
@@ -100,9 +103,9 @@ def _check_hardening_files(s: Settings) -> None:
     """Fail at start, with a clear message, on unusable TLS or JWT key files."""
     import ssl
 
-    from cacheproxy import tls
-    from cacheproxy.hardening import token_verifier
-    from cacheproxy.jwtcheck import JwtConfigError
+    from cacheproxy.http import tls
+    from cacheproxy.http.hardening import token_verifier
+    from cacheproxy.http.jwtcheck import JwtConfigError
 
     if s.tls_cert:
         try:

@@ -66,7 +66,7 @@ def _path_regex(template: str) -> str:
 
 def default_rule_ttls(names: tuple[str, ...] = CACHED_RULES) -> list[CachedLocation]:
     """The TTLs of cacheproxy's default rules for jobs, nodes and partitions."""
-    text = resources.files("cacheproxy").joinpath("default_rules.toml").read_text()
+    text = resources.files("cacheproxy.core").joinpath("default_rules.toml").read_text()
     rules = {r["name"]: r for r in tomllib.loads(text).get("rule", [])}
     out = []
     for name in names:

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence, Sized
 from typing import Any, Protocol
 
+from cacheproxy.core.rules import ALL_TAG, Rule
 from cacheproxy.ops.report import RuleSummary, StoreState, StoreUnavailable, TransportState
-from cacheproxy.rules import ALL_TAG, Rule
 from cacheproxy.settings import Settings
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Store, StoreError

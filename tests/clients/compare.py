@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cacheproxy.rules import DEFAULT_RULES_PATH
+from cacheproxy.core.rules import DEFAULT_RULES_PATH
 
 #: Reads the default rules never cache (answered by the controller every time).
 UNCACHED = frozenset({"diag", "db_diag", "ping"})

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from cacheproxy.app import CacheProxyApp
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from cacheproxy.store.memory import MemoryStore
 from tests.clock import Clock

@@ -9,7 +9,7 @@ from typing import Any
 
 import uvicorn
 
-from cacheproxy.protocol import CacheProxyProtocol
+from cacheproxy.http.protocol import CacheProxyProtocol
 
 
 @asynccontextmanager

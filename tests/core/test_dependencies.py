@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from cacheproxy import protocol
+from cacheproxy.http import protocol
 
 
 def test_uvicorn_still_has_the_hook_the_fast_lane_overrides() -> None:

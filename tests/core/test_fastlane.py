@@ -15,9 +15,9 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from cacheproxy import hardening
-from cacheproxy.app import CacheProxyApp
-from cacheproxy.rules import RuleSet
+from cacheproxy.core.rules import RuleSet
+from cacheproxy.http import hardening
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from cacheproxy.store.base import Lookup
 from cacheproxy.store.memory import MemoryStore
@@ -34,7 +34,7 @@ HIT = b"cacheproxy; hit; ttl=5"
 
 def rules() -> RuleSet:
     """The default rules, plus a long-lived big entry (stored compressed)."""
-    text = resources.files("cacheproxy").joinpath("default_rules.toml").read_text()
+    text = resources.files("cacheproxy.core").joinpath("default_rules.toml").read_text()
     return RuleSet.from_toml(
         text + '\n[[rule]]\nname="big"\npath="/slurm/{v}/big"\nttl=30\ntags=["big"]\n'
     )

@@ -12,8 +12,8 @@ from typing import Any, NamedTuple
 import orjson
 import pytest
 
-from cacheproxy import hardening
-from cacheproxy.app import CacheProxyApp
+from cacheproxy.http import hardening
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from cacheproxy.upstream.protect import ProtectedTransport
 from tests.core.fake_slurmrestd import FakeSlurmrestd

@@ -9,8 +9,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from cacheproxy import headers
-from cacheproxy.request import BadRequest, from_scope, split_path
+from cacheproxy.core import headers
+from cacheproxy.core.request import BadRequest, from_scope, split_path
 from tests.core.asgi_transport import ASGITransport
 from tests.core.conftest import auth
 from tests.core.fake_slurmrestd import FakeSlurmrestd

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cacheproxy.gctune import tune_gc
+from cacheproxy.http.gctune import tune_gc
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from cacheproxy.identity import IdentityResolver, jwt_claims
-from cacheproxy.policy import (
+from cacheproxy.core.identity import IdentityResolver, jwt_claims
+from cacheproxy.core.policy import (
     accepted_until,
     credential_refused,
     errors_empty,

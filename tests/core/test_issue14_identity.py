@@ -15,9 +15,9 @@ import tracemalloc
 import httpx
 import pytest
 
-from cacheproxy.identity import IdentityResolver
-from cacheproxy.plan import Planner
-from cacheproxy.rules import RuleSet
+from cacheproxy.core.identity import IdentityResolver
+from cacheproxy.core.plan import Planner
+from cacheproxy.core.rules import RuleSet
 from tests.clock import Clock
 from tests.core.asgi_transport import ASGITransport
 from tests.core.fake_slurmrestd import FakeSlurmrestd, Job

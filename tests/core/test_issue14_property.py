@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from cacheproxy.app import CacheProxyApp, build_store
+from cacheproxy.http.app import CacheProxyApp, build_store
 from cacheproxy.settings import Settings
 from cacheproxy.simulator.auth import RELEASES, Release
 from cacheproxy.store.memory import MemoryStore

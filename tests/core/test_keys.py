@@ -8,8 +8,8 @@ from urllib.parse import quote
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cacheproxy.keys import cache_key
-from cacheproxy.request import Query, canonical_query, split_path
+from cacheproxy.core.keys import cache_key
+from cacheproxy.core.request import Query, canonical_query, split_path
 
 segment = st.text(
     alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12

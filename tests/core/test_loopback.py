@@ -10,7 +10,7 @@ from typing import NamedTuple
 import httpx
 import pytest
 
-from cacheproxy.app import CacheProxyApp
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from tests.core.conftest import auth
 from tests.core.fake_slurmrestd import FakeSlurmrestd

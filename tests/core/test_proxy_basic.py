@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import orjson
 
-from cacheproxy.app import CacheProxyApp
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from cacheproxy.store.base import Lookup, StoreError
 from cacheproxy.store.memory import MemoryStore
@@ -208,7 +208,7 @@ async def test_errors_array_not_empty_is_not_stored(
     client: httpx.AsyncClient, upstream: FakeSlurmrestd, app: CacheProxyApp
 ) -> None:
     # witherrors answers 200 with a non-empty errors array: use a rule for it
-    from cacheproxy.rules import RuleSet
+    from cacheproxy.core.rules import RuleSet
 
     assert app.proxy is not None
     app.proxy.rules = RuleSet.from_toml(
@@ -455,7 +455,7 @@ async def test_a_200_with_errors_is_not_acceptance(
     client: httpx.AsyncClient, upstream: FakeSlurmrestd, app: CacheProxyApp
 ) -> None:
     """slurmdbd answers a bad token with a 200 holding an authentication error."""
-    from cacheproxy.rules import RuleSet
+    from cacheproxy.core.rules import RuleSet
 
     assert app.proxy is not None
     app.proxy.rules = RuleSet.from_toml(
@@ -468,7 +468,7 @@ async def test_a_200_with_errors_is_not_acceptance(
 
 
 def test_policy_trusts_only_complete_clean_answers() -> None:
-    from cacheproxy.policy import credential_accepted, credential_refused, errors_benign
+    from cacheproxy.core.policy import credential_accepted, credential_refused, errors_benign
 
     js = b"application/json"
     assert credential_accepted(200, b'{"errors": [], "jobs": []}', js)
@@ -484,7 +484,7 @@ def test_policy_trusts_only_complete_clean_answers() -> None:
 async def test_large_entries_are_compressed_off_the_response_path(
     client: httpx.AsyncClient, app: CacheProxyApp
 ) -> None:
-    from cacheproxy.rules import RuleSet
+    from cacheproxy.core.rules import RuleSet
 
     assert app.proxy is not None
     app.proxy.rules = RuleSet.from_toml(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cacheproxy.rules import ALL_TAG, RuleError, RuleSet, base_job_id
+from cacheproxy.core.rules import ALL_TAG, RuleError, RuleSet, base_job_id
 
 RULES = RuleSet.default()
 VERSIONS = [f"v0.0.{n}" for n in range(36, 46)]

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cacheproxy.app import CacheProxyApp
-from cacheproxy.rules import RuleSet
+from cacheproxy.core.rules import RuleSet
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from tests.core.conftest import auth
 from tests.core.servers import serve

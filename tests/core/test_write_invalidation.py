@@ -14,8 +14,8 @@ import httpx
 import orjson
 import pytest
 
-from cacheproxy.app import CacheProxyApp
-from cacheproxy.rules import RuleError, RuleSet, base_job_id
+from cacheproxy.core.rules import RuleError, RuleSet, base_job_id
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from cacheproxy.upstream.base import BufferedResponse, UpstreamRequest, UpstreamResponse
 from tests.core.asgi_transport import ASGITransport

@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from cacheproxy import hardening, httplimits
-from cacheproxy.app import CacheProxyApp
-from cacheproxy.rules import RuleSet
+from cacheproxy.core.rules import RuleSet
+from cacheproxy.http import hardening, httplimits
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from tests.core.servers import serve as core_serve
 

@@ -18,7 +18,7 @@ import httpx
 import orjson
 import pytest
 
-from cacheproxy import errors
+from cacheproxy.core import errors
 from tests.core.fake_slurmrestd import Job
 from tests.hardening.conftest import FIGURES, JOBS, Stack, V, auth, check, stack_settings
 from tests.hardening.servers import hardened_proxy

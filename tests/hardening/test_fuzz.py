@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cacheproxy import hardening
-from cacheproxy.app import CacheProxyApp
+from cacheproxy.http import hardening
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from cacheproxy.store.memory import MemoryStore
 from tests.core.asgi_transport import ASGITransport

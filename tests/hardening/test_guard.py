@@ -12,10 +12,10 @@ import jwt
 import orjson
 import pytest
 
-from cacheproxy import hardening, httplimits
-from cacheproxy.app import CacheProxyApp
-from cacheproxy.guard import AuthGuard, claimed_user, client_key
-from cacheproxy.jwtcheck import TokenVerifier
+from cacheproxy.http import hardening, httplimits
+from cacheproxy.http.app import CacheProxyApp
+from cacheproxy.http.guard import AuthGuard, claimed_user, client_key
+from cacheproxy.http.jwtcheck import TokenVerifier
 from cacheproxy.settings import Settings, SettingsError
 from cacheproxy.settings import load as load_settings
 from cacheproxy.stats import Stats

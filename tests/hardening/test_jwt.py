@@ -16,10 +16,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cacheproxy import hardening
-from cacheproxy.app import CacheProxyApp
 from cacheproxy.cli import main
-from cacheproxy.jwtcheck import JwtConfigError, TokenVerifier, load_hs256_key, load_jwks
+from cacheproxy.http import hardening
+from cacheproxy.http.app import CacheProxyApp
+from cacheproxy.http.jwtcheck import JwtConfigError, TokenVerifier, load_hs256_key, load_jwks
 from cacheproxy.settings import Settings
 from cacheproxy.store.memory import MemoryStore
 from tests.core.asgi_transport import ASGITransport

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from cacheproxy import errors
+from cacheproxy.core import errors
 from tests.core.fake_slurmrestd import FakeSlurmrestd
 from tests.hardening.conftest import FIGURES, stack_settings
 from tests.hardening.rawhttp import exchange, request

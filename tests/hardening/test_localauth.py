@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cacheproxy import hardening
-from cacheproxy.app import CacheProxyApp
+from cacheproxy.http import hardening
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from tests.core.fake_slurmrestd import FakeSlurmrestd
 from tests.core.servers import serve
@@ -63,7 +63,7 @@ async def test_the_lane_declines_what_the_asgi_path_refuses(
 ) -> None:
     """The lane's answer for a request without a token is None (the ASGI
     path then refuses it), while the same request with one is forwarded."""
-    from cacheproxy.localauth import RequireToken
+    from cacheproxy.http.localauth import RequireToken
 
     _, url = unix_upstream
     app = CacheProxyApp(stack_settings(url))

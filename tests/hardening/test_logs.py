@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import orjson
 
-from cacheproxy.accesslog import RequestContext, redact, redact_query
+from cacheproxy.http.accesslog import RequestContext, redact, redact_query
 from cacheproxy.stats import Stats
 from tests.hardening.conftest import JOBS, Stack, V, auth, check, secret
 

@@ -21,7 +21,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cacheproxy.app import CacheProxyApp
+from cacheproxy.http.app import CacheProxyApp
 from tests.core.fake_slurmrestd import FakeSlurmrestd, Job
 from tests.hardening.conftest import FIGURES, ours, stack_settings
 from tests.hardening.servers import hardened_proxy, serve

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from cacheproxy import errors
-from cacheproxy.app import CacheProxyApp
-from cacheproxy.rules import RuleSet
+from cacheproxy.core import errors
+from cacheproxy.core.rules import RuleSet
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from cacheproxy.store.memory import MemoryStore
 from cacheproxy.upstream.protect import ProtectedTransport

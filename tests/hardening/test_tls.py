@@ -14,7 +14,7 @@ import pytest
 import trustme
 import uvicorn
 
-from cacheproxy import hardening, tls
+from cacheproxy.http import hardening, tls
 from cacheproxy.settings import Settings
 from tests.core.fake_slurmrestd import FakeSlurmrestd
 from tests.hardening.conftest import FIGURES, JOBS, auth, check, stack_settings

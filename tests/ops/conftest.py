@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cacheproxy.app import CacheProxyApp
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.ops.readiness import Readiness
 from cacheproxy.settings import Settings
 from cacheproxy.store.memory import MemoryStore

@@ -6,10 +6,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from cacheproxy import hardening
-from cacheproxy.app import CacheProxyApp
+from cacheproxy.core.usertag import user_name, user_tag
+from cacheproxy.http import hardening
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
-from cacheproxy.usertag import user_name, user_tag
 from tests.ops.conftest import ADMIN_TOKEN, JOBS, PARTITIONS, AppFactory, admin, auth
 
 PURGE = "/_cacheproxy/admin/purge"
@@ -82,7 +82,7 @@ async def test_purge_by_route(client: httpx.AsyncClient) -> None:
 async def test_purge_by_route_with_only_templated_tags_purges_its_family(
     client: httpx.AsyncClient, app: CacheProxyApp
 ) -> None:
-    from cacheproxy.rules import RuleSet
+    from cacheproxy.core.rules import RuleSet
 
     assert app.proxy is not None
     app.proxy.rules = RuleSet.from_toml(

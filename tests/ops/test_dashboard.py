@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from cacheproxy.app import CacheProxyApp
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from cacheproxy.upstream.protect import ProtectedTransport
 from tests.ops.conftest import JOBS, AppFactory, auth

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from cacheproxy.app import CacheProxyApp
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.ops.metrics import prepare_multiproc_dir, replay
 from cacheproxy.stats import MAX_TAG_SERIES, OTHER_TAG, Histogram, Stats, fold_tag
 from tests.clock import Clock

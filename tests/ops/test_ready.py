@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from cacheproxy.app import CacheProxyApp
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from cacheproxy.store.base import Entry, Generations, Lookup
 from cacheproxy.store.memory import MemoryStore

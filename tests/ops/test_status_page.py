@@ -19,7 +19,7 @@ import httpx
 import pytest
 import uvicorn
 
-from cacheproxy.app import CacheProxyApp
+from cacheproxy.http.app import CacheProxyApp
 from tests.clock import Clock
 from tests.core.fake_slurmrestd import FakeSlurmrestd
 from tests.ops.conftest import JOBS, PARTITIONS, admin, auth

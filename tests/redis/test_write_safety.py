@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cacheproxy.app import CacheProxyApp
+from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from tests.core.asgi_transport import ASGITransport
 from tests.core.conftest import auth

@@ -9,7 +9,7 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cacheproxy.compress import make_variants
+from cacheproxy.core.compress import make_variants
 from cacheproxy.store import codec
 from cacheproxy.store.base import Entry
 

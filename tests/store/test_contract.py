@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from cacheproxy.compress import make_variants
+from cacheproxy.core.compress import make_variants
 from cacheproxy.store.base import Entry, Generations, Store
 from cacheproxy.store.memory import MemoryStore
 from cacheproxy.store.redis import RedisStore

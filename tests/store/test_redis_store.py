@@ -13,7 +13,7 @@ import pytest
 import redis
 import trustme
 
-from cacheproxy.compress import make_variants
+from cacheproxy.core.compress import make_variants
 from cacheproxy.store.base import Entry, StoreError
 from cacheproxy.store.redis import RedisStore
 from cacheproxy.store.redis_link import parse_sentinel_url, redacted_url

@@ -52,7 +52,7 @@ def server_context(cert: str, key: str | None = None) -> ssl.SSLContext:
     return harden(ctx)
 
 
-def uvicorn_options(s: Settings) -> dict[str, Any]:
+def server_options(s: Settings) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.Config``/``uvicorn.run``; {} without TLS."""
     if not s.tls_cert:
         return {}

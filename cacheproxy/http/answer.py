@@ -9,15 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from cacheproxy import compress, errors, headers, policy
-from cacheproxy.coalesce import Flight
-from cacheproxy.fastlane import HitResponse
-from cacheproxy.respond import Send
-from cacheproxy.rules import Match
+from cacheproxy.core import compress, errors, headers, policy
+from cacheproxy.core.rules import Match
+from cacheproxy.http.coalesce import Flight
+from cacheproxy.http.fastlane import HitResponse
+from cacheproxy.http.respond import Send, send_error
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry
 from cacheproxy.upstream.base import (
-    Headers,
     UpstreamBusy,
     UpstreamError,
     UpstreamTimeout,
@@ -69,8 +68,8 @@ async def send_entry(send: Send, entry: Entry, now: float, accept_encoding: byte
 
 
 async def send_flight(send: Send, flight: Flight, match: Match, outcome: str, stats: Stats) -> None:
-    length = policy.header_value(flight.headers, b"content-length")
-    small = length is not None and length.isdigit() and int(length) < BUFFER_BODY_BELOW
+    length = policy.content_length(flight.headers)
+    small = length is not None and length < BUFFER_BODY_BELOW
     if small or flight.done:
         await flight.wait_done()
         if flight.error is not None:
@@ -113,7 +112,7 @@ async def send_upstream_error(send: Send, exc: BaseException, outcome: str, stat
             errors.UPSTREAM_BUSY if isinstance(exc, UpstreamBusy) else errors.UPSTREAM_CIRCUIT_OPEN
         )
         retry = b"%d" % max(1, int(exc.retry_after + 0.999))
-        await send_proxy_error(send, err, outcome, [(b"retry-after", retry)])
+        await send_error(send, err, outcome, [(b"retry-after", retry)])
         return
     log.warning("upstream error: %s: %s", type(exc).__name__, exc)
     err = (
@@ -125,15 +124,7 @@ async def send_upstream_error(send: Send, exc: BaseException, outcome: str, stat
             else errors.UPSTREAM_BROKEN
         )
     )
-    await send_proxy_error(send, err, outcome)
-
-
-async def send_proxy_error(
-    send: Send, err: errors.ProxyError, outcome: str, extra: Headers | None = None
-) -> None:
-    status, hdrs, body = errors.error_response(err, [headers.cache_status(outcome), *(extra or ())])
-    await send({"type": "http.response.start", "status": status, "headers": hdrs})
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, err, outcome)
 
 
 async def relay(send: Send, chunks: AsyncIterator[bytes]) -> None:

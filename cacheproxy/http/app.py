@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
-from cacheproxy import settings as settings_mod
-from cacheproxy.fastlane import FastResult
-from cacheproxy.identity import IdentityResolver
+from cacheproxy.core.identity import IdentityResolver
+from cacheproxy.core.rules import RuleSet
+from cacheproxy.http.fastlane import FastResult
+from cacheproxy.http.proxy import Proxy, ProxyConfig
+from cacheproxy.http.respond import Receive, Scope, Send
 from cacheproxy.ops.adapter import AppReport
 from cacheproxy.ops.endpoints import own_endpoints, start_background, stop_background
 from cacheproxy.ops.paths import OWN_PREFIX
-from cacheproxy.proxy import Proxy, ProxyConfig, Receive, Scope, Send
-from cacheproxy.rules import RuleSet
 from cacheproxy.settings import Settings
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Store
@@ -148,7 +147,7 @@ class CacheProxyApp:
             # Serving for real (tests inject a transport): keep the garbage
             # collector's passes off the request path (measured: 30-90 us of
             # CPU per forwarded request, see cacheproxy/gctune.py).
-            from cacheproxy.gctune import tune_gc
+            from cacheproxy.http.gctune import tune_gc
 
             tune_gc()
 
@@ -202,13 +201,3 @@ class CacheProxyApp:
 
 def create_app(settings: Settings, **kw: Any) -> CacheProxyApp:
     return CacheProxyApp(settings, **kw)
-
-
-def create_app_from_env() -> CacheProxyApp:
-    """uvicorn factory for ``--workers N``: settings come from the parent."""
-    raw = os.environ.get(SETTINGS_ENV)
-    if raw is None:
-        return CacheProxyApp(settings_mod.load())
-    import json
-
-    return CacheProxyApp(settings_mod.load(cli=json.loads(raw), env={}))

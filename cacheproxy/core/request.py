@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from cacheproxy.headers import RequestView
+from cacheproxy.core.headers import RequestView
 from cacheproxy.upstream.base import Headers
 
 MAX_URL_BYTES = 8192

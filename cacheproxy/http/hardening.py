@@ -19,19 +19,22 @@ itself does not grow, and tests of the core run without them.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import secrets
 import sys
 import time
 from typing import Any
 
-from cacheproxy import httplimits, tls
-from cacheproxy.accesslog import RequestContext
-from cacheproxy.app import CacheProxyApp
-from cacheproxy.guard import AuthGuard, IsAccepted
-from cacheproxy.jwtcheck import JwtCheck, TokenVerifier, load_hs256_key, load_jwks
-from cacheproxy.localauth import RequireToken, refuses_uncredentialed
-from cacheproxy.respond import ASGIApp
+from cacheproxy import settings as settings_mod
+from cacheproxy.http import httplimits, tls
+from cacheproxy.http.accesslog import RequestContext
+from cacheproxy.http.app import SETTINGS_ENV, CacheProxyApp
+from cacheproxy.http.guard import AuthGuard, IsAccepted
+from cacheproxy.http.jwtcheck import JwtCheck, TokenVerifier, load_hs256_key, load_jwks
+from cacheproxy.http.localauth import RequireToken, refuses_uncredentialed
+from cacheproxy.http.respond import ASGIApp
 from cacheproxy.settings import Settings, trusted_proxies
 from cacheproxy.store.base import StoreError
 from cacheproxy.upstream.base import Headers
@@ -110,13 +113,13 @@ def uvicorn_options(s: Settings) -> dict[str, Any]:
         "proxy_headers": bool(proxies),
         "forwarded_allow_ips": proxies or None,
         # A string: --workers children import it (and configure() it again).
-        "http": "cacheproxy.protocol:CacheProxyProtocol",
+        "http": "cacheproxy.http.protocol:CacheProxyProtocol",
         "timeout_keep_alive": s.keep_alive_timeout,
         "limit_concurrency": s.max_connections or None,
         "h11_max_incomplete_event_size": s.max_header_bytes,
         # uvicorn's own access log prints the query string as is; ours redacts.
         "access_log": False,
-        **tls.uvicorn_options(s),
+        **tls.server_options(s),
     }
 
 
@@ -135,9 +138,9 @@ def configure_access_log(s: Settings) -> None:
 
 def create_app_from_env() -> ASGIApp:
     """uvicorn factory for ``--workers N``: the parent's settings, hardened."""
-    from cacheproxy.app import create_app_from_env as plain
-
-    app = plain()
+    raw = os.environ.get(SETTINGS_ENV)
+    s = settings_mod.load() if raw is None else settings_mod.load(cli=json.loads(raw), env={})
+    app = CacheProxyApp(s)
     uvicorn_options(app.settings)  # configure the protocol limits in this child
     configure_access_log(app.settings)
     return wrap(app)

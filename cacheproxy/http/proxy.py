@@ -24,36 +24,27 @@ response objects cost about three quarters of the hit path's throughput.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from cacheproxy import policy
-from cacheproxy.answer import hit_response, send_entry, send_flight, send_upstream_error
-from cacheproxy.coalesce import Coalescer, flight_refused
-from cacheproxy.credentials import Credentials
-from cacheproxy.fastlane import FastResult, HitResponse
-from cacheproxy.fill import Filler
-from cacheproxy.forward import Forwarder
-from cacheproxy.identity import Identity, IdentityResolver
-from cacheproxy.plan import GetPlan, Planner, Route
-from cacheproxy.request import from_scope
-from cacheproxy.rules import Match, RuleSet
-from cacheproxy.stale import flight_failed, send_stale
+from cacheproxy.core import decide, policy
+from cacheproxy.core.identity import IdentityResolver
+from cacheproxy.core.plan import GetPlan, Planner, Route
+from cacheproxy.core.request import from_scope
+from cacheproxy.core.rules import Match, RuleSet
+from cacheproxy.http.answer import hit_response, send_entry, send_flight, send_upstream_error
+from cacheproxy.http.coalesce import Coalescer, flight_refused
+from cacheproxy.http.credentials import Credentials
+from cacheproxy.http.fastlane import FastResult, HitResponse
+from cacheproxy.http.fill import Filler
+from cacheproxy.http.forward import Forwarder
+from cacheproxy.http.respond import Receive, Scope, Send
+from cacheproxy.http.stale import flight_failed, send_stale
 from cacheproxy.stats import Stats
-from cacheproxy.store.base import Entry, Lookup, Store, StoreError
+from cacheproxy.store.base import Entry, Generations, Lookup, Store, StoreError
 from cacheproxy.upstream.base import Transport, UpstreamError
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-_STORE_DOWN = -1
-"""First generation while the store cannot answer (no stored value has it)."""
-
-
-_PLANNED = "cacheproxy.plan"
+_PLANNED = "cacheproxy.core.plan"
 """Scope key: ``(the result of _plan,)`` as the fast lane computed it, so the
 ASGI path does not scan, parse and hash the same request again."""
 _PREFETCHED = "cacheproxy.lookup"
@@ -233,21 +224,16 @@ class Proxy:
         return await self.store.lookup(plan.key, plan.match.tags, plan.identity.credential)
 
     def _fast_hit(self, plan: GetPlan, found: Lookup) -> HitResponse | None:
+        """The lane's answer: :func:`decide.on_lookup`'s, when it is a fresh
+        hit the lane may write (a 200: the guard sees every other status)."""
         match = plan.match
-        now = self._clock()
-        entry = found.entry
-        if (
-            entry is None
-            or found.accepted_until <= now
-            or entry.status not in _FAST_STATUSES
-            or not entry.is_fresh(now)
-            or not entry.is_valid(match.tags, found.generations)
-        ):
+        hit = decide.is_fresh_hit(match, plan.identity.credential, plan.key, found, self._clock())
+        if hit is None or hit.entry.status not in _FAST_STATUSES:
             return None
         stats = self.stats
         stats.requests[(match.name, "hit")] += 1
         stats.fast_hits += 1
-        return hit_response(entry, now, plan.accept_encoding)
+        return hit_response(hit.entry, hit.now, plan.accept_encoding)
 
     def user_tag(self, name: str) -> str:
         """The tag every entry cached for user ``name`` carries (admin purge by user)."""
@@ -255,125 +241,89 @@ class Proxy:
 
     # -- the cached GET -----------------------------------------------------
     async def _cached_get(self, scope: Scope, plan: GetPlan, send: Send) -> None:
+        """Carries out :func:`decide.on_lookup`'s decision."""
         match, identity, key = plan.match, plan.identity, plan.key
         accept_encoding = plan.accept_encoding
         try:
             found = await self._lookup(scope, plan)
         except StoreError:
             # Nothing can be served or trusted, but identical requests with the
-            # same credential still share one fetch.  Local writes move the
-            # generations, so read-your-writes holds through this process.
+            # same credential still share one fetch.
             self.stats.store_errors += 1  # the store logs once per episode
-            found = Lookup(None, (_STORE_DOWN, self.forwarder.local_writes), 0.0)
-        now = self._clock()
-        accepted = found.accepted_until > now
-        if not accepted:
-            # Whatever this process recorded is gone (revoked elsewhere, or a
-            # restarted Redis): record the next acceptance again.
-            self.credentials.forget(identity.credential)
-        entry = found.entry
-        if (
-            entry is not None
-            and accepted
-            and entry.is_fresh(now)
-            and entry.is_valid(match.tags, found.generations)
-        ):
+            found = decide.store_down(self.forwarder.local_writes)
+        decision = decide.on_lookup(match, identity.credential, key, found, self._clock())
+        if isinstance(decision, decide.FreshHit):
             self.stats.requests[(match.name, "hit")] += 1
-            await send_entry(send, entry, now, accept_encoding)
+            await send_entry(send, decision.entry, decision.now, accept_encoding)
             return
-        stale = None
-        if (
-            entry is not None
-            and accepted
-            and match.rule is not None
-            and match.rule.revalidate is not None
-            and entry.is_valid(match.tags, found.generations)
-        ):
-            stale = entry  # expired, but no write touched it: revalidate
-        fallback = policy.stale_fallback(entry, accepted, match, found.generations, now)
-        if fallback is not None and await self._stale_while_revalidate(
-            scope, send, fallback, match, identity, key, found.generations, stale, accept_encoding
-        ):
+        if isinstance(decision, decide.StaleWhileRevalidate):
+            gens = tuple(found.generations)
+            if self.coalescer.join(key, gens) is None:
+                req = from_scope(scope)
+                revalidate = decision.revalidate
+                self.coalescer.start(
+                    key,
+                    gens,
+                    identity.credential,
+                    lambda f: self.fill.fetch(f, req, match, identity, key, True, revalidate),
+                )
+            await self._send_stale(send, decision.entry, match, "stale-while-revalidate", plan)
             return
-        # Unaccepted credentials coalesce only with the very same credential:
-        # slurmrestd must judge them before anything is shared.
-        flight_key = key if accepted else key + identity.credential
-        flight = self.coalescer.join(flight_key, found.generations)
-        if flight is None and accepted:
-            # The fetch that got this very credential accepted may still run
-            # under its unaccepted key: join it rather than fetch again.
-            flight = self.coalescer.join(key + identity.credential, found.generations)
+        await self._fetch(scope, plan, decision, found.generations, send)
+
+    async def _fetch(
+        self,
+        scope: Scope,
+        plan: GetPlan,
+        fetch: decide.Fetch,
+        generations: Generations,
+        send: Send,
+    ) -> None:
+        """Join the key's flight, or start it; then what :func:`decide.after_flight` says."""
+        match, identity, key = plan.match, plan.identity, plan.key
+        if fetch.forget_credential:
+            self.credentials.forget(identity.credential)
+        flight = self.coalescer.join(fetch.flight_key, generations)
+        if flight is None and fetch.join_also is not None:
+            flight = self.coalescer.join(fetch.join_also, generations)
         outcome = "fwd=miss; collapsed"
         if flight is None:
             outcome = "fwd=miss"
             req = from_scope(scope, (plan.route.segments, plan.route.query), plan.view)
+            accepted, revalidate = fetch.accepted, fetch.revalidate
             flight = self.coalescer.start(
-                flight_key,
-                found.generations,
+                fetch.flight_key,
+                generations,
                 identity.credential,
-                lambda f: self.fill.fetch(f, req, match, identity, key, accepted, stale),
+                lambda f: self.fill.fetch(f, req, match, identity, key, accepted, revalidate),
             )
         else:
             self.stats.coalesced += 1
         try:
             await flight.wait_head()
         except UpstreamError as exc:
-            if fallback is not None:
-                await send_stale(
-                    send,
-                    fallback,
-                    match,
-                    "stale-if-error",
-                    accept_encoding,
-                    self._clock(),
-                    self.stats,
-                )
+            instead = decide.on_flight_error(fetch)
+            if isinstance(instead, decide.ServeStale):
+                await self._send_stale(send, instead.entry, match, "stale-if-error", plan)
                 return
             self.stats.requests[(match.name, "error")] += 1
             await send_upstream_error(send, exc, outcome, self.stats)
             return
-        if flight.credential != identity.credential and await flight_refused(flight):
-            # The leader's credential was refused; ours may not be.
+        led = flight.credential == identity.credential
+        refused = not led and await flight_refused(flight)
+        failed = fetch.fallback is not None and not refused and await flight_failed(flight)
+        then = decide.after_flight(fetch, led, refused, failed)
+        if isinstance(then, decide.ForwardOwn):
             req = from_scope(scope, (plan.route.segments, plan.route.query), plan.view)
             await self._forward(req, match, None, send, "fwd=miss")
-            return
-        if fallback is not None and await flight_failed(flight):
-            await send_stale(
-                send, fallback, match, "stale-if-error", accept_encoding, self._clock(), self.stats
-            )
-            return
-        await send_flight(send, flight, match, outcome, self.stats)
+        elif isinstance(then, decide.ServeStale):
+            await self._send_stale(send, then.entry, match, "stale-if-error", plan)
+        else:
+            await send_flight(send, flight, match, outcome, self.stats)
 
-    # -- stale serving (docs/hardening.md) ------------------------------------
-    async def _stale_while_revalidate(
-        self,
-        scope: Scope,
-        send: Send,
-        entry: Entry,
-        match: Match,
-        identity: Identity,
-        key: bytes,
-        generations: Sequence[int],
-        revalidate: Entry | None,
-        accept_encoding: bytes,
-    ) -> bool:
-        """Within ``stale_while_revalidate``: answer with ``entry`` now and
-        refresh it in the background (one flight per key).  False when the
-        window is over (the caller fetches as usual)."""
-        rule = match.rule
-        assert rule is not None
-        if self._clock() >= entry.stored_at + entry.ttl + rule.stale_while_revalidate:
-            return False
-        gens = tuple(generations)
-        if self.coalescer.join(key, gens) is None:
-            req = from_scope(scope)
-            self.coalescer.start(
-                key,
-                gens,
-                identity.credential,
-                lambda f: self.fill.fetch(f, req, match, identity, key, True, revalidate),
-            )
+    async def _send_stale(
+        self, send: Send, entry: Entry, match: Match, reason: str, plan: GetPlan
+    ) -> None:
         await send_stale(
-            send, entry, match, "stale-while-revalidate", accept_encoding, self._clock(), self.stats
+            send, entry, match, reason, plan.accept_encoding, self._clock(), self.stats
         )
-        return True

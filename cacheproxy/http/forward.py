@@ -25,14 +25,14 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-from cacheproxy import errors, headers, policy
-from cacheproxy.answer import AbortResponse, relay, send_proxy_error, send_upstream_error
-from cacheproxy.fastlane import FORWARDING, HANDOVER, HitResponse
-from cacheproxy.identity import IdentityResolver
-from cacheproxy.plan import Route
-from cacheproxy.request import BadRequest, ProxyRequest, client_host, from_scope, raw_target
-from cacheproxy.respond import Receive, Scope, Send
-from cacheproxy.rules import Match, RuleSet
+from cacheproxy.core import decide, errors, headers, policy
+from cacheproxy.core.identity import IdentityResolver
+from cacheproxy.core.plan import Route
+from cacheproxy.core.request import BadRequest, ProxyRequest, client_host, from_scope, raw_target
+from cacheproxy.core.rules import Match, RuleSet
+from cacheproxy.http.answer import AbortResponse, relay, send_upstream_error
+from cacheproxy.http.fastlane import FORWARDING, HANDOVER, HitResponse
+from cacheproxy.http.respond import Receive, Scope, Send, send_error
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Store, StoreError
 from cacheproxy.upstream.base import (
@@ -43,8 +43,6 @@ from cacheproxy.upstream.base import (
     UpstreamResponse,
 )
 
-REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
-"""CONNECT makes no sense to slurmrestd and TRACE reflects credentials."""
 _READ_REQUEST_BELOW = 1024 * 1024
 _LANE_BODY_MAX = 1024 * 1024
 """The largest answer the fast lane holds whole before writing it; larger
@@ -98,20 +96,17 @@ class Forwarder:
                 match = route.match
         except BadRequest as exc:
             self.stats.bad_requests += 1
-            await send_proxy_error(
-                send, errors.bad_request(str(exc)), "fwd=request; detail=bad-request"
-            )
+            await send_error(send, errors.bad_request(str(exc)), "fwd=request; detail=bad-request")
             return
         method = req.method
-        if method in REFUSED_METHODS:
-            err = errors.ProxyError(
-                errors.METHOD_NOT_ALLOWED, "Method not allowed", f"{method} is not proxied"
-            )
-            await send_proxy_error(send, err, "fwd=request; detail=method")
-            return
         if match is None:
             match = self.rules.match(method, req.segments)
-        outcome = _outcome(method, match)
+        decision = decide.uncached(method, match)
+        if isinstance(decision, decide.Refuse):
+            err = errors.ProxyError(decision.status, "Method not allowed", decision.reason)
+            await send_error(send, err, "fwd=request; detail=method")
+            return
+        outcome = decision.outcome
         handed = scope.get(HANDOVER)
         if isinstance(handed, _Forwarded):
             answer = handed.take()
@@ -162,13 +157,8 @@ class Forwarder:
             scope[HANDOVER] = _Forwarded(exc)
             return None
         stats.observe_upstream(match.name, time.monotonic() - started)
-        length = policy.header_value(resp.headers, b"content-length")
-        if (
-            resp.status >= 400
-            or length is None
-            or not length.isdigit()
-            or int(length) > _LANE_BODY_MAX
-        ):
+        length = policy.content_length(resp.headers)
+        if resp.status >= 400 or length is None or length > _LANE_BODY_MAX:
             scope[HANDOVER] = _Forwarded(resp)  # the ASGI path relays and releases it
             return None
         try:
@@ -181,7 +171,7 @@ class Forwarder:
             return None
         finally:
             await resp.aclose()
-        outcome = _outcome("GET", match)
+        outcome = decide.forward_outcome("GET", match)
         out = headers.response_headers(resp.headers)
         out.append(_LANE_STATUS[outcome])
         stats.requests[(match.name, outcome)] += 1
@@ -202,12 +192,12 @@ class Forwarder:
             body, length = await self._request_body(req, receive)
         except _BodyTooLarge:
             self.stats.requests[(match.name, "error")] += 1
-            await send_proxy_error(send, errors.BODY_TOO_LARGE, outcome)
+            await send_error(send, errors.BODY_TOO_LARGE, outcome)
             return
         except _ClientGone:
             return  # nobody to answer, and a partial body must never go upstream
         up_headers = upstream_headers(req, self.upstream_host, length)
-        if tags and match.rule is not None and await self._writer_accepted(up_headers):
+        if tags and decide.invalidates_before(match, await self._writer_accepted(up_headers)):
             await self._bump(tags)
         up = UpstreamRequest(
             method=req.method,
@@ -221,7 +211,7 @@ class Forwarder:
         try:
             resp = await self.transport.send(up)
         except UpstreamError as exc:
-            if tags and exc.sent:
+            if decide.invalidates_after_fault(match, exc.sent):
                 await self._bump(tags)  # it may have been done: nothing says otherwise
             self.stats.requests[(match.name, "error")] += 1
             await send_upstream_error(send, exc, outcome, self.stats)
@@ -267,7 +257,7 @@ class Forwarder:
                     self.stats.requests[(match.name, "error")] += 1
                     await send_upstream_error(send, exc, outcome, self.stats)
                     return
-                if not policy.write_refused(resp.status, resp.headers, body):
+                if decide.invalidates(match, resp.status, resp.headers, body):
                     await self._bump(tags)
             chunks = resp.aiter_body() if body is None else _once(body)
             resp_headers = headers.response_headers(resp.headers)
@@ -345,16 +335,7 @@ _LANE_STATUS = {
     outcome: headers.cache_status(outcome)
     for outcome in ("fwd=request", "fwd=method", "fwd=bypass", "fwd=uri-miss")
 }
-"""The ``Cache-Status`` of each :func:`_outcome`, made once."""
-
-
-def _outcome(method: str, match: Match) -> str:
-    """Why the cache did not answer, for ``Cache-Status`` (RFC 9211 ``fwd``)."""
-    if match.cache:  # a cacheable path, but this request may not use the cache
-        return "fwd=request"
-    if match.invalidates or method not in ("GET", "HEAD", "OPTIONS"):
-        return "fwd=method"
-    return "fwd=bypass" if match.rule is not None else "fwd=uri-miss"
+"""The ``Cache-Status`` of each :func:`decide.forward_outcome`, made once."""
 
 
 def upstream_headers(req: ProxyRequest, upstream_host: bytes, length: int | None) -> Headers:
@@ -401,8 +382,8 @@ async def _small_body(resp: UpstreamResponse) -> bytes | None:
     body = resp.body_if_complete()
     if body is not None:
         return body  # in memory already (and taken: it must be relayed from here)
-    length = policy.header_value(resp.headers, b"content-length")
-    if length is None or not length.isdigit() or int(length) > policy.REFUSAL_BODY_MAX:
+    length = policy.content_length(resp.headers)
+    if length is None or length > policy.REFUSAL_BODY_MAX:
         return None
     return b"".join([chunk async for chunk in resp.aiter_body()])
 

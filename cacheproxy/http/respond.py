@@ -12,7 +12,8 @@ import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from cacheproxy import errors
+from cacheproxy.core import errors
+from cacheproxy.core.headers import cache_status
 from cacheproxy.upstream.base import Headers
 
 Scope = MutableMapping[str, Any]
@@ -31,13 +32,11 @@ def retry_after(seconds: float) -> tuple[bytes, bytes]:
 
 
 async def send_error(
-    send: Send, err: errors.ProxyError, detail: str, extra: Headers | None = None
+    send: Send, err: errors.ProxyError, outcome: str, extra: Headers | None = None
 ) -> None:
-    """Answer with ``err`` in slurmrestd's JSON error shape, marked in Cache-Status."""
-    more: Headers = [(b"cache-status", b"cacheproxy; detail=" + detail.encode())]
-    if extra:
-        more.extend(extra)
-    status, hdrs, body = errors.error_response(err, more)
+    """Answer with ``err`` in slurmrestd's JSON error shape, marked in
+    Cache-Status with ``outcome`` (e.g. ``fwd=request; detail=method``)."""
+    status, hdrs, body = errors.error_response(err, [cache_status(outcome), *(extra or ())])
     await send({"type": "http.response.start", "status": status, "headers": hdrs})
     await send({"type": "http.response.body", "body": body})
 
@@ -56,11 +55,3 @@ async def send_auth_failure(send: Send, detail: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": AUTH_FAILURE})
-
-
-def header(scope: Scope, name: bytes) -> bytes | None:
-    """The first value of header ``name`` (lower case) in an ASGI scope."""
-    for k, v in scope["headers"]:
-        if k == name:
-            return v  # type: ignore[no-any-return]
-    return None

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 
 import orjson
 
-from cacheproxy.identity import Identity
-from cacheproxy.request import ProxyRequest
-from cacheproxy.rules import Match
+from cacheproxy.core.identity import Identity
+from cacheproxy.core.rules import Match
 from cacheproxy.store.base import Entry
 from cacheproxy.upstream.base import Headers
 
@@ -41,6 +40,13 @@ def header_value(headers: Headers, name: bytes) -> bytes | None:
         if k == name:
             return v
     return None
+
+
+def content_length(headers: Headers) -> int | None:
+    """The declared body length: None when absent or not plain digits (the
+    one parse of ``Content-Length`` every step shares)."""
+    raw = header_value(headers, b"content-length")
+    return int(raw) if raw is not None and raw.isdigit() else None
 
 
 def errors_empty(body: bytes, content_type: bytes | None) -> bool:
@@ -80,11 +86,6 @@ def errors_benign(body: bytes, content_type: bytes | None) -> bool:
     return isinstance(errs, list) and all(
         isinstance(e, dict) and e.get("error_number") in BENIGN_ERRORS for e in errs
     )
-
-
-def request_storable(request: ProxyRequest) -> bool:
-    """``update_time`` answers are deltas (or bare 304s), never the full list."""
-    return not request.has_query("update_time")
 
 
 def response_storable(status: int, headers: Headers, body: bytes, max_entry_bytes: int) -> bool:

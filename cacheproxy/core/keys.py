@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-from cacheproxy.request import Query
+from cacheproxy.core.request import Query
 
 KEY_VERSION = b"cacheproxy-key-2"
 

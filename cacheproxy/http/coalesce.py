@@ -41,7 +41,6 @@ class Flight:
         body) with :func:`cacheproxy.policy.credential_refused`."""
         self.shareable = True
         """False once the body is too large to keep for late joiners."""
-        self.consumers = 0
         self.revalidated = False
         """True when slurmrestd confirmed a cached copy (update_time)."""
         self.from_peer = False
@@ -53,7 +52,6 @@ class Flight:
         self._dropped = 0
         """Chunks already released (only while streaming an unshareable body)."""
         self._positions: dict[object, int] = {}
-        self.task: asyncio.Task[None] | None = None
 
     # -- producer side (the fetch task) -------------------------------------
     def set_head(self, status: int, headers: Headers) -> None:
@@ -121,7 +119,6 @@ class Flight:
         body broke mid-way (the consumer must then abort its response)."""
         token = object()  # held until the end: an id() could be reused at once
         self._positions[token] = self._dropped
-        self.consumers += 1
         try:
             while True:
                 pos = self._positions[token]
@@ -140,7 +137,6 @@ class Flight:
                 await self._changed.wait()
         finally:
             del self._positions[token]
-            self.consumers -= 1
 
 
 async def flight_refused(flight: Flight) -> bool:
@@ -167,7 +163,6 @@ class Coalescer:
     def __init__(self) -> None:
         self._flights: dict[bytes, Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.coalesced = 0
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -177,7 +172,6 @@ class Coalescer:
         flight = self._flights.get(key)
         if flight is None or not flight.shareable or flight.generations != generations:
             return None
-        self.coalesced += 1
         return flight
 
     def start(
@@ -190,7 +184,6 @@ class Coalescer:
         flight = Flight(generations, credential)
         self._flights[key] = flight
         task = asyncio.get_running_loop().create_task(self._run(key, flight, run))
-        flight.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return flight
@@ -210,11 +203,6 @@ class Coalescer:
                 del self._flights[key]
             if not flight.done:
                 flight.finish()
-
-    def forget(self, key: bytes, flight: Flight) -> None:
-        """Stop new requests from joining ``flight`` (e.g. once it is stored)."""
-        if self._flights.get(key) is flight:
-            del self._flights[key]
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

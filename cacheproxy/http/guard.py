@@ -58,11 +58,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from cacheproxy import errors, policy
-from cacheproxy.fastlane import FastResult, responder_of
-from cacheproxy.identity import AUTHORIZATION, USER_NAME, USER_TOKEN, jwt_claims
+from cacheproxy.core import errors, policy
+from cacheproxy.core.identity import AUTHORIZATION, USER_NAME, USER_TOKEN, jwt_claims
+from cacheproxy.http.fastlane import FastResult, responder_of
+from cacheproxy.http.respond import ASGIApp, Message, Receive, Scope, Send, retry_after, send_error
 from cacheproxy.ops.paths import ADMIN_PREFIX, OWN_PREFIX
-from cacheproxy.respond import ASGIApp, Message, Receive, Scope, Send, retry_after, send_error
 from cacheproxy.stats import Stats
 from cacheproxy.upstream.base import Headers
 
@@ -375,7 +375,9 @@ class AuthGuard:
         if not _admin(path) and await self._passes(scope, address, blocked_address, user, now):
             return False
         self.stats.auth_blocked += 1
-        await send_error(send, errors.AUTH_BLOCKED, "auth-blocked", [retry_after(until - now)])
+        await send_error(
+            send, errors.AUTH_BLOCKED, "detail=auth-blocked", [retry_after(until - now)]
+        )
         return True
 
     async def _passes(
@@ -410,5 +412,5 @@ class AuthGuard:
         if wait <= 0.0:
             return False
         self.stats.rate_limited += 1
-        await send_error(send, errors.RATE_LIMITED, "rate-limited", [retry_after(wait)])
+        await send_error(send, errors.RATE_LIMITED, "detail=rate-limited", [retry_after(wait)])
         return True

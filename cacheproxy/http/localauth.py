@@ -25,10 +25,10 @@ and is refused there (and counted by the guard like any 401).
 
 from __future__ import annotations
 
-from cacheproxy.fastlane import FastResult, responder_of
-from cacheproxy.identity import AUTHORIZATION, USER_TOKEN
+from cacheproxy.core.identity import AUTHORIZATION, USER_TOKEN
+from cacheproxy.http.fastlane import FastResult, responder_of
+from cacheproxy.http.respond import ASGIApp, Receive, Scope, Send, send_auth_failure
 from cacheproxy.ops.paths import OWN_PREFIX
-from cacheproxy.respond import ASGIApp, Receive, Scope, Send, send_auth_failure
 from cacheproxy.settings import Settings
 from cacheproxy.upstream.base import Headers
 

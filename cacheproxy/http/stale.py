@@ -7,11 +7,11 @@ failed, and sending the entry marked stale.
 
 from __future__ import annotations
 
-from cacheproxy import headers, policy
-from cacheproxy.answer import BUFFER_BODY_BELOW, send_entry
-from cacheproxy.coalesce import Flight
-from cacheproxy.respond import Message, Send
-from cacheproxy.rules import Match
+from cacheproxy.core import headers, policy
+from cacheproxy.core.rules import Match
+from cacheproxy.http.answer import BUFFER_BODY_BELOW, send_entry
+from cacheproxy.http.coalesce import Flight
+from cacheproxy.http.respond import Message, Send
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry
 from cacheproxy.upstream.base import UpstreamError
@@ -22,8 +22,8 @@ async def flight_failed(flight: Flight) -> bool:
     broke)?  Only asked when a stale entry could stand in."""
     if flight.status in policy.STALE_ON_STATUS:
         return True
-    length = policy.header_value(flight.headers, b"content-length")
-    if flight.done or (length is not None and length.isdigit() and int(length) < BUFFER_BODY_BELOW):
+    length = policy.content_length(flight.headers)
+    if flight.done or (length is not None and length < BUFFER_BODY_BELOW):
         await flight.wait_done()
         return isinstance(flight.error, UpstreamError)
     return False

@@ -32,9 +32,9 @@ from typing import Any
 
 import orjson
 
-from cacheproxy import errors
-from cacheproxy.fastlane import FORWARDING, FastResult, HitResponse, responder_of
-from cacheproxy.respond import ASGIApp, Message, Receive, Scope, Send, send_error
+from cacheproxy.core import errors
+from cacheproxy.http.fastlane import FORWARDING, FastResult, HitResponse, responder_of
+from cacheproxy.http.respond import ASGIApp, Message, Receive, Scope, Send, send_error
 from cacheproxy.stats import Stats
 
 log = logging.getLogger("cacheproxy")
@@ -253,7 +253,7 @@ class RequestContext:
             type(exc).__name__,
             "".join(traceback.format_tb(exc.__traceback__)),
         )
-        await send_error(send, errors.INTERNAL, "internal-error")
+        await send_error(send, errors.INTERNAL, "detail=internal-error")
 
     def _log(
         self, scope: Scope, rid: bytes, status: int, sent: int, cache: bytes, started: float

@@ -38,8 +38,8 @@ from typing import Any
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from cacheproxy import errors
-from cacheproxy.fastlane import (
+from cacheproxy.core import errors
+from cacheproxy.http.fastlane import (
     FORWARDING,
     HANDOVER,
     FastResponder,
@@ -48,7 +48,7 @@ from cacheproxy.fastlane import (
     Rewrite,
     responder_of,
 )
-from cacheproxy.httplimits import LimitedHttpToolsProtocol, raw_error
+from cacheproxy.http.httplimits import LimitedHttpToolsProtocol, raw_error
 
 log = logging.getLogger("cacheproxy")
 

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from cacheproxy import errors
+from cacheproxy.core import errors
 
 DEFAULT_MAX_URL_BYTES = 8192
 DEFAULT_MAX_HEAD_BYTES = 32 * 1024

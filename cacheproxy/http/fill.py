@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from cacheproxy import compress, headers, policy
-from cacheproxy.coalesce import Flight
-from cacheproxy.credentials import Credentials
-from cacheproxy.forward import upstream_headers
-from cacheproxy.identity import Identity
-from cacheproxy.request import ProxyRequest
-from cacheproxy.rules import Match
+from cacheproxy.core import compress, decide, headers, policy
+from cacheproxy.core.identity import Identity
+from cacheproxy.core.request import ProxyRequest
+from cacheproxy.core.rules import Match
+from cacheproxy.http.coalesce import Flight
+from cacheproxy.http.credentials import Credentials
+from cacheproxy.http.forward import upstream_headers
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry, Store, StoreError
 from cacheproxy.upstream.base import Headers, Transport, UpstreamRequest, UpstreamResponse
@@ -33,7 +33,6 @@ UPDATE_TIME_MARGIN = 2
 clock skew with slurmctld (an earlier update_time only costs a full list)."""
 _NO_CHANGE_MAX = 64 * 1024
 """A 25.x "No job changes" answer is small; larger 200s are full lists."""
-_COMPRESS_INLINE_BELOW = 64 * 1024
 
 
 class Filler:
@@ -123,8 +122,8 @@ class Filler:
         try:
             status = resp.status
             resp_headers = headers.response_headers(resp.headers)
-            length = policy.header_value(resp_headers, b"content-length")
-            small = length is not None and length.isdigit() and int(length) <= _NO_CHANGE_MAX
+            length = policy.content_length(resp_headers)
+            small = length is not None and length <= _NO_CHANGE_MAX
             if status == 304 or (status == 200 and small):
                 body = resp.body_if_complete()
                 if body is None:
@@ -197,8 +196,8 @@ class Filler:
         limit = self.max_entry_bytes
         status = resp.status
         flight.set_head(status, resp_headers)
-        length = policy.header_value(resp_headers, b"content-length")
-        if status != 200 or (length is not None and length.isdigit() and int(length) > limit):
+        length = policy.content_length(resp_headers)
+        if status != 200 or (length is not None and length > limit):
             flight.stop_sharing()
         whole = resp.body_if_complete()
         if whole is not None:  # a small answer, all in with its head
@@ -234,28 +233,24 @@ class Filler:
         key: bytes,
         sent_at: float,
     ) -> None:
-        """Store the flight's response if policy allows, then end the flight."""
-        limit = self.max_entry_bytes
-        if flight.shareable and policy.response_storable(status, resp_headers, body, limit):
-            variants: tuple[tuple[bytes, bytes], ...] = ()
-            compressible = compress.compressible(policy.header_value(resp_headers, b"content-type"))
-            later = compressible and len(body) >= _COMPRESS_INLINE_BELOW
-            if compressible and not later:
-                variants = _variants(body)
-            entry = Entry(
-                status=status,
-                headers=_with_length(resp_headers, len(body)),
-                body=body,
-                stored_at=self.clock(),
-                ttl=match.ttl,
-                tags=match.tags,
-                generations=flight.generations,
-                stale_for=policy.keep_after_expiry(match),
-                variants=variants,
-                origin=sent_at,
-            )
+        """Store the flight's response as :func:`decide.to_store` says, then end the flight."""
+        store = decide.to_store(
+            status,
+            resp_headers,
+            body,
+            match,
+            flight.generations,
+            shareable=flight.shareable,
+            max_entry_bytes=self.max_entry_bytes,
+            now=self.clock(),
+            origin=sent_at,
+        )
+        if store is not None:
+            entry = store.entry
+            if store.compress_now:
+                entry = dataclasses.replace(entry, variants=_variants(body))
             await self._put(flight, key, entry)
-            if later and flight.stored:
+            if store.compress_later and flight.stored:
                 # Large bodies are compressed off the response path (tens of
                 # ms of CPU for a big list): the entry is stored plain now and
                 # replaced by its compressed form unless a write came between.
@@ -309,11 +304,8 @@ class Filler:
                 self.stats.store_errors += 1
                 return False
             entry = found.entry
-            if (
-                entry is not None
-                and entry.is_fresh(self.clock())
-                and entry.is_valid(match.tags, found.generations)
-                and entry.generations == flight.generations
+            if entry is not None and decide.peer_entry_usable(
+                entry, match, found, flight.generations, self.clock()
             ):
                 flight.from_peer = True
                 flight.stored = True
@@ -332,9 +324,3 @@ def _variants(body: bytes) -> tuple[tuple[bytes, bytes], ...]:
     except Exception:
         log.exception("compressing an entry failed; keeping it uncompressed")
         return ()
-
-
-def _with_length(resp_headers: Headers, length: int) -> Headers:
-    out = [(k, v) for k, v in resp_headers if k != b"content-length"]
-    out.append((b"content-length", b"%d" % length))
-    return out

@@ -22,14 +22,16 @@ their keys are what clients send.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from cacheproxy import usertag
-from cacheproxy.headers import RequestView
-from cacheproxy.identity import Identity, IdentityResolver
-from cacheproxy.keys import cache_key
-from cacheproxy.memo import ByteMemo
-from cacheproxy.request import (
+from cacheproxy.core import usertag
+from cacheproxy.core.headers import RequestView
+from cacheproxy.core.identity import Identity, IdentityResolver
+from cacheproxy.core.keys import cache_key
+from cacheproxy.core.memo import ByteMemo
+from cacheproxy.core.request import (
     MAX_URL_BYTES,
     BadRequest,
     Query,
@@ -37,8 +39,7 @@ from cacheproxy.request import (
     path_canonical,
     split_path,
 )
-from cacheproxy.respond import Scope
-from cacheproxy.rules import Match, RuleSet
+from cacheproxy.core.rules import Match, RuleSet
 
 ROUTE_MEMO_BYTES = 32 * 1024 * 1024
 KEY_MEMO_BYTES = 32 * 1024 * 1024
@@ -92,7 +93,7 @@ class Planner:
             ByteMemo(key_bytes)
         )
 
-    def plan(self, scope: Scope) -> GetPlan | Route | None:
+    def plan(self, scope: Mapping[str, Any]) -> GetPlan | Route | None:
         """Everything a cached GET needs from the request, from one scan of
         its headers and memoised parsing and keys.
 

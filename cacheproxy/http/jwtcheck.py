@@ -29,10 +29,10 @@ from pathlib import Path
 
 import jwt
 
-from cacheproxy.fastlane import FastResult, responder_of
-from cacheproxy.identity import AUTHORIZATION, USER_TOKEN
+from cacheproxy.core.identity import AUTHORIZATION, USER_TOKEN
+from cacheproxy.http.fastlane import FastResult, responder_of
+from cacheproxy.http.respond import ASGIApp, Receive, Scope, Send, send_auth_failure
 from cacheproxy.ops.paths import OWN_PREFIX
-from cacheproxy.respond import ASGIApp, Receive, Scope, Send, send_auth_failure
 from cacheproxy.stats import Stats
 from cacheproxy.upstream.base import Headers
 

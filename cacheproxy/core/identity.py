@@ -46,9 +46,9 @@ from dataclasses import dataclass
 
 import orjson
 
-from cacheproxy import usertag
-from cacheproxy.headers import AUTHORIZATION, USER_NAME, USER_TOKEN, RequestView
-from cacheproxy.memo import ByteMemo
+from cacheproxy.core import usertag
+from cacheproxy.core.headers import AUTHORIZATION, USER_NAME, USER_TOKEN, RequestView
+from cacheproxy.core.memo import ByteMemo
 from cacheproxy.upstream.base import Headers
 
 __all__ = ["AUTHORIZATION", "USER_NAME", "USER_TOKEN", "Identity", "IdentityResolver"]

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cacheproxy import policy
-from cacheproxy.identity import Identity
-from cacheproxy.memo import ByteMemo
-from cacheproxy.rules import Match
+from cacheproxy.core import decide, policy
+from cacheproxy.core.identity import Identity
+from cacheproxy.core.memo import ByteMemo
+from cacheproxy.core.rules import Match
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Store, StoreError
 from cacheproxy.upstream.base import Headers
 
 RECORDED_MAX_BYTES = 4 * 1024 * 1024
-_AUTHORITATIVE_FAMILIES = frozenset({"slurm", "slurmdb"})
-"""Answers under these asked slurmctld or slurmdbd, which checked the token."""
 
 
 class Credentials:
@@ -61,20 +59,26 @@ class Credentials:
         Only answers that asked slurmctld or slurmdbd count (never the OpenAPI
         documents, which 22.05 serves to any token).
         """
+        verdict = decide.credential_verdict(
+            identity,
+            match,
+            status,
+            body,
+            head,
+            policy.header_value(resp_headers, b"content-type"),
+            now=self.clock(),
+            auth_ttl=self.auth_ttl,
+            recorded_until=self._recorded.get(identity.credential) or 0.0,
+        )
         try:
-            if match.family in _AUTHORITATIVE_FAMILIES and policy.credential_accepted(
-                status, body, policy.header_value(resp_headers, b"content-type")
-            ):
-                now = self.clock()
-                until = policy.accepted_until(identity, now, self.auth_ttl)
-                recorded = self._recorded.get(identity.credential) or 0.0
-                if until > now and recorded - now < self.auth_ttl / 2:
-                    # (re)recorded only when the record is half spent: saves
-                    # a store round trip on most misses
-                    await self.store.accept(identity.credential, until)
-                    self._recorded.put(identity.credential, until, len(identity.credential) + 32)
+            if isinstance(verdict, decide.Accept):
+                if verdict.record:
+                    await self.store.accept(identity.credential, verdict.until)
+                    self._recorded.put(
+                        identity.credential, verdict.until, len(identity.credential) + 32
+                    )
                     self.stats.auth_accepted += 1
-            elif policy.credential_refused(status, body if body is not None else head):
+            elif verdict is not None:
                 self._recorded.pop(identity.credential)
                 self.stats.auth_refused += 1
                 await self.store.revoke(identity.credential)
