@@ -103,7 +103,7 @@ def uvicorn_options(s: Settings) -> dict[str, Any]:
         # X-Forwarded-For is believed only from the configured balancers: by
         # default uvicorn believes it from 127.0.0.1, so any local process
         # could pick the address the guard charges (docs/hardening.md).  The
-        # fast lane applies this same middleware's rewrite (protocol.py).
+        # protocol applies this same middleware's rewrite (protocol.py).
         "proxy_headers": bool(proxies),
         "forwarded_allow_ips": proxies or None,
         # A string: --workers children import it (and configure() it again).

@@ -57,7 +57,7 @@ uncopied (a hit copies no body)."""
 
 LANE_SUPPORTED = hasattr(HttpToolsProtocol, "_start_asgi_task")
 if not LANE_SUPPORTED:  # pragma: no cover - depends on the installed uvicorn
-    log.warning("this uvicorn has no _start_asgi_task: the fast lane is off")
+    log.warning("this uvicorn has no _start_asgi_task: the protocol writes no answer itself")
 
 
 def pipeline_of(app: object) -> Pipeline | None:

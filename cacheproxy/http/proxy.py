@@ -46,17 +46,6 @@ from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry, Generations, Lookup, Store, StoreError
 from cacheproxy.upstream.base import Transport, UpstreamError
 
-_PLANNED = "cacheproxy.core.plan"
-"""Scope key: ``(the result of _plan,)`` as the fast lane computed it, so the
-ASGI path does not scan, parse and hash the same request again."""
-_PREFETCHED = "cacheproxy.lookup"
-"""Scope key: the store's answer the fast lane got for a request that was
-not a hit after all, ``(cache key, Lookup or StoreError)``."""
-_FAST_STATUSES = frozenset({200})
-"""Cached statuses the fast lane answers (only 200s are stored today).  Never
-401, 511 or 500: the brute-force guard must see every authentication failure
-(:mod:`cacheproxy.guard`) and only the ASGI path shows them to it."""
-
 
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
@@ -122,7 +111,7 @@ class Proxy:
             max_body_bytes=self.config.max_body_bytes,
         )
         # Bound once: the per-request paths call these with no lookup through
-        # their owner (_plan runs for every GET, on the fast lane too).
+        # their owner (_plan runs for every GET).
         self._plan = self.planner.plan
         self._not_cached = self.forwarder.not_cached
         self._forward = self.forwarder.forward
