@@ -4,8 +4,8 @@ machine, without I/O (in the manner of hishel's ``_core/_spec.py``).
 Each function takes what the mechanism found (the plan, the store's lookup,
 the time, upstream's answer) and returns one frozen decision; the mechanism
 (:mod:`cacheproxy.http`) carries it out.  So every decision is written once:
-the lane that answers a fresh hit without awaiting and the path that awaits
-call the same :func:`on_lookup`, and each state has its own tests
+a fresh hit answered without awaiting and every other state come from the
+same :func:`on_lookup`, and each state has its own tests
 (``tests/core/decide/``), with the clock passed in.
 
 For a GET with a usable identity::
@@ -121,15 +121,6 @@ def on_lookup(
     if accepted:
         return Fetch(key, key + credential, True, stale, fallback)
     return Fetch(key + credential, None, False, stale, fallback)
-
-
-def is_fresh_hit(
-    match: Match, credential: bytes, key: bytes, found: Lookup, now: float
-) -> FreshHit | None:
-    """:func:`on_lookup` when it is a :class:`FreshHit`, else None (the
-    lane's question; every other state is the awaiting path's)."""
-    decision = on_lookup(match, credential, key, found, now)
-    return decision if isinstance(decision, FreshHit) else None
 
 
 # -- after the flight ---------------------------------------------------------

@@ -6,7 +6,7 @@ that slurmrestd has accepted; this module says which user slurmrestd acts as
 so no token is ever kept or logged in clear.
 
 Everything is read from the request as forwarded
-(:class:`cacheproxy.headers.RequestView`: ``Connection``-named headers are
+(:class:`cacheproxy.core.headers.RequestView`: ``Connection``-named headers are
 gone), as slurmrestd's ``rest_auth/jwt`` reads it.  Read in SchedMD's source,
 src/slurmrestd/plugins/auth/jwt/jwt.c (22.05.8, 23.11.0, 24.05.0, 25.05.0,
 25.11.0) and src/plugins/auth/jwt/auth_jwt.c (25.11.0):
@@ -106,7 +106,7 @@ def _part(value: bytes | None) -> bytes:
 
 class IdentityResolver:
     """Extracts identities; holds the HMAC key and a memo of identities,
-    bounded in bytes (:mod:`cacheproxy.memo`)."""
+    bounded in bytes (:mod:`cacheproxy.core.memo`)."""
 
     def __init__(self, hmac_key: bytes, *, memo_bytes: int = KNOWN_MAX_BYTES) -> None:
         # BLAKE2b takes keys up to 64 bytes: derive a fixed-size one.
@@ -117,7 +117,7 @@ class IdentityResolver:
 
     def user_tag(self, name: str) -> str:
         """The tag of every entry cached for user ``name``, keyed like
-        credentials so replicas agree (:mod:`cacheproxy.usertag`)."""
+        credentials so replicas agree (:mod:`cacheproxy.core.usertag`)."""
         return usertag.user_tag(self._key, name)
 
     def resolve(self, headers: Headers | RequestView) -> Identity | None:

@@ -5,12 +5,12 @@ separator: ``("ab", "c")`` and ``("a", "bc")`` give different keys whatever
 characters a user name, path segment or query value holds.  The parts are the
 identity (the user, per the promise that an entry goes only to the same user),
 the method, the canonical path segments, the canonical query
-(:func:`cacheproxy.request.canonical_query`: every value of a key, in order)
+(:func:`cacheproxy.core.request.canonical_query`: every value of a key, in order)
 and ``Accept`` as slurmrestd reads it (the last one forwarded; absent and
 empty are told apart), since slurmrestd answers JSON or YAML by it.
 
-All of them come from the one canonical request (:mod:`cacheproxy.request`,
-:class:`cacheproxy.headers.RequestView`): what the key depends on is what
+All of them come from the one canonical request (:mod:`cacheproxy.core.request`,
+:class:`cacheproxy.core.headers.RequestView`): what the key depends on is what
 slurmrestd receives.
 """
 

@@ -1,11 +1,10 @@
 """Planning a GET: request -> identity -> rule -> key, from one scan of its
 headers and memoised parsing and keys.
 
-Runs once for every GET: on the fast lane, which leaves its plan in the
-scope for the ASGI path, or else on the ASGI path itself; so the lane and the
-ASGI path make one decision, from one canonical request (the target's
-canonical parse, :mod:`cacheproxy.request`, and the headers as forwarded,
-:class:`cacheproxy.headers.RequestView`).  The plan carries that view: a
+Runs once for every GET (:meth:`cacheproxy.http.proxy.Proxy.respond`), so
+every decision is made from one canonical request (the target's canonical
+parse, :mod:`cacheproxy.core.request`, and the headers as forwarded,
+:class:`cacheproxy.core.headers.RequestView`).  The plan carries that view: a
 miss forwards exactly the headers the key and identity were computed from.
 
 Not served from the cache (a bare :class:`Route`): a target slurmrestd would
@@ -15,7 +14,7 @@ slurmrestd reads the body *as* the query, src/slurmrestd/operations.c
 ``_get_query``; 22.05 answers 400): it is forwarded with its body as
 received, never cached.
 
-The route and key memos are bounded in bytes (:mod:`cacheproxy.memo`):
+The route and key memos are bounded in bytes (:mod:`cacheproxy.core.memo`):
 their keys are what clients send.
 """
 

@@ -2,7 +2,7 @@
 
 One canonical request (issue 14): what is forwarded upstream and every cache
 decision derive from the same parse.  Its header half is
-:class:`cacheproxy.headers.RequestView`; its target half is here.
+:class:`cacheproxy.core.headers.RequestView`; its target half is here.
 
 slurmrestd splits the path on ``/``, skips empty segments and percent-decodes
 each segment, so ``/slurm/v0.0.43//jobs/`` and ``/slurm/v0.0.43/jobs`` are one

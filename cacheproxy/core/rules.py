@@ -47,7 +47,7 @@ Requests that match no rule: a GET or HEAD passes through uncached (new
 versions add GETs with side effects); any other method passes through and
 invalidates everything (``@all``) — when in doubt, invalidate more — once
 slurmrestd has answered it without refusing it (an unknown path is refused:
-see :mod:`cacheproxy.forward` for when writes invalidate).
+see :mod:`cacheproxy.http.forward` for when writes invalidate).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ USER_TAG_PREFIX = "@user:"
 
 
 def user_name(identity_user: str) -> str | None:
-    """The user name an :attr:`Identity.user <cacheproxy.identity.Identity.user>`
+    """The user name an :attr:`Identity.user <cacheproxy.core.identity.Identity.user>`
     names (``name:alice`` or ``sun:alice`` -> ``alice``); None for an
     anonymous credential (``cred:...``), which no admin can name."""
     kind, sep, name = identity_user.partition(":")

@@ -21,7 +21,8 @@ One request, from the socket inwards:
   in the store; ``forward.py``: everything the cache does not serve, and a
   write's invalidation;
 * ``answer.py``, ``stale.py``, ``respond.py``: the responses, marked in
-  ``Cache-Status``; ``fastlane.py``: the lane's types;
+  ``Cache-Status``; ``pipeline.py``: the steps' runner and the
+  per-request context (:class:`~cacheproxy.http.pipeline.Exchange`);
 * ``gctune.py``: keeps the garbage collector off the request path.
 
 Swap the upstream client: :mod:`cacheproxy.upstream` (its ``Transport``),

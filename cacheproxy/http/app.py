@@ -2,7 +2,7 @@
 
 Requests under ``/_cacheproxy/`` (a prefix slurmrestd never uses) go to a
 small FastAPI app; everything else goes straight to the raw-ASGI
-:class:`~cacheproxy.proxy.Proxy`, without a framework in the way.
+:class:`~cacheproxy.http.proxy.Proxy`, without a framework in the way.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from cacheproxy.core.identity import IdentityResolver
 from cacheproxy.core.rules import RuleSet
-from cacheproxy.http.fastlane import FastResult
+from cacheproxy.http.pipeline import Answer, Continue, Exchange, Outcome, Pipeline
 from cacheproxy.http.proxy import Proxy, ProxyConfig
 from cacheproxy.http.respond import Receive, Scope, Send
 from cacheproxy.ops.adapter import AppReport
@@ -108,6 +108,7 @@ class CacheProxyApp:
         self._shared = shared_store
         self.proxy: Proxy | None = None
         self.own = own_endpoints(AppReport(settings, self.stats, lambda: self.proxy))
+        self._bare = Pipeline((), self, self.stats)
 
     async def startup(self) -> None:
         if self.proxy is not None:
@@ -160,26 +161,31 @@ class CacheProxyApp:
         await proxy.transport.aclose()
         await proxy.store.aclose()
 
-    def fast_response(self, scope: Scope) -> FastResult:
-        """See :mod:`cacheproxy.fastlane`: the proxied path only, once started."""
+    def respond(self, ex: Exchange) -> Outcome:
+        """The pipeline's handler: the own endpoints, or the proxied path."""
+        scope = ex.scope
+        if scope["path"].startswith(OWN_PREFIX):
+            own = self.own
+            return Continue(lambda receive, send: own(scope, receive, send))
         proxy = self.proxy
-        if proxy is None or scope["path"].startswith(OWN_PREFIX):
-            return None
-        return proxy.fast_response(scope)
+        if proxy is None:  # served without a lifespan (some test clients)
+            return self._started(ex)
+        return proxy.respond(ex)
+
+    async def _started(self, ex: Exchange) -> Answer:
+        await self.startup()
+        assert self.proxy is not None
+        answer = self.proxy.respond(ex)
+        while not (type(answer) is tuple or isinstance(answer, Continue)):
+            answer = await answer  # type: ignore[misc]
+        return answer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            if scope["path"].startswith(OWN_PREFIX):
-                await self.own(scope, receive, send)
-                return
-            proxy = self.proxy
-            if proxy is None:  # served without a lifespan (some test clients)
-                await self.startup()
-                proxy = self.proxy
-                assert proxy is not None
-            await proxy(scope, receive, send)
-        elif kind == "lifespan":
+        """Served as ASGI without the hardening steps (tests, benchmarks): the
+        same pipeline, with none of them."""
+        if scope["type"] == "http":
+            await self._bare(scope, receive, send)
+        elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

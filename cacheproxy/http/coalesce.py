@@ -38,7 +38,7 @@ class Flight:
         self.refused = False
         """slurmrestd refused the leader's credential: judged by the fetch,
         before the flight ends, from the leader's whole answer (status and
-        body) with :func:`cacheproxy.policy.credential_refused`."""
+        body) with :func:`cacheproxy.core.policy.credential_refused`."""
         self.shareable = True
         """False once the body is too large to keep for late joiners."""
         self.revalidated = False

@@ -4,8 +4,8 @@ are served from the cache), a refused one revoked.
 
 Only answers that asked slurmctld or slurmdbd count; this process remembers
 the acceptances it recorded, to skip recording again until half spent (a
-memo bounded in bytes, :mod:`cacheproxy.memo`).  The credential judged is
-the one forwarded (:class:`cacheproxy.headers.RequestView`), so an
+memo bounded in bytes, :mod:`cacheproxy.core.memo`).  The credential judged is
+the one forwarded (:class:`cacheproxy.core.headers.RequestView`), so an
 acceptance is recorded only for what slurmrestd saw.
 """
 
@@ -22,6 +22,8 @@ from cacheproxy.store.base import Store, StoreError
 from cacheproxy.upstream.base import Headers
 
 RECORDED_MAX_BYTES = 4 * 1024 * 1024
+NO_ENTRY = b""
+"""The key of no entry: a lookup of it asks only for a credential's acceptance."""
 
 
 class Credentials:
@@ -38,6 +40,19 @@ class Credentials:
         self.auth_ttl = auth_ttl
         self._recorded: ByteMemo[bytes, float] = ByteMemo(RECORDED_MAX_BYTES)
         """credential hash -> acceptance this process recorded, until when."""
+
+    async def accepted(self, identity: Identity | None) -> bool:
+        """Has slurmrestd accepted this credential recently (the store's
+        record, as every replica sees it)?  A store that cannot answer
+        counts as no."""
+        if identity is None:
+            return False
+        try:
+            found = await self.store.lookup(NO_ENTRY, (), identity.credential)
+        except StoreError:
+            self.stats.store_errors += 1
+            return False
+        return found.accepted_until > self.clock()
 
     def forget(self, credential: bytes) -> None:
         """The store no longer holds ``credential``'s acceptance (revoked

@@ -3,7 +3,7 @@ as is (hop-by-hop headers aside), and a write bumps the tags it invalidates.
 
 When a write invalidates (defect 2 of issue 14): after slurmrestd's answer,
 before it reaches the client (read-your-writes), unless the answer says
-slurmrestd did nothing (:func:`cacheproxy.policy.write_refused`: a refused
+slurmrestd did nothing (:func:`cacheproxy.core.policy.write_refused`: a refused
 credential, a request rejected before any handler ran).  Also before it is
 forwarded, to narrow the window in which a reader refills the cache with
 pre-write data, but only for a write some rule knows, from a credential
@@ -11,19 +11,17 @@ slurmrestd has already accepted: an unknown or unauthenticated client can
 then empty nobody's cache, not even for a moment.  The credential is the one
 slurmrestd will see, read from the very headers forwarded.
 
-A GET the cache does not serve may also be forwarded from the fast lane
-(:meth:`Forwarder.forward_fast`, see :mod:`cacheproxy.fastlane`): the server
-protocol writes slurmrestd's answer itself, with no ASGI cycle, when it is a
-success of known, moderate length.  Any other answer (an error status, which
-the guard must see; a large or unframed body, which must stream) and any
-upstream fault are handed to the ASGI path in the scope, which relays them
-exactly as it relays what it forwards itself.
+A GET the cache does not serve is answered whole when slurmrestd's answer is
+a success of known, moderate length (:meth:`Forwarder.uncached_get`): the
+server protocol may then write it with no ASGI cycle.  Any other answer (an
+error status; a large or unframed body, which must stream) and any upstream
+fault are relayed through the ASGI cycle, exactly as what is forwarded there.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from cacheproxy.core import decide, errors, headers, policy
 from cacheproxy.core.identity import IdentityResolver
@@ -31,7 +29,8 @@ from cacheproxy.core.plan import Route
 from cacheproxy.core.request import BadRequest, ProxyRequest, client_host, from_scope, raw_target
 from cacheproxy.core.rules import Match, RuleSet
 from cacheproxy.http.answer import AbortResponse, relay, send_upstream_error
-from cacheproxy.http.fastlane import FORWARDING, HANDOVER, HitResponse
+from cacheproxy.http.credentials import Credentials
+from cacheproxy.http.pipeline import Answer, Continue, Exchange, Outcome
 from cacheproxy.http.respond import Receive, Scope, Send, send_error
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Store, StoreError
@@ -44,14 +43,15 @@ from cacheproxy.upstream.base import (
 )
 
 _READ_REQUEST_BELOW = 1024 * 1024
-_LANE_BODY_MAX = 1024 * 1024
-"""The largest answer the fast lane holds whole before writing it; larger
-ones stream through the ASGI path."""
+_WHOLE_BODY_MAX = 1024 * 1024
+"""The largest answer to an uncached GET held whole before it is written;
+larger ones stream through the ASGI cycle."""
 _BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
-_LANE_HEADERS = _BODY_HEADERS | {b"x-forwarded-for", b"x-forwarded-proto"}
-"""Request headers the lane's forward looks for, in one scan: a body keeps
-the GET off the lane (the ASGI path reads it); forwarding headers call for
-uvicorn's proxy-headers rewrite (:data:`~cacheproxy.fastlane.FORWARDING`)."""
+
+
+def _has_body(request_headers: Headers) -> bool:
+    """A body to read (through the ASGI cycle) comes with the request."""
+    return any(k in _BODY_HEADERS for k, _ in request_headers)
 
 
 class Forwarder:
@@ -65,6 +65,7 @@ class Forwarder:
         transport: Transport,
         stats: Stats,
         resolver: IdentityResolver,
+        credentials: Credentials,
         clock: Callable[[], float],
         upstream_host: bytes,
         max_body_bytes: int,
@@ -74,6 +75,7 @@ class Forwarder:
         self.transport = transport
         self.stats = stats
         self.resolver = resolver
+        self.credentials = credentials
         self.clock = clock
         self.upstream_host = upstream_host
         self.max_body_bytes = max_body_bytes
@@ -107,34 +109,20 @@ class Forwarder:
             await send_error(send, err, "fwd=request; detail=method")
             return
         outcome = decision.outcome
-        handed = scope.get(HANDOVER)
-        if isinstance(handed, _Forwarded):
-            answer = handed.take()
-            if answer is not None:
-                await self._answer(answer, match, send, outcome, ())
-                return
         await self.forward(req, match, receive, send, outcome)
 
-    def forward_fast(self, scope: Scope, route: Route) -> Awaitable[HitResponse | None] | None:
-        """The fast lane's forward of a GET the cache does not serve (see the
-        module docstring), or None when the request must take the ASGI path
-        from the start."""
-        if route.match.invalidates:
-            return None
-        forwarded = False
-        for k, _ in scope["headers"]:
-            if k in _LANE_HEADERS:  # rare: one set lookup for every other header
-                if k in _BODY_HEADERS:
-                    return None
-                forwarded = True
-        if forwarded:
-            rewrite = scope.get(FORWARDING)
-            if rewrite is not None:  # the client and scheme slurmrestd is told of
-                rewrite(scope)
-        return self._forward_later(scope, route)
+    def uncached_get(self, ex: Exchange, route: Route) -> Outcome:
+        """A GET the cache does not serve: slurmrestd's answer whole, when it
+        is a success of known, moderate length (the server protocol may then
+        write it without an ASGI cycle); streamed through the cycle otherwise."""
+        scope = ex.scope
+        if route.match.invalidates or _has_body(scope["headers"]):
+            return Continue(lambda receive, send: self.not_cached(scope, receive, send, route))
+        return self._forward_whole(ex, route)
 
-    async def _forward_later(self, scope: Scope, route: Route) -> HitResponse | None:
-        match = route.match
+    async def _forward_whole(self, ex: Exchange, route: Route) -> Answer:
+        scope, match = ex.scope, route.match
+        outcome = decide.forward_outcome("GET", match)
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         up = UpstreamRequest(
             method="GET",
@@ -154,29 +142,31 @@ class Forwarder:
         try:
             resp = await self.transport.send(up)
         except UpstreamError as exc:
-            scope[HANDOVER] = _Forwarded(exc)
-            return None
+            return self._relayed(exc, match, outcome)
         stats.observe_upstream(match.name, time.monotonic() - started)
         length = policy.content_length(resp.headers)
-        if resp.status >= 400 or length is None or length > _LANE_BODY_MAX:
-            scope[HANDOVER] = _Forwarded(resp)  # the ASGI path relays and releases it
-            return None
+        if resp.status >= 400 or length is None or length > _WHOLE_BODY_MAX:
+            return self._relayed(resp, match, outcome)  # streamed, and released there
         try:
             body = resp.body_if_complete()
             if body is None:
                 body = b"".join([chunk async for chunk in resp.aiter_body()])
         except UpstreamError as exc:
             # Nothing is sent yet: the client gets a clean error, not a cut body.
-            scope[HANDOVER] = _Forwarded(exc)
-            return None
+            return self._relayed(exc, match, outcome)
         finally:
             await resp.aclose()
-        outcome = decide.forward_outcome("GET", match)
         out = headers.response_headers(resp.headers)
-        out.append(_LANE_STATUS[outcome])
+        out.append(_CACHE_STATUS[outcome])
         stats.requests[(match.name, outcome)] += 1
-        stats.fast_forwards += 1
+        ex.lane = "forward"
         return resp.status, out, body
+
+    def _relayed(
+        self, answer: UpstreamResponse | UpstreamError, match: Match, outcome: str
+    ) -> Continue:
+        """Upstream's answer (or fault), relayed through the ASGI cycle."""
+        return Continue(lambda receive, send: self._answer(answer, match, send, outcome, ()))
 
     async def forward(
         self,
@@ -197,8 +187,10 @@ class Forwarder:
         except _ClientGone:
             return  # nobody to answer, and a partial body must never go upstream
         up_headers = upstream_headers(req, self.upstream_host, length)
-        if tags and decide.invalidates_before(match, await self._writer_accepted(up_headers)):
-            await self._bump(tags)
+        if tags:
+            writer = self.resolver.resolve(up_headers)  # as slurmrestd will see it
+            if decide.invalidates_before(match, await self.credentials.accepted(writer)):
+                await self._bump(tags)
         up = UpstreamRequest(
             method=req.method,
             target=req.raw_target,
@@ -218,20 +210,6 @@ class Forwarder:
             return
         self.stats.observe_upstream(match.name, time.monotonic() - started)
         await self._answer(resp, match, send, outcome, tags)
-
-    async def _writer_accepted(self, up_headers: Headers) -> bool:
-        """Has slurmrestd accepted the credential these forwarded headers
-        carry (the store's record, as every replica sees it)?  A store that
-        cannot answer counts as no: the bump after the answer still comes."""
-        identity = self.resolver.resolve(up_headers)
-        if identity is None:
-            return False
-        try:
-            found = await self.store.lookup(_NO_ENTRY, (), identity.credential)
-        except StoreError:
-            self.stats.store_errors += 1
-            return False
-        return found.accepted_until > self.clock()
 
     async def _answer(
         self,
@@ -331,7 +309,7 @@ class Forwarder:
         self.stats.invalidated(tags)
 
 
-_LANE_STATUS = {
+_CACHE_STATUS = {
     outcome: headers.cache_status(outcome)
     for outcome in ("fwd=request", "fwd=method", "fwd=bypass", "fwd=uri-miss")
 }
@@ -347,30 +325,6 @@ def upstream_headers(req: ProxyRequest, upstream_host: bytes, length: int | None
         scheme=req.scheme,
         body_length=length,
     )
-
-
-class _Forwarded:
-    """What the fast lane got from upstream for a GET it left to the ASGI
-    path (:data:`~cacheproxy.fastlane.HANDOVER`): the response, its head
-    read and its body not, or the upstream error.  Taken once."""
-
-    __slots__ = ("_answer",)
-
-    def __init__(self, answer: UpstreamResponse | UpstreamError) -> None:
-        self._answer: UpstreamResponse | UpstreamError | None = answer
-
-    def take(self) -> UpstreamResponse | UpstreamError | None:
-        answer, self._answer = self._answer, None
-        return answer
-
-    async def release(self) -> None:
-        answer = self.take()
-        if answer is not None and not isinstance(answer, UpstreamError):
-            await answer.aclose()
-
-
-_NO_ENTRY = b""
-"""The key of no entry: a lookup of it asks only for a credential's acceptance."""
 
 
 async def _small_body(resp: UpstreamResponse) -> bytes | None:

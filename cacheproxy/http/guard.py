@@ -1,15 +1,15 @@
-"""Brute-force defence and a per-user rate limit, as ASGI middleware.
+"""Brute-force defence and a per-user rate limit: a step of the pipeline.
 
 slurmrestd's documentation asks sites to reject clients that repeatedly fail
-to authenticate.  This middleware watches the status of every response on its
-way out (it wraps ``send``, like Starlette middleware) and counts
+to authenticate.  This step watches the status of every response on its
+way out (``leave``, :mod:`cacheproxy.http.pipeline`) and counts
 authentication failures, per client address and per claimed user name, in a
 sliding window:
 
 * 401 (missing or refused credential, also the proxy's own JWT check),
 * 511 (a bad or expired JWT, slurmrestd 25.x),
 * a 500 whose error is an authentication failure (slurmrestd 22.05 answers a
-  wrong token that way; see :func:`cacheproxy.policy.credential_refused`),
+  wrong token that way; see :func:`cacheproxy.core.policy.credential_refused`),
 * a 403 of the admin API (a wrong admin token), charged to the address only.
 
 Past ``fail_limit`` failures within ``window`` seconds the address (or the
@@ -42,10 +42,10 @@ unauthenticated endpoints (health, readiness, metrics, the status page) are
 never blocked: refusing them protects nothing and would take a replica out of
 its balancer's pool.
 
-On the hit path this costs one dict lookup (is anything blocked at all?): a
-hit takes the fast lane (:mod:`cacheproxy.fastlane`) while nothing is blocked
-and the rate limit is off.  Header scans happen only on failures, while
-something is blocked, or with the optional rate limit on.
+On the hit path this costs one dict lookup (is anything blocked at all?).
+Header scans happen only on failures, while something is blocked, or with
+the optional rate limit on; only a request charged to a block it might pass
+(its credential accepted, a trial) awaits anything.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ from collections.abc import Awaitable, Callable
 
 from cacheproxy.core import errors, policy
 from cacheproxy.core.identity import AUTHORIZATION, USER_NAME, USER_TOKEN, jwt_claims
-from cacheproxy.http.fastlane import FastResult, responder_of
-from cacheproxy.http.respond import ASGIApp, Message, Receive, Scope, Send, retry_after, send_error
+from cacheproxy.http.pipeline import BaseStep, Exchange, Verdict
+from cacheproxy.http.respond import Response, Scope, error_response, retry_after
 from cacheproxy.ops.paths import ADMIN_PREFIX, OWN_PREFIX
 from cacheproxy.stats import Stats
 from cacheproxy.upstream.base import Headers
@@ -233,13 +233,12 @@ class _Buckets:
         return (1.0 - tokens) / self.rate
 
 
-class AuthGuard:
-    """ASGI middleware: 429 after repeated authentication failures, and an
-    optional per-user token-bucket rate limit.  See the module docstring."""
+class AuthGuard(BaseStep):
+    """A step of the pipeline: 429 after repeated authentication failures,
+    and an optional per-user token-bucket rate limit.  See the module docstring."""
 
     def __init__(
         self,
-        app: ASGIApp,
         *,
         fail_limit: int = 10,
         window: float = 60.0,
@@ -251,7 +250,6 @@ class AuthGuard:
         stats: Stats | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.app = app
         self.enabled = fail_limit > 0
         self.cooldown = cooldown
         self._failures = _Window(max(fail_limit, 1), window)
@@ -263,52 +261,40 @@ class AuthGuard:
         self.stats = stats if stats is not None else Stats()
         self._now = monotonic
         self._next_prune = 0.0
-        self._inner_fast = responder_of(app)
 
-    def fast_response(self, scope: Scope) -> FastResult:
-        """See :mod:`cacheproxy.fastlane`.  Steps aside while anything is
-        blocked and with the rate limit on; a fast hit is never a failure
-        (the proxy answers only 200s there), so nothing needs watching."""
-        inner = self._inner_fast
-        if inner is None or self._blocked or self._buckets is not None:
-            return None
-        return inner(scope)
+    def enter(self, ex: Exchange) -> Verdict:
+        """Nothing blocked and no rate limit (nearly always): one dict check."""
+        if self._blocked:
+            verdict = self._refuse_blocked(ex.scope)
+            if verdict is not None:
+                return verdict
+        if self._buckets is not None:
+            return self._refuse_rate(ex.scope)
+        return None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self._blocked and await self._refuse_blocked(scope, send):
-            return
-        if self._buckets is not None and await self._refuse_rate(scope, send):
-            return
+    leaves_on = AUTH_FAILURE_STATUSES | {403, 500}
+    """A hit (200) does not call :meth:`leave`."""
+
+    def leave(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if not self.enabled:
-            await self.app(scope, receive, send)
             return
-        pending_500 = False
-        admin = _admin(scope["path"])
+        scope = ex.scope
+        if status in AUTH_FAILURE_STATUSES or (status == 403 and _admin(scope["path"])):
+            self._failure(scope)
+        elif status == 500:
+            ex.watch_body = True
 
-        async def watch(message: Message) -> None:
-            nonlocal pending_500
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-                if status in AUTH_FAILURE_STATUSES or (admin and status == 403):
-                    self._failure(scope)
-                elif status == 500:
-                    pending_500 = True
-            elif pending_500 and kind == "http.response.body":
-                pending_500 = False
-                # 22.05 gives a wrong token and a stuck slurmctld the very same
-                # 500: it counts only against a credential never accepted, so
-                # a controller outage does not lock out its real users.
-                if policy.credential_refused(
-                    500, bytes(message.get("body", b""))[:4096]
-                ) and not await self._accepted(scope):
-                    self._failure(scope)
-            await send(message)
-
-        await self.app(scope, receive, watch)
+    async def first_body(self, ex: Exchange, body: bytes) -> None:
+        # 22.05 gives a wrong token and a stuck slurmctld the very same 500:
+        # it counts only against a credential never accepted, so a controller
+        # outage does not lock out its real users.
+        if (
+            self.enabled
+            and ex.status == 500
+            and policy.credential_refused(500, body[:4096])
+            and not await self._accepted(ex.scope)
+        ):
+            self._failure(ex.scope)
 
     # -- blocking -----------------------------------------------------------
     def _charged(self, scope: Scope) -> tuple[str, str | None]:
@@ -358,27 +344,41 @@ class AuthGuard:
             return 0.0
         return until
 
-    async def _refuse_blocked(self, scope: Scope, send: Send) -> bool:
+    def _refuse_blocked(self, scope: Scope) -> Verdict:
         path = scope["path"]
         if _own(path) and not _admin(path):
-            return False  # unauthenticated endpoints: a block protects nothing
+            return None  # unauthenticated endpoints: a block protects nothing
         now = self._now()
         self._prune_blocked(now)
         if not self._blocked:
-            return False
+            return None
         address, user = self._charged(scope)
         address_until, user_until = self._until(address, now), self._until(user, now)
         until = max(address_until, user_until)
         if until <= now:
-            return False
-        blocked_address = address_until > now
-        if not _admin(path) and await self._passes(scope, address, blocked_address, user, now):
-            return False
+            return None
+        if _admin(path):
+            return self._blocked_answer(until, now)
+        return self._unless_passes(scope, address, address_until > now, user, now, until)
+
+    async def _unless_passes(
+        self,
+        scope: Scope,
+        address: str,
+        address_blocked: bool,
+        user: str | None,
+        now: float,
+        until: float,
+    ) -> Response | None:
+        if await self._passes(scope, address, address_blocked, user, now):
+            return None
+        return self._blocked_answer(until, now)
+
+    def _blocked_answer(self, until: float, now: float) -> Response:
         self.stats.auth_blocked += 1
-        await send_error(
-            send, errors.AUTH_BLOCKED, "detail=auth-blocked", [retry_after(until - now)]
+        return error_response(
+            errors.AUTH_BLOCKED, "detail=auth-blocked", [retry_after(until - now)]
         )
-        return True
 
     async def _passes(
         self, scope: Scope, address: str, address_blocked: bool, user: str | None, now: float
@@ -401,16 +401,15 @@ class AuthGuard:
     async def _accepted(self, scope: Scope) -> bool:
         return self._is_accepted is not None and await self._is_accepted(scope["headers"])
 
-    async def _refuse_rate(self, scope: Scope, send: Send) -> bool:
+    def _refuse_rate(self, scope: Scope) -> Response | None:
         assert self._buckets is not None
         if _own(scope["path"]):
-            return False
+            return None
         user = claimed_user(scope["headers"])
         if user is None:
-            return False
+            return None
         wait = self._buckets.take(user, self._now())
         if wait <= 0.0:
-            return False
+            return None
         self.stats.rate_limited += 1
-        await send_error(send, errors.RATE_LIMITED, "detail=rate-limited", [retry_after(wait)])
-        return True
+        return error_response(errors.RATE_LIMITED, "detail=rate-limited", [retry_after(wait)])

@@ -1,20 +1,23 @@
-"""Wiring of the hardening layers around :class:`~cacheproxy.app.CacheProxyApp`.
+"""Wiring: the request pipeline's steps around :class:`~cacheproxy.http.app.CacheProxyApp`,
+and the server's options.
 
 From the socket inwards::
 
     CacheProxyProtocol         URL/head size (414/431), head timeout (408);
-                               fresh hits answered in the fast lane, where
-                               every layer below offers fast_response()
+                               runs the pipeline, writes whole answers itself
     uvicorn limit_concurrency  open connections/requests (503, written by the protocol)
-    RequestContext             X-Request-ID, JSON access log, safety net
-    AuthGuard                  429 after repeated auth failures; per-user rate
-    JwtCheck (optional)        401 for forged/expired tokens, locally
-    RequireToken (unix: only)  401 for requests without a token (localauth.py)
-    CacheProxyApp              own endpoints, or the proxy
+    Pipeline                   safety net (503 in slurmrestd's shape)
+      AccessLog (optional)     JSON access log, one line per request
+      RequestContext           X-Request-ID
+      AuthGuard                429 after repeated auth failures; per-user rate
+      JwtCheck (optional)      401 for forged/expired tokens, locally
+      RequireToken (unix: only) 401 for requests without a token (localauth.py)
+      CacheProxyApp            own endpoints, or the proxy
         ProtectedTransport     upstream concurrency, queue, circuit breaker
 
-The layers are wrappers at existing seams (ASGI, Transport), so the proxy
-itself does not grow, and tests of the core run without them.
+Add a middleware-like step: a :class:`~cacheproxy.http.pipeline.BaseStep`
+subclass in its own module here, placed in :func:`wrap`.  The steps are
+separate from the proxy, so tests of the core run without them.
 """
 
 from __future__ import annotations
@@ -24,27 +27,23 @@ import logging
 import os
 import secrets
 import sys
-import time
 from typing import Any
 
 from cacheproxy import settings as settings_mod
 from cacheproxy.http import httplimits, tls
-from cacheproxy.http.accesslog import RequestContext
+from cacheproxy.http.accesslog import AccessLog, RequestContext
 from cacheproxy.http.app import SETTINGS_ENV, CacheProxyApp
 from cacheproxy.http.guard import AuthGuard, IsAccepted
 from cacheproxy.http.jwtcheck import JwtCheck, TokenVerifier, load_hs256_key, load_jwks
 from cacheproxy.http.localauth import RequireToken, refuses_uncredentialed
-from cacheproxy.http.respond import ASGIApp
+from cacheproxy.http.pipeline import Pipeline, Step
 from cacheproxy.settings import Settings, trusted_proxies
-from cacheproxy.store.base import StoreError
 from cacheproxy.upstream.base import Headers
-
-_GUARD_KEY = b"cacheproxy-guard-acceptance"
 
 
 def token_verifier(s: Settings) -> TokenVerifier | None:
     """The local JWT verifier, or None when not configured (raises
-    :class:`~cacheproxy.jwtcheck.JwtConfigError` on unusable files)."""
+    :class:`~cacheproxy.http.jwtcheck.JwtConfigError` on unusable files)."""
     if not (s.jwt_key or s.jwks_file):
         return None
     return TokenVerifier(
@@ -62,39 +61,34 @@ def acceptance_check(app: CacheProxyApp) -> IsAccepted:
         proxy = app.proxy
         if proxy is None:
             return False
-        identity = proxy.resolver.resolve(headers)
-        if identity is None:
-            return False
-        try:
-            found = await proxy.store.lookup(_GUARD_KEY, (), identity.credential)
-        except StoreError:
-            return False
-        return found.accepted_until > time.time()
+        return await proxy.credentials.accepted(proxy.resolver.resolve(headers))
 
     return accepted
 
 
-def wrap(app: CacheProxyApp) -> ASGIApp:
-    """The hardened ASGI application: ``app`` inside the middlewares."""
+def wrap(app: CacheProxyApp) -> Pipeline:
+    """The hardened application: the pipeline of steps, ``app`` its handler."""
     s = app.settings
-    inner: ASGIApp = app
-    if refuses_uncredentialed(s):
-        inner = RequireToken(inner)
+    steps: list[Step] = [AccessLog()] if s.access_log else []
+    steps.append(RequestContext())
     verifier = token_verifier(s)
-    if verifier is not None:
-        inner = JwtCheck(inner, verifier, app.stats)
-    inner = AuthGuard(
-        inner,
-        fail_limit=s.auth_fail_limit,
-        window=s.auth_fail_window,
-        cooldown=s.auth_fail_cooldown,
-        user_rate=s.user_rate,
-        user_burst=s.user_burst,
-        is_accepted=acceptance_check(app),
-        proves_itself=verifier.proves if verifier is not None else None,
-        stats=app.stats,
+    steps.append(
+        AuthGuard(
+            fail_limit=s.auth_fail_limit,
+            window=s.auth_fail_window,
+            cooldown=s.auth_fail_cooldown,
+            user_rate=s.user_rate,
+            user_burst=s.user_burst,
+            is_accepted=acceptance_check(app),
+            proves_itself=verifier.proves if verifier is not None else None,
+            stats=app.stats,
+        )
     )
-    return RequestContext(inner, access_log_enabled=s.access_log, stats=app.stats)
+    if verifier is not None:
+        steps.append(JwtCheck(verifier, app.stats))
+    if refuses_uncredentialed(s):
+        steps.append(RequireToken())
+    return Pipeline(steps, app, app.stats)
 
 
 def uvicorn_options(s: Settings) -> dict[str, Any]:
@@ -109,7 +103,7 @@ def uvicorn_options(s: Settings) -> dict[str, Any]:
         # X-Forwarded-For is believed only from the configured balancers: by
         # default uvicorn believes it from 127.0.0.1, so any local process
         # could pick the address the guard charges (docs/hardening.md).  The
-        # fast lane applies this same middleware's rewrite (protocol.py).
+        # protocol applies this same middleware's rewrite (protocol.py).
         "proxy_headers": bool(proxies),
         "forwarded_allow_ips": proxies or None,
         # A string: --workers children import it (and configure() it again).
@@ -136,7 +130,7 @@ def configure_access_log(s: Settings) -> None:
     logger.setLevel(logging.INFO)
 
 
-def create_app_from_env() -> ASGIApp:
+def create_app_from_env() -> Pipeline:
     """uvicorn factory for ``--workers N``: the parent's settings, hardened."""
     raw = os.environ.get(SETTINGS_ENV)
     s = settings_mod.load() if raw is None else settings_mod.load(cli=json.loads(raw), env={})

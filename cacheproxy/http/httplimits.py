@@ -22,7 +22,7 @@ instructions.
 Each answer uses slurmrestd's JSON error shape and closes the connection.
 The limits are class attributes set once per process by :func:`configure`
 (uvicorn takes the protocol as a class, also in ``--workers`` children,
-where :func:`cacheproxy.hardening.create_app_from_env` calls it).
+where :func:`cacheproxy.http.hardening.create_app_from_env` calls it).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Optional local JWT verification, as ASGI middleware.
+"""Optional local JWT verification: a step of the pipeline.
 
 With the cluster's ``jwt_hs256.key`` (the file slurmctld's
 ``AuthAltParameters=jwt_key=`` names) or a JWKS file (``jwks=``, RS256), the
@@ -8,7 +8,7 @@ is *not* trusted for anything more: it still goes to slurmrestd, which decides
 what the user may do (and whose acceptance alone lets cached data be served).
 
 Refusals look exactly like slurmrestd's (``401 text/plain`` "Authentication
-failure"), so the outer :class:`~cacheproxy.guard.AuthGuard` counts them too.
+failure"), so the outer :class:`~cacheproxy.http.guard.AuthGuard` counts them too.
 
 Verification results are memoised under an HMAC of the token, never the token
 itself, and the expiry is re-checked on every request.  A few seconds of
@@ -30,8 +30,8 @@ from pathlib import Path
 import jwt
 
 from cacheproxy.core.identity import AUTHORIZATION, USER_TOKEN
-from cacheproxy.http.fastlane import FastResult, responder_of
-from cacheproxy.http.respond import ASGIApp, Receive, Scope, Send, send_auth_failure
+from cacheproxy.http.pipeline import BaseStep, Exchange
+from cacheproxy.http.respond import Response, auth_failure
 from cacheproxy.ops.paths import OWN_PREFIX
 from cacheproxy.stats import Stats
 from cacheproxy.upstream.base import Headers
@@ -164,31 +164,19 @@ class TokenVerifier:
         return keys[0].key
 
 
-class JwtCheck:
-    """ASGI middleware: refuse tokens that fail local verification."""
+class JwtCheck(BaseStep):
+    """A step of the pipeline: refuse tokens that fail local verification."""
 
-    def __init__(self, app: ASGIApp, verifier: TokenVerifier, stats: Stats | None = None) -> None:
-        self.app = app
+    def __init__(self, verifier: TokenVerifier, stats: Stats | None = None) -> None:
         self.verifier = verifier
         self.stats = stats if stats is not None else Stats()
-        self._inner_fast = responder_of(app)
 
-    def fast_response(self, scope: Scope) -> FastResult:
-        """See :mod:`cacheproxy.fastlane`: only when every token verifies
-        (a refusal is the ASGI path's to count and answer)."""
-        inner = self._inner_fast
-        if inner is None:
+    def enter(self, ex: Exchange) -> Response | None:
+        scope = ex.scope
+        if scope["path"].startswith(OWN_PREFIX):
             return None
         for token in request_tokens(scope["headers"]):
             if not self.verifier.valid(token):
-                return None
-        return inner(scope)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope["path"].startswith(OWN_PREFIX):
-            for token in request_tokens(scope["headers"]):
-                if not self.verifier.valid(token):
-                    self.stats.jwt_rejected += 1
-                    await send_auth_failure(send, "jwt-refused")
-                    return
-        await self.app(scope, receive, send)
+                self.stats.jwt_rejected += 1
+                return auth_failure("jwt-refused")
+        return None

@@ -18,16 +18,15 @@ and passes; one with only a user name would be refused by that plugin anyway.
 Over TCP ``rest_auth/local`` never applies, so nothing is refused there.  The
 proxy's own endpoints are never forwarded and are not concerned.
 
-The refusal is one step of the pipeline (``hardening.wrap``), on both paths:
-its ``fast_response`` declines such a request, which then takes the ASGI path
-and is refused there (and counted by the guard like any 401).
+The refusal is one step of the pipeline (``hardening.wrap``), counted by the
+guard like any 401.
 """
 
 from __future__ import annotations
 
 from cacheproxy.core.identity import AUTHORIZATION, USER_TOKEN
-from cacheproxy.http.fastlane import FastResult, responder_of
-from cacheproxy.http.respond import ASGIApp, Receive, Scope, Send, send_auth_failure
+from cacheproxy.http.pipeline import BaseStep, Exchange
+from cacheproxy.http.respond import Response, auth_failure
 from cacheproxy.ops.paths import OWN_PREFIX
 from cacheproxy.settings import Settings
 from cacheproxy.upstream.base import Headers
@@ -43,26 +42,11 @@ def carries_token(headers: Headers) -> bool:
     return any(k in (USER_TOKEN, AUTHORIZATION) for k, _ in headers)
 
 
-class RequireToken:
-    """ASGI middleware: 401 for a proxied request that carries no token."""
+class RequireToken(BaseStep):
+    """A step of the pipeline: 401 for a proxied request that carries no token."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self._inner_fast = responder_of(app)
-
-    def _refused(self, scope: Scope) -> bool:
-        return not scope["path"].startswith(OWN_PREFIX) and not carries_token(scope["headers"])
-
-    def fast_response(self, scope: Scope) -> FastResult:
-        """See :mod:`cacheproxy.fastlane`: a request to refuse takes the
-        ASGI path, where it is refused (and the guard sees the 401)."""
-        inner = self._inner_fast
-        if inner is None or self._refused(scope):
+    def enter(self, ex: Exchange) -> Response | None:
+        scope = ex.scope
+        if scope["path"].startswith(OWN_PREFIX) or carries_token(scope["headers"]):
             return None
-        return inner(scope)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self._refused(scope):
-            await send_auth_failure(send, "no-credential")
-            return
-        await self.app(scope, receive, send)
+        return auth_failure("no-credential")

@@ -1,59 +1,50 @@
-"""The proxied path, as a raw ASGI app.
+"""The proxied path: the pipeline's handler for everything slurmrestd serves.
 
-request -> identity -> rule -> key -> store -> coalescing -> upstream -> response
+request -> identity -> rule -> key -> store -> decision -> coalescing -> upstream -> response
 
 Where each step lives:
 
-* ``plan.py``: request -> identity -> rule -> key, from one scan of the
+* ``core/plan.py``: request -> identity -> rule -> key, from one scan of the
   headers (routes and keys memoised);
-* ``proxy.py`` (here): the ASGI entry and the fast lane's hits; store ->
-  coalescing: the lookup, hit or miss, one flight per key;
+* ``proxy.py`` (here): the lookup, and the execution of what
+  ``core/decide.py`` decides (hit, stale, fetch or join a flight);
 * ``fill.py``: upstream, for a miss: one fetch feeds the flight and the
   store (revalidated with ``update_time``; one replica at a time per key);
-* ``credentials.py``: what upstream's answer says of the credential;
-* ``forward.py``: everything the cache does not serve (uncached GETs on the
-  fast lane too), writes' invalidation;
+* ``credentials.py``: the credential's verdict, recorded in the store;
+* ``forward.py``: everything the cache does not serve, writes' invalidation;
 * ``stale.py``: an expired entry standing in for upstream;
-* ``answer.py``: the response, marked in ``Cache-Status``;
-* ``policy.py``: what to cache and when it is fresh (no I/O).
+* ``answer.py``: the response, marked in ``Cache-Status``.
 
-Raw ASGI rather than a framework route: a framework's routing, request and
-response objects cost about three quarters of the hit path's throughput.
+A fresh hit is answered whole (:meth:`Proxy.respond` returns it); with a store
+read without awaiting, the pipeline completes at once and the server protocol
+writes it (:mod:`cacheproxy.http.pipeline`).  Raw rather than a framework
+route: a framework's routing, request and response objects cost about three
+quarters of the hit path's throughput.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cacheproxy.core import decide, policy
 from cacheproxy.core.identity import IdentityResolver
 from cacheproxy.core.plan import GetPlan, Planner, Route
 from cacheproxy.core.request import from_scope
 from cacheproxy.core.rules import Match, RuleSet
-from cacheproxy.http.answer import hit_response, send_entry, send_flight, send_upstream_error
+from cacheproxy.http.answer import hit_response, send_flight, send_upstream_error
 from cacheproxy.http.coalesce import Coalescer, flight_refused
 from cacheproxy.http.credentials import Credentials
-from cacheproxy.http.fastlane import FastResult, HitResponse
 from cacheproxy.http.fill import Filler
 from cacheproxy.http.forward import Forwarder
+from cacheproxy.http.pipeline import Answer, Continue, Exchange, Outcome
 from cacheproxy.http.respond import Receive, Scope, Send
 from cacheproxy.http.stale import flight_failed, send_stale
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry, Generations, Lookup, Store, StoreError
 from cacheproxy.upstream.base import Transport, UpstreamError
-
-_PLANNED = "cacheproxy.core.plan"
-"""Scope key: ``(the result of _plan,)`` as the fast lane computed it, so the
-ASGI path does not scan, parse and hash the same request again."""
-_PREFETCHED = "cacheproxy.lookup"
-"""Scope key: the store's answer the fast lane got for a request that was
-not a hit after all, ``(cache key, Lookup or StoreError)``."""
-_FAST_STATUSES = frozenset({200})
-"""Cached statuses the fast lane answers (only 200s are stored today).  Never
-401, 511 or 500: the brute-force guard must see every authentication failure
-(:mod:`cacheproxy.guard`) and only the ASGI path shows them to it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,21 +105,21 @@ class Proxy:
             transport=transport,
             stats=self.stats,
             resolver=resolver,
+            credentials=self.credentials,
             clock=clock,
             upstream_host=self.config.upstream_host,
             max_body_bytes=self.config.max_body_bytes,
         )
         # Bound once: the per-request paths call these with no lookup through
-        # their owner (_plan runs for every GET, on the fast lane too).
+        # their owner (_plan runs for every GET).
         self._plan = self.planner.plan
         self._not_cached = self.forwarder.not_cached
         self._forward = self.forwarder.forward
-        self._forward_fast = self.forwarder.forward_fast
         self._lookup_now: Callable[[bytes, Sequence[str], bytes], Lookup] | None = getattr(
             store, "lookup_now", None
         )
         """The store's synchronous lookup, when it has one (the in-process
-        tier): what lets :meth:`fast_response` answer without awaiting."""
+        tier): what lets :meth:`respond` answer a hit without awaiting."""
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -152,124 +143,93 @@ class Proxy:
         await self.fill.aclose()
 
     # -- entry point --------------------------------------------------------
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        method = scope["method"]
-        if method != "GET":
-            await self._not_cached(scope, receive, send)
-            return
-        planned = scope.pop(_PLANNED, None)
-        plan = self._plan(scope) if planned is None else planned[0]
+    def respond(self, ex: Exchange) -> Outcome:
+        """The answer to a proxied request (see :mod:`cacheproxy.http.pipeline`):
+        a fresh hit whole, at once when the store can be read without
+        awaiting; otherwise what must be awaited or streamed.  (No closure
+        here: the hit path pays for none; :meth:`_then` makes them.)"""
+        scope = ex.scope
+        if scope["method"] != "GET":
+            return self._then(self._not_cached, scope)
+        plan = self._plan(scope)
         if isinstance(plan, Route):
             if plan.cacheable:  # no usable identity: slurmrestd judges the request
-                req = from_scope(scope, (plan.segments, plan.query))
-                await self._forward(req, plan.match, receive, send, "fwd=request")
-            else:
-                await self._not_cached(scope, receive, send, plan)
-            return
+                return self._then(self._forward_request, scope, plan)
+            return self.forwarder.uncached_get(ex, plan)
         if plan is None:
-            await self._not_cached(scope, receive, send)
-            return
-        await self._cached_get(scope, plan, send)
-
-    def fast_response(self, scope: Scope) -> FastResult:
-        """The response to a GET that is a fresh hit, else None; for a GET no
-        rule caches, the fast lane's forward of it (:mod:`cacheproxy.forward`).
-
-        Free of side effects but the hit counters, so the server protocol can
-        answer a hit without an ASGI cycle (see :mod:`cacheproxy.fastlane`);
-        anything else (a miss, a stale entry, a credential not accepted) is
-        left to the ASGI path, which decides it again from scratch.  With a
-        store that can be read without waiting the answer is immediate;
-        otherwise it is an awaitable of it, for requests that may be hits.
-        """
-        if scope["method"] != "GET":
-            return None
-        plan = self._plan(scope)
-        scope[_PLANNED] = (plan,)  # whatever the lane decides, the ASGI path reuses it
-        if isinstance(plan, Route):
-            return None if plan.cacheable else self._forward_fast(scope, plan)
-        if plan is None:
-            return None
+            return self._then(self._not_cached, scope)
         lookup_now = self._lookup_now
         if lookup_now is None:
-            return self._fast_later(scope, plan)
+            return self._respond_later(ex, plan)
         try:
             found = lookup_now(plan.key, plan.match.tags, plan.identity.credential)
         except StoreError:
-            return None
-        return self._fast_hit(plan, found)
+            return self._decided(ex, plan, None)
+        return self._decided(ex, plan, found)
 
-    async def _fast_later(self, scope: Scope, plan: GetPlan) -> HitResponse | None:
+    async def _respond_later(self, ex: Exchange, plan: GetPlan) -> Answer:
         try:
             found = await self.store.lookup(plan.key, plan.match.tags, plan.identity.credential)
-        except StoreError as exc:
-            scope[_PREFETCHED] = (plan.key, exc)
-            return None
-        hit = self._fast_hit(plan, found)
-        if hit is None:  # the ASGI path takes it from here, with this answer
-            scope[_PREFETCHED] = (plan.key, found)
-        return hit
+        except StoreError:
+            return self._decided(ex, plan, None)
+        return self._decided(ex, plan, found)
 
-    async def _lookup(self, scope: Scope, plan: GetPlan) -> Lookup:
-        """The store's answer for this GET: the one the fast lane already got
-        for this very request when it has one (the Redis tier: one round
-        trip, not two, for a request that turned out not to be a hit)."""
-        prefetched = scope.pop(_PREFETCHED, None)
-        if prefetched is not None and prefetched[0] == plan.key:
-            answer = prefetched[1]
-            if isinstance(answer, StoreError):
-                raise answer
-            assert isinstance(answer, Lookup)
-            return answer
-        return await self.store.lookup(plan.key, plan.match.tags, plan.identity.credential)
-
-    def _fast_hit(self, plan: GetPlan, found: Lookup) -> HitResponse | None:
-        """The lane's answer: :func:`decide.on_lookup`'s, when it is a fresh
-        hit the lane may write (a 200: the guard sees every other status)."""
+    def _decided(self, ex: Exchange, plan: GetPlan, found: Lookup | None) -> Answer:
+        """Carries out :func:`decide.on_lookup`'s decision (``found`` None: the
+        store could not answer)."""
+        if found is None:
+            # Nothing can be served or trusted, but identical requests with the
+            # same credential still share one fetch.
+            self.stats.store_errors += 1  # the store logs once per episode
+            found = decide.store_down(self.forwarder.local_writes)
         match = plan.match
-        hit = decide.is_fresh_hit(match, plan.identity.credential, plan.key, found, self._clock())
-        if hit is None or hit.entry.status not in _FAST_STATUSES:
-            return None
-        stats = self.stats
-        stats.requests[(match.name, "hit")] += 1
-        stats.fast_hits += 1
-        return hit_response(hit.entry, hit.now, plan.accept_encoding)
+        decision = decide.on_lookup(match, plan.identity.credential, plan.key, found, self._clock())
+        if isinstance(decision, decide.FreshHit):
+            self.stats.requests[(match.name, "hit")] += 1
+            ex.lane = "hit"
+            return hit_response(decision.entry, decision.now, plan.accept_encoding)
+        generations = tuple(found.generations)
+        if isinstance(decision, decide.StaleWhileRevalidate):
+            return self._then(self._stale_while_revalidate, ex.scope, plan, decision, generations)
+        return self._then(self._fetch, ex.scope, plan, decision, generations)
+
+    @staticmethod
+    def _then(step: Callable[..., Awaitable[None]], *args: Any) -> Continue:
+        """``step(*args, receive, send)``, in the ASGI cycle."""
+        return Continue(lambda receive, send: step(*args, receive, send))
+
+    async def _forward_request(
+        self, scope: Scope, route: Route, receive: Receive, send: Send
+    ) -> None:
+        req = from_scope(scope, (route.segments, route.query))
+        await self._forward(req, route.match, receive, send, "fwd=request")
 
     def user_tag(self, name: str) -> str:
         """The tag every entry cached for user ``name`` carries (admin purge by user)."""
         return self.resolver.user_tag(name)
 
-    # -- the cached GET -----------------------------------------------------
-    async def _cached_get(self, scope: Scope, plan: GetPlan, send: Send) -> None:
-        """Carries out :func:`decide.on_lookup`'s decision."""
+    # -- the cached GET, not a fresh hit ----------------------------------------
+    async def _stale_while_revalidate(
+        self,
+        scope: Scope,
+        plan: GetPlan,
+        swr: decide.StaleWhileRevalidate,
+        generations: Generations,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Answer with the stale entry now; refresh it behind (one flight per key)."""
         match, identity, key = plan.match, plan.identity, plan.key
-        accept_encoding = plan.accept_encoding
-        try:
-            found = await self._lookup(scope, plan)
-        except StoreError:
-            # Nothing can be served or trusted, but identical requests with the
-            # same credential still share one fetch.
-            self.stats.store_errors += 1  # the store logs once per episode
-            found = decide.store_down(self.forwarder.local_writes)
-        decision = decide.on_lookup(match, identity.credential, key, found, self._clock())
-        if isinstance(decision, decide.FreshHit):
-            self.stats.requests[(match.name, "hit")] += 1
-            await send_entry(send, decision.entry, decision.now, accept_encoding)
-            return
-        if isinstance(decision, decide.StaleWhileRevalidate):
-            gens = tuple(found.generations)
-            if self.coalescer.join(key, gens) is None:
-                req = from_scope(scope)
-                revalidate = decision.revalidate
-                self.coalescer.start(
-                    key,
-                    gens,
-                    identity.credential,
-                    lambda f: self.fill.fetch(f, req, match, identity, key, True, revalidate),
-                )
-            await self._send_stale(send, decision.entry, match, "stale-while-revalidate", plan)
-            return
-        await self._fetch(scope, plan, decision, found.generations, send)
+        if self.coalescer.join(key, generations) is None:
+            req = from_scope(scope)
+            revalidate = swr.revalidate
+            self.coalescer.start(
+                key,
+                generations,
+                identity.credential,
+                lambda f: self.fill.fetch(f, req, match, identity, key, True, revalidate),
+            )
+        await self._send_stale(send, swr.entry, match, "stale-while-revalidate", plan)
 
     async def _fetch(
         self,
@@ -277,6 +237,7 @@ class Proxy:
         plan: GetPlan,
         fetch: decide.Fetch,
         generations: Generations,
+        receive: Receive,
         send: Send,
     ) -> None:
         """Join the key's flight, or start it; then what :func:`decide.after_flight` says."""

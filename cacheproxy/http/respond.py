@@ -1,9 +1,11 @@
-"""Small helpers shared by the ASGI middlewares (guard, jwtcheck, accesslog).
+"""The ASGI types, and the answers the proxy gives without slurmrestd.
 
-They answer without the proxy: in slurmrestd's JSON error shape (see
-:mod:`cacheproxy.errors`) or, for authentication failures, exactly like
-slurmrestd does (``401 text/plain`` "Authentication failure"), so a client
-cannot tell a local refusal from slurmrestd's own.
+Refusals are in slurmrestd's JSON error shape (see :mod:`cacheproxy.core.errors`)
+or, for authentication failures, exactly like slurmrestd's own (``401
+text/plain`` "Authentication failure"), so a client cannot tell a local
+refusal from slurmrestd's.  Each is built once as a whole :data:`Response`
+(the pipeline's unit, :mod:`cacheproxy.http.pipeline`) and sent through ASGI
+by :func:`send_response` where a cycle is running.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+Response = tuple[int, list[tuple[bytes, bytes]], bytes]
+"""A whole response: status, headers (a fresh list the caller may extend), body."""
+
 AUTH_FAILURE = b"Authentication failure"
 """slurmrestd's body for a refused credential (401, text/plain)."""
 
@@ -31,27 +36,35 @@ def retry_after(seconds: float) -> tuple[bytes, bytes]:
     return (b"retry-after", b"%d" % max(1, math.ceil(seconds)))
 
 
-async def send_error(
-    send: Send, err: errors.ProxyError, outcome: str, extra: Headers | None = None
-) -> None:
-    """Answer with ``err`` in slurmrestd's JSON error shape, marked in
-    Cache-Status with ``outcome`` (e.g. ``fwd=request; detail=method``)."""
+def error_response(err: errors.ProxyError, outcome: str, extra: Headers | None = None) -> Response:
+    """``err`` in slurmrestd's JSON error shape, marked in Cache-Status with
+    ``outcome`` (e.g. ``fwd=request; detail=method``)."""
     status, hdrs, body = errors.error_response(err, [cache_status(outcome), *(extra or ())])
-    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    return status, list(hdrs), body
+
+
+def auth_failure(detail: str) -> Response:
+    """The answer slurmrestd gives a refused credential."""
+    return (
+        401,
+        [
+            (b"content-type", b"text/plain"),
+            (b"content-length", b"%d" % len(AUTH_FAILURE)),
+            (b"cache-status", b"cacheproxy; detail=" + detail.encode()),
+        ],
+        AUTH_FAILURE,
+    )
+
+
+async def send_response(send: Send, response: Response) -> None:
+    """A whole response through ASGI ``send``."""
+    status, headers, body = response
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_auth_failure(send: Send, detail: str) -> None:
-    """Answer exactly as slurmrestd refuses a credential."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"text/plain"),
-                (b"content-length", b"%d" % len(AUTH_FAILURE)),
-                (b"cache-status", b"cacheproxy; detail=" + detail.encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": AUTH_FAILURE})
+async def send_error(
+    send: Send, err: errors.ProxyError, outcome: str, extra: Headers | None = None
+) -> None:
+    """:func:`error_response`, sent."""
+    await send_response(send, error_response(err, outcome, extra))

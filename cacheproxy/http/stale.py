@@ -1,7 +1,7 @@
 """Serving an expired entry in upstream's place (docs/hardening.md).
 
 Which entry may stand in, and for how long, is policy
-(:func:`cacheproxy.policy.stale_fallback`); here: telling that upstream
+(:func:`cacheproxy.core.policy.stale_fallback`); here: telling that upstream
 failed, and sending the entry marked stale.
 """
 

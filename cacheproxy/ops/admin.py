@@ -4,7 +4,7 @@ Off unless ``admin_token`` is set: the routes then answer 404, as if they did
 not exist.  With a token, a request needs ``Authorization: Bearer <token>``:
 without one it gets 401, with a wrong one 403.  The comparison is constant
 time, and the token is never logged.  Both refusals count as authentication
-failures of the client's address in :class:`cacheproxy.guard.AuthGuard`
+failures of the client's address in :class:`cacheproxy.http.guard.AuthGuard`
 (``auth_fail_limit``), so guessing the token is blocked like guessing a
 user's; the guard knows these routes by
 :data:`cacheproxy.ops.paths.ADMIN_PREFIX`.

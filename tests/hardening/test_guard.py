@@ -16,6 +16,7 @@ from cacheproxy.http import hardening, httplimits
 from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.http.guard import AuthGuard, claimed_user, client_key
 from cacheproxy.http.jwtcheck import TokenVerifier
+from cacheproxy.http.pipeline import AsgiHandler, Pipeline
 from cacheproxy.settings import Settings, SettingsError
 from cacheproxy.settings import load as load_settings
 from cacheproxy.stats import Stats
@@ -61,6 +62,18 @@ class Backend:
         await send({"type": "http.response.body", "body": self.body})
 
 
+class Guarded(Pipeline):
+    """The guard as the one step of a pipeline around ``backend``."""
+
+    def __init__(self, guard: AuthGuard, backend: Any) -> None:
+        super().__init__([guard], AsgiHandler(backend), guard.stats)
+        self.guard = guard
+
+    @property
+    def _blocked(self) -> dict[str, float]:
+        return self.guard._blocked
+
+
 async def call(
     app: Any,
     *,
@@ -95,10 +108,10 @@ async def call(
     return out["status"], out["headers"], out["body"]
 
 
-def make(backend: Backend, mono: Mono, **kw: Any) -> AuthGuard:
+def make(backend: Backend, mono: Mono, **kw: Any) -> Guarded:
     params: dict[str, Any] = {"fail_limit": 5, "window": 60, "cooldown": 120}
     params.update(kw)
-    return AuthGuard(backend, monotonic=mono, stats=Stats(), **params)
+    return Guarded(AuthGuard(monotonic=mono, stats=Stats(), **params), backend)
 
 
 async def test_address_blocked_after_failures_then_released() -> None:

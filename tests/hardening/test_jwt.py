@@ -151,12 +151,8 @@ def _verifier(env: Env) -> TokenVerifier:
 
 
 def _layers(client: httpx.AsyncClient) -> list[Any]:
-    app = client._transport.app  # type: ignore[attr-defined]
-    out = []
-    while app is not None:
-        out.append(app)
-        app = getattr(app, "app", None)
-    return out
+    pipeline = client._transport.app  # type: ignore[attr-defined]
+    return [pipeline, *pipeline.steps]
 
 
 def _hs256_by_hand(key: bytes, user: str) -> str:

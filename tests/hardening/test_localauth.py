@@ -58,23 +58,21 @@ async def test_no_token_to_a_unix_upstream_is_refused_on_both_paths(
         assert fake.total("GET", "/ping") == 1
 
 
-async def test_the_lane_declines_what_the_asgi_path_refuses(
+async def test_the_pipeline_refuses_at_once_and_forwards_with_a_token(
     unix_upstream: tuple[FakeSlurmrestd, str],
 ) -> None:
-    """The lane's answer for a request without a token is None (the ASGI
-    path then refuses it), while the same request with one is forwarded."""
+    """The refusal is a step of the one pipeline: a request without a token
+    is answered at once (no awaiting: the protocol writes it), while the
+    same request with one is forwarded."""
     from cacheproxy.http.localauth import RequireToken
+    from cacheproxy.http.pipeline import Continue, Exchange
 
     _, url = unix_upstream
     app = CacheProxyApp(stack_settings(url))
     await app.startup()
     try:
-        served: Any = hardening.wrap(app)
-        layers, layer = [], served
-        while layer is not None:
-            layers.append(layer)
-            layer = getattr(layer, "app", None)
-        assert any(isinstance(x, RequireToken) for x in layers)
+        served = hardening.wrap(app)
+        assert any(isinstance(x, RequireToken) for x in served.steps)
 
         def scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
             return {
@@ -89,14 +87,19 @@ async def test_the_lane_declines_what_the_asgi_path_refuses(
                 "http_version": "1.1",
             }
 
-        assert served.fast_response(scope([])) is None
-        forwarded = served.fast_response(
-            scope([(b"x-slurm-user-name", b"alice"), (b"x-slurm-user-token", b"tok-alice")])
+        refused = served.run(Exchange.of(scope([])))
+        assert isinstance(refused, tuple)
+        assert refused[0] == 401
+        assert refused[2] == b"Authentication failure"
+        forwarded: Any = served.run(
+            Exchange.of(
+                scope([(b"x-slurm-user-name", b"alice"), (b"x-slurm-user-token", b"tok-alice")])
+            )
         )
-        assert forwarded is not None
-        response = await forwarded
-        assert response is not None
-        assert response[0] == 200
+        while not isinstance(forwarded, tuple | Continue):
+            forwarded = await forwarded
+        assert isinstance(forwarded, tuple)
+        assert forwarded[0] == 200
     finally:
         await app.shutdown()
 

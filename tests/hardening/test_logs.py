@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import orjson
 
-from cacheproxy.http.accesslog import RequestContext, redact, redact_query
+from cacheproxy.http.accesslog import AccessLog, RequestContext, redact, redact_query
+from cacheproxy.http.pipeline import AsgiHandler, Pipeline
 from cacheproxy.stats import Stats
 from tests.hardening.conftest import JOBS, Stack, V, auth, check, secret
 
@@ -101,7 +102,7 @@ async def test_safety_net_answers_503_and_logs_no_message(logs: Any) -> None:
         raise KeyError(leaked)
 
     stats = Stats()
-    app = RequestContext(broken, access_log_enabled=True, stats=stats)
+    app = Pipeline([AccessLog(), RequestContext()], AsgiHandler(broken), stats)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://proxy.test"
     ) as c:
