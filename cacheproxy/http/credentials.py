@@ -67,8 +67,9 @@ class Credentials:
         body: bytes | None,
         head: bytes,
         resp_headers: Headers,
-    ) -> None:
+    ) -> bool:
         """Trust a credential slurmrestd accepted; forget one it refused.
+        True when it refused it (the flight's followers need to know).
 
         Called before the flight ends, so the next request already knows.
         Only answers that asked slurmctld or slurmdbd count (never the OpenAPI
@@ -99,3 +100,4 @@ class Credentials:
                 await self.store.revoke(identity.credential)
         except StoreError:
             self.stats.store_errors += 1
+        return verdict is decide.REVOKE

@@ -216,11 +216,12 @@ class Filler:
                 if flight.shareable and size > limit:
                     flight.stop_sharing()
         body = flight.body() if flight.shareable else b""
-        flight.refused = policy.credential_refused(status, body if flight.shareable else head)
-        if identity is not None:
-            await self.credentials.judge(
+        if identity is not None:  # one reading of the body for both questions
+            flight.refused = await self.credentials.judge(
                 identity, match, status, body if flight.shareable else None, head, resp_headers
             )
+        else:
+            flight.refused = policy.credential_refused(status, body if flight.shareable else head)
         await self._complete(flight, status, resp_headers, body, match, key, sent_at)
 
     async def _complete(
