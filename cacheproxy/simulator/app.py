@@ -23,6 +23,7 @@ import orjson
 from cacheproxy.simulator import auth, envelope, render4x
 from cacheproxy.simulator.auth import Authenticator, AuthError, first_headers
 from cacheproxy.simulator.config import SimConfig
+from cacheproxy.simulator.conmgr import Conmgr
 from cacheproxy.simulator.cost import make_cost
 from cacheproxy.simulator.envelope import Body, Requester, Response, Served, error_entry
 from cacheproxy.simulator.model import Cluster
@@ -117,6 +118,7 @@ class Simulator:
         self._fds: OrderedDict[tuple[str, int], int] = OrderedDict()
         self._next_fd = 8
         self._openapi: bytes | None = None
+        self.conmgr = Conmgr(self.config.max_connections, self.config.worker_threads)
         self.limiter = (
             RateLimiter(self.config.rl_bucket_size, self.config.rl_refill_rate)
             if self.config.rate_limit
@@ -190,6 +192,18 @@ class Simulator:
         )
         if segments[:1] == ["_sim"]:
             return await self._sim_endpoint(segments[1:], method, query, receive)
+        async with self.conmgr.worker():
+            return await self._handle_api(scope, receive, segments, method, query)
+
+    async def _handle_api(
+        self,
+        scope: Scope,
+        receive: Receive,
+        segments: list[str],
+        method: str,
+        query: dict[str, str],
+    ) -> Response:
+        """A request on one of slurmrestd's worker threads."""
         headers = {k.lower(): v for k, v in scope.get("headers", [])}  # Accept: the last wins
         first = first_headers(scope.get("headers", []))  # credentials: the first wins
         body = await self._read_body(receive)
@@ -324,6 +338,7 @@ class Simulator:
             snapshot = self.stats.snapshot()
             if self.limiter is not None:
                 snapshot["rl_backoffs"] = self.limiter.backoffs
+            snapshot.update(self.conmgr.snapshot())
             return Response(200, [orjson.dumps(snapshot)])
         if rest == ["reset"] and method == "POST":
             self.stats.reset()

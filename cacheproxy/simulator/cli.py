@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from cacheproxy.simulator import privatedata
 from cacheproxy.simulator.config import CostParams, SimConfig, default_users, load_users_file
-from cacheproxy.simulator.releases import RELEASES, STYLES
+from cacheproxy.simulator.releases import DEFAULT_MAX_CONNECTIONS, RELEASES, STYLES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--rl-refill-rate", type=float, default=2.0, help="tokens per second (default 2)"
     )
     p.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="open connections before slurmrestd stops accepting new ones (default 124; "
+        "22.05 has no such option)",
+    )
+    p.add_argument(
+        "-t",
+        "--threads",
+        type=int,
+        default=0,
+        help="slurmrestd -t: requests handled at once (default: the release's, 20 through "
+        "24.11, two per CPU from 25.05, at most 32 from 25.11)",
+    )
+    p.add_argument(
         "--uvicorn-status-lines",
         action="store_true",
         help="keep uvicorn's reason phrases instead of slurmrestd's (e.g. '304 NOT MODIFIED')",
@@ -108,6 +123,10 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         dbd_scale=base.dbd_scale * s,
         read_parallelism=max(1, args.read_parallelism),
     )
+    if args.max_connections is not None and args.style == "22.05":
+        raise ValueError("--max-connections: slurmrestd 22.05 has no such option (124, built in)")
+    if args.threads and not 2 <= args.threads <= 1024:
+        raise ValueError("-t: slurmrestd wants 2 to 1024 threads")
     return SimConfig(
         host=args.host,
         port=args.port,
@@ -126,6 +145,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         rate_limit=args.rate_limit,
         rl_bucket_size=max(1, args.rl_bucket_size),
         rl_refill_rate=max(0.001, args.rl_refill_rate),
+        max_connections=max(1, args.max_connections or DEFAULT_MAX_CONNECTIONS),
+        threads=args.threads,
     )
 
 

@@ -7,12 +7,19 @@ defaults the command line uses.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from cacheproxy.simulator import privatedata
-from cacheproxy.simulator.releases import STYLES, Release, style_map
+from cacheproxy.simulator.releases import (
+    DEFAULT_MAX_CONNECTIONS,
+    RELEASES,
+    STYLES,
+    Release,
+    style_map,
+)
 
 #: A Slurm release ("22.05" ... "26.05"), "all" or the alias "25.x" (see releases.py).
 Style = str
@@ -102,6 +109,10 @@ class SimConfig:
     rl_bucket_size: int = 30
     #: Tokens per second (``rl_refill_rate`` per ``rl_refill_period=1``).
     rl_refill_rate: float = 2.0
+    #: slurmrestd's open-connection limit: at it, accept() waits (``server.py``).
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: slurmrestd's ``-t``: requests handled at once (0: the release's default).
+    threads: int = 0
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -120,6 +131,16 @@ class SimConfig:
     def served(self) -> dict[str, Release]:
         """API version -> the release whose behaviour it has (see ``releases.style_map``)."""
         return style_map(self.style)
+
+    @property
+    def worker_threads(self) -> int:
+        """Requests the daemon handles at once: ``threads``, else its release's
+        default on this host's CPUs; ``all``/``25.x`` (no one release) take 20,
+        the ``-t`` default through 24.11."""
+        if self.threads > 0:
+            return self.threads
+        release = RELEASES.get(self.style)
+        return release.default_threads(len(os.sched_getaffinity(0))) if release else 20
 
     @property
     def versions(self) -> frozenset[str]:

@@ -49,6 +49,27 @@ class Release:
         return self.number >= (23, 11, 0)
 
     @property
+    def max_connections_option(self) -> bool:
+        """``--max-connections`` / ``SLURMRESTD_MAX_CONNECTIONS`` exist (23.02 on);
+        22.05 has the same limit of 124 compiled in (``MAX_OPEN_CONNECTIONS``)."""
+        return self.number >= (23, 2, 0)
+
+    def default_threads(self, cpus: int) -> int:
+        """slurmrestd's worker threads without ``-t`` on a host with ``cpus`` CPUs.
+
+        20 up to 24.11 (``thread_count = 20`` in slurmrestd.c); from 25.05 the
+        default is 0, which conmgr's ``workers_init()`` turns into two per
+        CPU (25.05: 8 if the CPUs cannot be counted), capped at 32 from 25.11
+        (``THREAD_AUTO_MAX``).
+        """
+        if self.number < (25, 5, 0):
+            return 20
+        if cpus < 1:
+            return 8
+        auto = 2 * cpus
+        return min(32, auto) if self.number >= (25, 11, 0) else min(1024, max(2, auto))
+
+    @property
     def rate_limit_retry_sleep_grows(self) -> bool:
         """The client library's back-off sleeps 1 s per retry until 23.11, then n s on the n-th."""
         return self.number >= (23, 11, 0)
@@ -71,6 +92,11 @@ RELEASES: dict[str, Release] = {
         Release("26.05", "26.05.0", _versions(42, 45)),
     )
 }
+
+
+#: slurmrestd's connection limit unless configured: ``max_connections = 124``
+#: (slurmrestd.c, 23.02 on) and ``MAX_OPEN_CONNECTIONS 124`` (conmgr.c, 22.05).
+DEFAULT_MAX_CONNECTIONS = 124
 
 
 def introduced_by(version: str) -> Release:

@@ -1,11 +1,18 @@
 """Run the simulator under uvicorn: in this process, in a thread, or as a subprocess.
 
 uvicorn is configured to add nothing of its own (no ``Server``/``Date``
-headers), with uvloop and httptools like a production deployment.
+headers), with uvloop and httptools like a production deployment.  It does not
+accept connections itself: :func:`conmgr.accept_loop
+<cacheproxy.simulator.conmgr.accept_loop>` does, stopping at slurmrestd's
+connection limit, and hands each one to a uvicorn protocol built as uvicorn's
+own ``startup()`` builds it (``Config.http_protocol_class`` with the server's
+``server_state`` and the lifespan's ``state``; uvicorn's range is pinned in
+pyproject and ``tests/simulator/test_conmgr.py`` fails if that changes).
 """
 
 from __future__ import annotations
 
+import asyncio
 import http
 import socket
 import subprocess
@@ -22,6 +29,7 @@ import uvicorn
 
 from cacheproxy.simulator.app import Simulator
 from cacheproxy.simulator.config import SimConfig
+from cacheproxy.simulator.conmgr import Conmgr, accept_loop, counted
 
 
 def slurmrestd_status_lines() -> None:
@@ -59,16 +67,37 @@ def url_of(sock: socket.socket) -> str:
 
 
 class _Server(uvicorn.Server):
-    """A uvicorn server that reports when it is ready."""
+    """A uvicorn server that accepts as slurmrestd does and reports when it is ready."""
 
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None) -> None:
+    def __init__(
+        self, config: uvicorn.Config, conmgr: Conmgr, on_ready: Callable[[], None] | None
+    ) -> None:
         super().__init__(config)
+        self._conmgr = conmgr
         self._on_ready = on_ready
+        self._accepting: list[asyncio.Task[None]] = []
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
+        # uvicorn listens on nothing (lifespan only); the accept loops below do.
+        await super().startup([])
+        factory = counted(self.config.http_protocol_class, self._conmgr)
+
+        def build() -> asyncio.Protocol:
+            return factory(  # type: ignore[call-arg]
+                config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        self._accepting = [
+            asyncio.create_task(accept_loop(sock, self._conmgr, build)) for sock in sockets or []
+        ]
         if self._on_ready is not None and self.started:
             self._on_ready()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for task in self._accepting:
+            task.cancel()
+        await asyncio.gather(*self._accepting, return_exceptions=True)
+        await super().shutdown(sockets)
 
 
 def make_server(
@@ -86,7 +115,7 @@ def make_server(
         "backlog": 2048,
     }
     options.update(overrides)
-    return _Server(uvicorn.Config(app, **options), on_ready)
+    return _Server(uvicorn.Config(app, **options), app.conmgr, on_ready)
 
 
 def serve(config: SimConfig, on_ready: Callable[[str], None] | None = None) -> None:
