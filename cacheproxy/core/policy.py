@@ -204,6 +204,17 @@ def keep_after_expiry(match: Match) -> float:
 STALE_ON_STATUS = frozenset({502, 503, 504})
 """Upstream answers that let a stale entry stand in (``stale_if_error``)."""
 
+_HARD_DROP = re.compile(rb'"error_number"\s*:\s*1805\b')
+
+
+def controller_dropped(status: int, body: bytes) -> bool:
+    """slurmctld's RPC queue dropped the request (``HARD_DROP``, 24.05 on):
+    slurmrestd answers 500 with error 1805 "Rate limit exceeded, please retry
+    later".  Like the 502 "please retry momentarily", the controller asks for
+    less: a stale entry may stand in.  A 500 is also how 22.05 refuses a
+    token, so only that error number counts (never stored: not a 200)."""
+    return status == 500 and b"1805" in body and _HARD_DROP.search(body[:4096]) is not None
+
 
 def stale_fallback(
     entry: Entry | None,

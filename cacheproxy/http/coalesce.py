@@ -39,6 +39,9 @@ class Flight:
         """slurmrestd refused the leader's credential: judged by the fetch,
         before the flight ends, from the leader's whole answer (status and
         body) with :func:`cacheproxy.core.policy.credential_refused`."""
+        self.dropped = False
+        """slurmctld dropped the request (:func:`cacheproxy.core.policy.controller_dropped`),
+        judged by the fetch from the answer's first 4 KiB."""
         self.shareable = True
         """False once the body is too large to keep for late joiners."""
         self.revalidated = False

@@ -216,6 +216,7 @@ class Filler:
                 if flight.shareable and size > limit:
                     flight.stop_sharing()
         body = flight.body() if flight.shareable else b""
+        flight.dropped = policy.controller_dropped(status, head)
         if identity is not None:  # one reading of the body for both questions
             flight.refused = await self.credentials.judge(
                 identity, match, status, body if flight.shareable else None, head, resp_headers

@@ -18,10 +18,14 @@ from cacheproxy.upstream.base import UpstreamError
 
 
 async def flight_failed(flight: Flight) -> bool:
-    """Did upstream fail this fetch (a 502/503/504, or a small body that
-    broke)?  Only asked when a stale entry could stand in."""
+    """Did upstream fail this fetch (a 502/503/504, slurmctld's 500 "please
+    retry later", or a small body that broke)?  Only asked when a stale entry
+    could stand in."""
     if flight.status in policy.STALE_ON_STATUS:
         return True
+    if flight.status == 500:
+        await flight.wait_done()
+        return flight.dropped
     length = policy.content_length(flight.headers)
     if flight.done or (length is not None and length < BUFFER_BODY_BELOW):
         await flight.wait_done()

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from cacheproxy.simulator import auth, envelope, render4x
+from cacheproxy.simulator import auth, envelope, render4x, rpcqueue
 from cacheproxy.simulator.auth import Authenticator, AuthError, first_headers
 from cacheproxy.simulator.config import SimConfig
 from cacheproxy.simulator.conmgr import Conmgr
@@ -122,6 +122,11 @@ class Simulator:
         self.limiter = (
             RateLimiter(self.config.rl_bucket_size, self.config.rl_refill_rate)
             if self.config.rate_limit
+            else None
+        )
+        self.rpc_queues = (
+            rpcqueue.RpcQueues(self.config.rpc_queue_hard_drop)
+            if self.config.rpc_queue_hard_drop > 0
             else None
         )
 
@@ -242,29 +247,54 @@ class Simulator:
         key = PAYLOAD_KEY.get(found.operation)
         source = SOURCE.get(found.operation, "slurm_" + found.operation)
         if found.version in LEGACY_VERSIONS:
-            body = Body(
-                payload=[(key, [])] if key else [],
-                errors=[error_entry(found.version, -1, "Unspecified error", source)],
-                status=500,
+            error = error_entry(found.version, -1, "Unspecified error", source)
+            return self._failed(found, Requester(claimed, self._source(scope)), error, 500)
+        error = error_entry(
+            found.version,
+            1007,
+            "Protocol authentication error",
+            source + "()",
+            f"Unable to query {key or found.operation}",
+        )
+        return self._failed(found, Requester(claimed, self._source(scope)), error, 511)
+
+    def _dropped(self, found: Match, who: Requester) -> Response:
+        """slurmctld's full RPC queue dropped the read (rpcqueue.py): 500.
+
+        As the 24.05-26.05 handlers report it: ``/jobs`` and ``/job`` dump
+        their empty list with the error; ``/nodes`` and ``/partition`` stop
+        before dumping (the error alone); ``/partitions`` says nothing at all
+        until 26.05 added its ``resp_error()`` (``errors: []``).
+        """
+        op = found.operation
+        errors: list[dict[str, Any]] = []
+        if op != "partitions" or found.release.number >= (26, 5, 0):
+            source, why = rpcqueue.FAILURE[op]
+            name = next(iter(found.params.values()), "")
+            errors.append(
+                error_entry(
+                    found.version,
+                    rpcqueue.HARD_DROP,
+                    rpcqueue.HARD_DROP_TEXT,
+                    source,
+                    why.format(name),
+                )
             )
-        else:
-            payload: list[tuple[str, Any]] = [(key, [])] if key else []
-            if key == "jobs":
-                payload += [("last_backfill", render4x.num(0)), ("last_update", render4x.num(0))]
-            body = Body(
-                payload=payload,
-                errors=[
-                    error_entry(
-                        found.version,
-                        1007,
-                        "Protocol authentication error",
-                        source + "()",
-                        f"Unable to query {key or found.operation}",
-                    )
-                ],
-                status=511,
-            )
-        who = Requester(claimed, self._source(scope))
+        if op in ("jobs", "job"):
+            return self._failed(found, who, errors[0], 500)
+        body = Body(payload=[], errors=errors, status=500)
+        return envelope.render(
+            _served(found), found.route.family, body, who, self.config.cluster_name
+        )
+
+    def _failed(self, found: Match, who: Requester, error: dict[str, Any], status: int) -> Response:
+        """A read whose RPC failed: its empty list (and, for jobs in the
+        data_parser versions, zero times) with ``error``."""
+        key = PAYLOAD_KEY.get(found.operation)
+        payload: list[tuple[str, Any]] = [(key, [])] if key else []
+        if key == "jobs" and found.version not in LEGACY_VERSIONS:
+            payload += [("last_backfill", render4x.num(0)), ("last_update", render4x.num(0))]
+        body = Body(payload=payload, errors=[error], status=status)
         return envelope.render(
             _served(found), found.route.family, body, who, self.config.cluster_name
         )
@@ -303,6 +333,22 @@ class Simulator:
         if self.limiter is not None and found.route.family == "slurm":
             # slurmctld's limit, retried inside slurmrestd: a delay, not an error.
             await self.limiter.admit(user, found.release)
+        queues = self.rpc_queues
+        rpc = None
+        if queues is not None and found.route.family == "slurm":
+            rpc = queues.enter(op, found.release.number)
+            if rpc == "":
+                return self._dropped(found, who)
+        try:
+            return await self._run(found, op, run, route)
+        finally:
+            if queues is not None and rpc:
+                queues.leave(rpc)
+
+    async def _run(
+        self, found: Match, op: str, run: Callable[[], Response], route: str
+    ) -> Response:
+        """``run`` as slurmdbd or slurmctld would cost it."""
         if found.route.family == "slurmdb":
             kind = op.removeprefix("db_")
             if kind.endswith(("_add", "_delete")):
@@ -339,6 +385,8 @@ class Simulator:
             if self.limiter is not None:
                 snapshot["rl_backoffs"] = self.limiter.backoffs
             snapshot.update(self.conmgr.snapshot())
+            if self.rpc_queues is not None:
+                snapshot["rpc_hard_drops"] = self.rpc_queues.dropped
             return Response(200, [orjson.dumps(snapshot)])
         if rest == ["reset"] and method == "POST":
             self.stats.reset()

@@ -87,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--rl-refill-rate", type=float, default=2.0, help="tokens per second (default 2)"
     )
     p.add_argument(
+        "--rpc-queue-hard-drop",
+        type=int,
+        default=0,
+        metavar="MAX_QUEUED",
+        help="SlurmctldParameters=enable_rpc_queue with rpc_queue.yaml hard_drop and "
+        "max_queued=MAX_QUEUED (24.05 on): reads beyond it answer 500 'Rate limit exceeded, "
+        "please retry later'",
+    )
+    p.add_argument(
         "--max-connections",
         type=int,
         default=None,
@@ -147,6 +156,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         rl_refill_rate=max(0.001, args.rl_refill_rate),
         max_connections=max(1, args.max_connections or DEFAULT_MAX_CONNECTIONS),
         threads=args.threads,
+        rpc_queue_hard_drop=max(0, args.rpc_queue_hard_drop),
     )
 
 

@@ -109,6 +109,9 @@ class SimConfig:
     rl_bucket_size: int = 30
     #: Tokens per second (``rl_refill_rate`` per ``rl_refill_period=1``).
     rl_refill_rate: float = 2.0
+    #: rpc_queue.yaml ``max_queued`` with ``hard_drop: true`` (24.05 on; 0: no
+    #: rpc queue; see ``rpcqueue.py``).
+    rpc_queue_hard_drop: int = 0
     #: slurmrestd's open-connection limit: at it, accept() waits (``server.py``).
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: slurmrestd's ``-t``: requests handled at once (0: the release's default).

@@ -93,3 +93,13 @@ def get_urls(version: str, job_id: int) -> list[tuple[str, specs.Operation]]:
         segs = [params[p[1:-1]] if p.startswith("{") else p for p in route.pattern]
         out.append((f"/{route.family}/{version}/" + "/".join(segs), op))
     return out
+
+
+def body_errors(version: str, family: str, pattern: tuple[str, ...], body: Any) -> list[str]:
+    """What the spec of ``version`` says is wrong with ``body``, a GET's answer
+    of any status: every data_parser spec declares the ``default`` (error)
+    response with the 200 schema, so one validator serves both."""
+    op = specs.lookup(version, family, pattern, "GET")
+    assert op is not None, (version, family, pattern)
+    assert op.schema is not None, (version, family, pattern)
+    return errors(version, validator(version, op), body)
