@@ -69,6 +69,8 @@ PAYLOAD_KEY = {
     "licenses": "licenses",
     "ping": "pings",
 }
+#: v0.0.36-v0.0.38 reads whose ``update_time`` goes through ``get_date_param()``.
+DATE_PARAM_OPS = frozenset({"jobs", "nodes", "partitions", "reservations"})
 #: The Slurm call named in a rejected-token error (as slurmrestd does).
 SOURCE = {
     "jobs": "slurm_load_jobs",
@@ -313,10 +315,17 @@ class Simulator:
             user=user,
             viewer=self.cluster.viewer_for(user),
             client_requests=self.stats.total,
+            daemon=found.release.number,
         )
         who = Requester(user, self._source(scope))
         op = found.operation
         route = f"{scope['method']} {found.route.template()}"
+        if ctx.legacy and op in DATE_PARAM_OPS and not _integer(query.get("update_time", "0")):
+            # get_date_param(): ESLURM_REST_INVALID_QUERY with no error entry.
+            refused = Body(payload=[(PAYLOAD_KEY[op], [])], status=ctx.invalid_query_status)
+            return envelope.render(
+                _served(found), ctx.family, refused, who, self.config.cluster_name
+            )
 
         def run() -> Response:
             views: SlurmViews | DbViews = self.db if found.route.family == "slurmdb" else self.slurm
@@ -481,6 +490,15 @@ def request_query(
     if not isinstance(data, dict):
         return query if method == "DELETE" else envelope.plain(400, "Unable to parse query.")
     return {str(k): _query_text(v) for k, v in data.items()}
+
+
+def _integer(text: str) -> bool:
+    """Does ``data_convert_type(..., DATA_TYPE_INT_64)`` take ``text``?"""
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _query_text(value: Any) -> str:

@@ -45,6 +45,8 @@ INVALID_JOB_ID = (2017, "Invalid job id specified")
 ACCESS_DENIED = (2002, "Access/permission denied")
 INVALID_PARTITION = (2000, "Invalid partition name specified")
 INVALID_NODE = (2018, "Invalid node name specified")
+#: ESLURM_REST_INVALID_QUERY: slurmrestd maps it to 400 in 22.05, 422 from 23.02.
+INVALID_QUERY = (9000, "Query empty or not RFC7320 compliant")
 ALREADY_DONE = (2021, "Job/step already completing or completed")
 
 

@@ -37,10 +37,23 @@ class Ctx:
     viewer: str | None  # None: sees every job
     client_requests: int = 0
     api_version: str = ""  # the version the request named (empty: ``version``)
+    #: The daemon's release: slurmrestd, not the plugin, maps errors to statuses.
+    daemon: tuple[int, int, int] = (22, 5, 8)
 
     @property
     def legacy(self) -> bool:
         return self.version == LEGACY
+
+    @property
+    def invalid_query_status(self) -> int:
+        """ESLURM_REST_INVALID_QUERY: 400 in 22.05's operations.c, 422 from 23.02."""
+        return 422 if self.daemon >= (23, 2, 0) else 400
+
+    @property
+    def job_not_found_status(self) -> int:
+        """ESLURM_INVALID_JOB_ID: 404 from 23.02 (operations.c, then http.c),
+        whichever plugin answered; 22.05 maps it to nothing (500)."""
+        return 404 if self.daemon >= (23, 2, 0) else 500
 
 
 class RenderCache:
@@ -281,7 +294,7 @@ class SlurmViews:
                             f"Unable to find JobId={raw}",
                         )
                     ],
-                    status=500,
+                    status=ctx.job_not_found_status,
                 )
             return Body(
                 payload=[
@@ -298,7 +311,7 @@ class SlurmViews:
                     )
                 ],
                 warnings=warnings,
-                status=404,
+                status=ctx.job_not_found_status,
             )
         member = list_member("jobs", self._job_fragments(jobs, ctx.version), ctx.legacy)
         return Body(
@@ -396,21 +409,31 @@ class SlurmViews:
                     errors=[{"error": "Invalid partition name specified", "errno": 2000}],
                     status=500,
                 )
-            return Body(
-                payload=[("partitions", []), *self._times(ctx, "partitions")],
-                errors=[
-                    error_entry(
-                        ctx.version,
-                        *m.INVALID_PARTITION,
-                        "_dump_part",
-                        f"Unable to find partition {ctx.params['partition_name']}",
-                    )
-                ],
-                status=404,
-            )
+            return self._unknown_name(ctx, "partitions", ctx.params["partition_name"])
         return Body(
             payload=[("partitions", [self._partition(p, ctx)]), *self._times(ctx, "partitions")],
             items=1,
+        )
+
+    def _unknown_name(self, ctx: Ctx, key: str, name: str) -> Body:
+        """A partition or reservation the data_parser plugins do not find.
+
+        They search the whole list themselves and report
+        ESLURM_REST_INVALID_QUERY "Unable to find partition|reservation NAME"
+        (422) without dumping anything: v0.0.39 leaves its payload key null
+        (``data_key_set``), later versions send no payload at all.
+        """
+        what = key.removesuffix("s")
+        if ctx.api_version == "v0.0.39":
+            source, payload = f"_op_handler_{key}", [(key, None)]
+        else:
+            source, payload = f"op_handler_{what}", []
+        return Body(
+            payload=payload,
+            errors=[
+                error_entry(ctx.version, *m.INVALID_QUERY, source, f"Unable to find {what} {name}")
+            ],
+            status=ctx.invalid_query_status,
         )
 
     def _reservation(self, r: m.Reservation, ctx: Ctx) -> dict[str, Any]:
@@ -450,7 +473,9 @@ class SlurmViews:
             return not_modified()
         name = ctx.params["reservation_name"]
         r = next((x for x in self._usable(ctx) if x.name == name), None)
-        if r is None:
+        if r is None and not ctx.legacy:
+            return self._unknown_name(ctx, "reservations", name)
+        if r is None:  # v0.0.36-38: ESLURM_RESERVATION_INVALID, which no release maps (500)
             return Body(
                 payload=[("reservations", []), *self._times(ctx, "reservations")],
                 errors=[
@@ -462,7 +487,7 @@ class SlurmViews:
                         f"Unable to find reservation {name}",
                     )
                 ],
-                status=500 if ctx.legacy else 404,
+                status=500,
             )
         return Body(
             payload=[

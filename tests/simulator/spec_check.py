@@ -95,11 +95,23 @@ def get_urls(version: str, job_id: int) -> list[tuple[str, specs.Operation]]:
     return out
 
 
-def body_errors(version: str, family: str, pattern: tuple[str, ...], body: Any) -> list[str]:
+def body_errors(
+    version: str, family: str, pattern: tuple[str, ...], body: Any, status: int = 200
+) -> list[str]:
     """What the spec of ``version`` says is wrong with ``body``, a GET's answer
-    of any status: every data_parser spec declares the ``default`` (error)
-    response with the 200 schema, so one validator serves both."""
+    of ``status``: every data_parser spec declares the ``default`` (error)
+    response with the 200 schema, so one validator serves both.
+
+    A failed read may lack the payload's required top-level keys: the
+    handlers stop before dumping (``goto done``), as the real 25.05 and 25.11
+    "node not found" answers show (``meta``, ``errors``, ``warnings`` only,
+    200).  So a top-level ``required`` is tolerated when ``errors`` is not
+    empty, and on any status other than 200.
+    """
     op = specs.lookup(version, family, pattern, "GET")
     assert op is not None, (version, family, pattern)
     assert op.schema is not None, (version, family, pattern)
-    return errors(version, validator(version, op), body)
+    found = errors(version, validator(version, op), body)
+    if status != 200 or (isinstance(body, dict) and body.get("errors")):
+        found = [e for e in found if not (e.startswith(": ") and "is a required property" in e)]
+    return found
