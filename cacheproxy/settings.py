@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     jwks_file: str = _opt("", "verify tokens locally with the RS256 keys in this JWKS file")
     jwt_leeway: float = _opt(5.0, "seconds of clock skew allowed on a token's exp")
     upstream_concurrency: int = _opt(
-        16, "requests in flight to slurmrestd at once (its default thread count)"
+        16, "requests in flight to slurmrestd at once (below its 20 threads, 124 connections)"
     )
     upstream_queue: int = _opt(128, "requests waiting for an upstream slot before 503")
     upstream_queue_timeout: float = _opt(10.0, "seconds a request waits for an upstream slot")

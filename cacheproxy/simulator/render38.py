@@ -272,7 +272,7 @@ def db_user(u: m.User, c: m.Cluster) -> dict[str, Any]:
         {
             "account": a.account,
             "cluster": c.config.cluster_name,
-            "partition": a.partition,
+            "partition": a.partition or None,
             "user": u.name,
         }
         for a in c.associations
@@ -289,11 +289,11 @@ def db_account(a: m.Account, c: m.Cluster) -> dict[str, Any]:
         {
             "account": a.name,
             "cluster": c.config.cluster_name,
-            "partition": x.partition,
-            "user": x.user,
+            "partition": x.partition or None,
+            "user": x.user or None,
         }
         for x in c.associations
-        if x.account == a.name and x.user
+        if x.account == a.name
     ]
     d["description"] = a.description
     d["name"] = a.name
@@ -302,16 +302,17 @@ def db_account(a: m.Account, c: m.Cluster) -> dict[str, Any]:
 
 
 def db_association(a: m.Association, c: m.Cluster) -> dict[str, Any]:
+    """As 22.05's dbv0.0.37 parse.c dumps one: unset strings and numbers
+    ``null`` (``_dump_to_string``, ``_dump_to_uint32`` on NULL / NO_VAL), the
+    QOS list by id, as strings (``_dump_qos_str_list``)."""
     d = fresh("v38_db_association")
     d["account"] = a.account
     d["cluster"] = c.config.cluster_name
-    d["parent_account"] = a.parent
-    d["partition"] = a.partition
-    d["qos"] = list(a.qos)
+    d["parent_account"] = a.parent or None
+    d["partition"] = a.partition or None
+    d["qos"] = [str(c.qos[q].id) if q in c.qos else q for q in a.qos]
     d["shares_raw"] = a.shares
-    d["user"] = a.user
-    if isinstance(d.get("default"), dict):
-        d["default"]["qos"] = "normal"
+    d["user"] = a.user or None
     return d
 
 

@@ -1,7 +1,9 @@
 """A Transport wrapper that protects slurmrestd (and slurmctld behind it).
 
-slurmrestd serves requests with a small thread pool (16 by default) and every
-request that reaches slurmctld takes its locks.  A cache in front of it must
+slurmrestd serves requests with a small thread pool (``-t``: 20 through
+24.11, two per CPU from 25.05), accepts at most 124 connections
+(``--max-connections``) and every request that reaches slurmctld takes its
+locks.  A cache in front of it must
 not turn a burst of misses, or a struggling controller, into a pile-up:
 
 * **Concurrency limit with a bounded queue.**  At most ``max_concurrent``
@@ -49,7 +51,9 @@ if TYPE_CHECKING:
     from cacheproxy.stats import Stats
 
 DEFAULT_MAX_CONCURRENT = 16
-"""slurmrestd's default thread count: more in flight would only queue there."""
+"""Below slurmrestd's default thread count (20 through 24.11) and far below its
+connection limit (124): more in flight would only queue there, and past the
+limit a new connection waits unaccepted (docs/COMPATIBILITY.md)."""
 FAILURE_STATUSES = frozenset({502, 503, 504})
 """Answers that mean slurmrestd (or slurmctld/slurmdbd behind it) is failing."""
 _MAX_COOLDOWN = 60.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,46 @@ def errors_of(results: dict[str, Any]) -> dict[str, Any]:
         for label, r in results.items()
         if r.get("status") != 200 or "data" not in r
     }
+
+
+def check_reads(
+    run: Callable[[str], Any],
+    direct_url: str,
+    proxy_url: str,
+    labels: list[str],
+    may_fail: frozenset[str] = frozenset(),
+    mask: Callable[[Any], Any] = lambda data: data,
+) -> dict[str, Any]:
+    """Direct, through the proxy, and again through the proxy: all deserialize,
+    all equal, the repeat of every cacheable read a hit.
+
+    A read in ``may_fail`` may come back as an error (an HTTP error or the
+    client's own deserialization error), but exactly the same one through the
+    proxy as directly: then the proxy is not the reason. ``mask`` hides what
+    moves between two reads of the same state (the real controller's load
+    samples). Returns the direct results.
+    """
+    direct = run(direct_url)["calls"]
+    first = run(proxy_url)["calls"]
+    again = run(proxy_url)["calls"]
+    unexpected = {k: v for k, v in errors_of(direct).items() if k not in may_fail}
+    assert not unexpected, f"direct: {unexpected}"
+    for name, results in (("proxy", first), ("proxy again", again)):
+        assert errors_of(results).keys() == errors_of(direct).keys(), name
+    for label in labels:
+        if label in errors_of(direct):
+            want_err = (direct[label]["status"], direct[label]["error"].split("\n")[0])
+            for results in (first, again):
+                got = (results[label]["status"], results[label]["error"].split("\n")[0])
+                assert got == want_err, label
+            continue
+        want = mask(comparable(label, direct[label]["data"]))
+        assert mask(comparable(label, first[label]["data"])) == want, label
+        assert mask(comparable(label, again[label]["data"])) == want, f"{label} (repeat)"
+    misses = {
+        label: r["headers"].get("cache-status")
+        for label, r in again.items()
+        if label not in UNCACHED and "data" in r and not is_hit(r["headers"])
+    }
+    assert not misses, f"repeats through the proxy were not hits: {misses}"
+    return direct

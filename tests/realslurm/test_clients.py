@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.clients.compare import UNCACHED, comparable, errors_of, is_hit, long_ttl_rules
+from tests.clients.compare import check_reads as check_reads_masked
+from tests.clients.compare import errors_of, is_hit, long_ttl_rules
 from tests.clients.venvs import client_python, run_client
 from tests.realslurm.cluster import RealSlurmCluster
 from tests.realslurm.conftest import ProxyProcess, job_body
@@ -35,6 +36,17 @@ RESERVATION = "clients-resv"
 @pytest.fixture(scope="module")
 def rules(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return long_ttl_rules(tmp_path_factory.mktemp("client-rules"))
+
+
+def check_reads(
+    run: Callable[[str], Any],
+    direct_url: str,
+    proxy_url: str,
+    labels: list[str],
+    may_fail: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """:func:`tests.clients.compare.check_reads`, the controller's moving samples masked."""
+    return check_reads_masked(run, direct_url, proxy_url, labels, may_fail, mask=masked)
 
 
 def with_reservation(cluster: RealSlurmCluster) -> Iterator[str]:
@@ -56,47 +68,6 @@ def with_reservation(cluster: RealSlurmCluster) -> Iterator[str]:
         yield RESERVATION
     finally:
         cluster.run(["scontrol", "delete", f"ReservationName={RESERVATION}"])
-
-
-def check_reads(
-    run: Callable[[str], Any],
-    direct_url: str,
-    proxy_url: str,
-    labels: list[str],
-    may_fail: frozenset[str] = frozenset(),
-) -> dict[str, Any]:
-    """Direct, through the proxy, and again through the proxy: all deserialize,
-    all equal, the repeat of every cacheable read a hit.
-
-    A read in ``may_fail`` may come back as an error (an HTTP error or the
-    client's own deserialization error), but exactly the same one through the
-    proxy as directly: then the proxy is not the reason. Returns the direct
-    results.
-    """
-    direct = run(direct_url)["calls"]
-    first = run(proxy_url)["calls"]
-    again = run(proxy_url)["calls"]
-    unexpected = {k: v for k, v in errors_of(direct).items() if k not in may_fail}
-    assert not unexpected, f"direct: {unexpected}"
-    for name, results in (("proxy", first), ("proxy again", again)):
-        assert errors_of(results).keys() == errors_of(direct).keys(), name
-    for label in labels:
-        if label in errors_of(direct):
-            want_err = (direct[label]["status"], direct[label]["error"].split("\n")[0])
-            for results in (first, again):
-                got = (results[label]["status"], results[label]["error"].split("\n")[0])
-                assert got == want_err, label
-            continue
-        want = masked(comparable(label, direct[label]["data"]))
-        assert masked(comparable(label, first[label]["data"])) == want, label
-        assert masked(comparable(label, again[label]["data"])) == want, f"{label} (repeat)"
-    misses = {
-        label: r["headers"].get("cache-status")
-        for label, r in again.items()
-        if label not in UNCACHED and "data" in r and not is_hit(r["headers"])
-    }
-    assert not misses, f"repeats through the proxy were not hits: {misses}"
-    return direct
 
 
 # -- openapi-slurm-0-0-38-client (v0.0.38) -----------------------------------
