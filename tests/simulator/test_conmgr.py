@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from cacheproxy.simulator.cli import build_parser, config_from_args
-from cacheproxy.simulator.config import SimConfig
+from cacheproxy.simulator.config import CostParams, SimConfig
 from cacheproxy.simulator.releases import DEFAULT_MAX_CONNECTIONS, RELEASES
 from tests.simulator.conftest import Running, auth, started
 from tests.simulator.proxied import proxy_in_front
@@ -95,7 +95,10 @@ def test_accept_waits_at_the_limit_and_resumes_when_one_closes() -> None:
 
 
 def test_worker_threads_bound_the_requests_handled_at_once() -> None:
-    with started(style="24.11", threads=2, cost_model="realistic") as sim:
+    # Each read holds the controller lock 0.1 s: 12 at once cannot all be served
+    # before the others arrive, however loaded the machine.
+    slow = CostParams(read_base=0.1, jitter_sigma=0.0)
+    with started(style="24.11", threads=2, cost_model="realistic", cost=slow) as sim:
 
         async def burst() -> list[int]:
             async with httpx.AsyncClient(base_url=sim.url, timeout=30) as c:
