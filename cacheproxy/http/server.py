@@ -61,7 +61,7 @@ import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 import httptools
@@ -172,9 +172,9 @@ class HttpServer(asyncio.Protocol):
 
     # -- the connection -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.connections.add(self)
-        self.transport = transport
+        # (uvloop's transports have asyncio.Transport's methods, not its class)
+        self.transport = transport = cast(asyncio.Transport, transport)
         self.server = _address(transport, "sockname")
         self.client = _address(transport, "peername")  # type: ignore[assignment]
         if transport.get_extra_info("sslcontext"):

@@ -29,6 +29,7 @@ async def serve(
         options["http"] = http_server.protocol(
             http_server.ServerOptions(forwarded_allow_ips=("127.0.0.1", "::1"))
         )
+    if not isinstance(options["http"], str):  # ours: it rewrites the client itself
         options.setdefault("proxy_headers", False)
     config = uvicorn.Config(
         app,
