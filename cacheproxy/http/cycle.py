@@ -31,7 +31,7 @@ import asyncio
 import http
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Protocol
 
 from cacheproxy.http.respond import Message, Receive, Response, Send
@@ -64,15 +64,22 @@ _INTERNAL_ERROR = (
 pipeline never does: its safety net answers in slurmrestd's shape)."""
 
 
-def _status_line(status: int) -> bytes:
-    try:
-        phrase = http.HTTPStatus(status).phrase.encode()
-    except ValueError:
-        phrase = b""
-    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+def _status_line(status: int, phrases: Mapping[int, str] | None = None) -> bytes:
+    phrase = (phrases or {}).get(status)
+    if phrase is None:
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode())
 
 
-STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+def status_lines(phrases: Mapping[int, str] | None = None) -> dict[int, bytes]:
+    """Every status line, with the standard reason phrases or ``phrases``."""
+    return {status: _status_line(status, phrases) for status in range(100, 600)}
+
+
+STATUS_LINES = status_lines()
 
 
 class Connection(Protocol):
@@ -80,6 +87,7 @@ class Connection(Protocol):
 
     transport: asyncio.Transport
     write_paused: bool
+    status_lines: Mapping[int, bytes]
 
     @property
     def default_headers(self) -> list[tuple[bytes, bytes]]: ...
@@ -160,7 +168,7 @@ class Cycle:
         """Write ``response`` at once; False (nothing written) when it has
         no Content-Length, so that it must be framed by :meth:`send`."""
         status, headers, body = response
-        parts = [STATUS_LINES.get(status) or _status_line(status)]
+        parts = [self.conn.status_lines.get(status) or _status_line(status)]
         for name, value in self.conn.default_headers:
             parts += (name, b": ", value, b"\r\n")
         sized = closes = False
@@ -270,7 +278,7 @@ class Cycle:
         if self.expect_continue and self.more_body:
             self.keep_alive = False  # its body was never asked for: see the module docstring
         self.expect_continue = False
-        parts = [STATUS_LINES.get(status) or _status_line(status)]
+        parts = [self.conn.status_lines.get(status) or _status_line(status)]
         length: int | None = None
         closes = False
         for name, value in (*self.conn.default_headers, *headers):

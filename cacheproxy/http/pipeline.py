@@ -334,4 +334,3 @@ def _sender(response: Response) -> Callable[[Receive, Send], Awaitable[None]]:
         await send_response(send, response)
 
     return run
-

@@ -59,7 +59,7 @@ import functools
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote
@@ -67,7 +67,7 @@ from urllib.parse import unquote
 import httptools
 
 from cacheproxy.core import errors
-from cacheproxy.http.cycle import STATUS_LINES, Cycle
+from cacheproxy.http.cycle import STATUS_LINES, Cycle, status_lines
 from cacheproxy.http.forwarded import TrustedProxies
 from cacheproxy.http.pipeline import Answer, Continue, Exchange, Pipeline
 from cacheproxy.http.respond import Response
@@ -87,6 +87,9 @@ class ServerOptions:
     """Seconds; 0: no limit."""
     forwarded_allow_ips: tuple[str, ...] = ()
     """The balancers whose ``X-Forwarded-For``/``-Proto`` are believed."""
+    reason_phrases: tuple[tuple[int, str], ...] = ()
+    """Status codes whose reason phrase is not the standard one (the
+    simulator writes slurmrestd's, e.g. ``304 NOT MODIFIED``)."""
 
 
 def protocol(options: ServerOptions | None = None) -> Callable[..., HttpServer]:
@@ -131,6 +134,7 @@ class HttpServer(asyncio.Protocol):
         self.root_path: str = config.root_path
         self.keep_alive_timeout: float = config.timeout_keep_alive
         self.limit: int | None = config.limit_concurrency
+        self.status_lines: Mapping[int, bytes] = _status_lines_of(options.reason_phrases)
         self.max_url = options.max_url_bytes
         self.max_head = options.max_head_bytes
         self.head_timeout = options.head_timeout
@@ -407,9 +411,7 @@ class HttpServer(asyncio.Protocol):
         else:  # framed by ASGI's send (chunked)
             self._spawn(cycle.run(lambda receive, send: cycle.send_whole(response)))
 
-    async def _answer_later(
-        self, cycle: Cycle, ex: Exchange, pending: Awaitable[Answer]
-    ) -> None:
+    async def _answer_later(self, cycle: Cycle, ex: Exchange, pending: Awaitable[Answer]) -> None:
         """An answer that awaited something (the store, upstream, a step).
         Until it is written the request is in progress, so the requests
         pipelined behind it wait."""
@@ -439,22 +441,27 @@ class HttpServer(asyncio.Protocol):
         """The active request's response is complete: the next one's turn."""
         self.state.total_requests += 1
         self.active = None
-        if self.transport.is_closing():
+        transport = self.transport
+        if transport.is_closing():
             return
         now = self.loop.time()
         if self.head_timeout > 0:
             self.head_deadline = now + self.head_timeout
         if self.starting:
             return  # (the loop below goes on)
-        self.starting = True
-        try:  # a loop, not a recursion: a client may pipeline hundreds of hits
-            while self.waiting and self.active is None and not self.transport.is_closing():
-                self._start(self.waiting.popleft())
-        finally:
-            self.starting = False
-        if self.active is None and not self.transport.is_closing():
+        if self.waiting:
+            self.starting = True
+            try:  # a loop, not a recursion: a client may pipeline hundreds of hits
+                while self.waiting and self.active is None and not transport.is_closing():
+                    self._start(self.waiting.popleft())
+            finally:
+                self.starting = False
+            if self.active is not None or transport.is_closing():
+                self._ensure_timer()
+                return
+        if self.read_paused:
             self.resume_reading()
-            self.idle_deadline = now + self.keep_alive_timeout
+        self.idle_deadline = now + self.keep_alive_timeout
         self._ensure_timer()
 
     # -- deadlines --------------------------------------------------------------------
@@ -493,6 +500,13 @@ class HttpServer(asyncio.Protocol):
         self._ensure_timer()
 
 
+@functools.lru_cache(maxsize=4)
+def _status_lines_of(phrases: tuple[tuple[int, str], ...]) -> dict[int, bytes]:
+    """One table per set of phrases (a pure function, remembered: built
+    once, not per connection)."""
+    return status_lines(dict(phrases)) if phrases else STATUS_LINES
+
+
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
     for name, value in headers:
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
@@ -519,4 +533,3 @@ def _address(transport: asyncio.Transport, which: str) -> tuple[str, int | None]
 
 async def _ready(response: Response) -> Response:
     return response
-

@@ -1,7 +1,9 @@
 """Run the simulator under uvicorn: in this process, in a thread, or as a subprocess.
 
 uvicorn is configured to add nothing of its own (no ``Server``/``Date``
-headers), with uvloop and httptools like a production deployment.
+headers), with uvloop and the proxy's own server protocol
+(:mod:`cacheproxy.http.server`, on httptools), which writes slurmrestd's
+reason phrases when asked (``exact_status_lines``).
 """
 
 from __future__ import annotations
@@ -20,26 +22,21 @@ from typing import Any
 
 import uvicorn
 
+from cacheproxy.http.server import ServerOptions, protocol
 from cacheproxy.simulator.app import Simulator
 from cacheproxy.simulator.config import SimConfig
 
 
-def slurmrestd_status_lines() -> None:
-    """Make uvicorn write slurmrestd's reason phrases (``304 NOT MODIFIED``).
-
-    uvicorn keeps one process-wide table, so only call this in a process that
-    runs nothing but the simulator (the CLI does).
-    """
-    from uvicorn.protocols.http import httptools_impl
-
+def slurmrestd_reason_phrases() -> tuple[tuple[int, str], ...]:
+    """slurmrestd's reason phrases (``304 NOT MODIFIED``, ``500 INTERNAL ERROR``)."""
+    phrases = []
     for code in range(100, 600):
         try:
             phrase = http.HTTPStatus(code).phrase.upper()
         except ValueError:
             continue
-        if code == 500:
-            phrase = "INTERNAL ERROR"
-        httptools_impl.STATUS_LINE[code] = f"HTTP/1.1 {code} {phrase}\r\n".encode()
+        phrases.append((code, "INTERNAL ERROR" if code == 500 else phrase))
+    return tuple(phrases)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -74,9 +71,11 @@ class _Server(uvicorn.Server):
 def make_server(
     app: Simulator, on_ready: Callable[[], None] | None = None, **overrides: Any
 ) -> _Server:
+    reasons = slurmrestd_reason_phrases() if app.config.exact_status_lines else ()
     options: dict[str, Any] = {
         "loop": "uvloop",
-        "http": "httptools",
+        "http": protocol(ServerOptions(reason_phrases=reasons)),
+        "proxy_headers": False,
         "lifespan": "on",
         "server_header": False,
         "date_header": False,
@@ -91,8 +90,6 @@ def make_server(
 
 def serve(config: SimConfig, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve in the foreground until interrupted (the CLI)."""
-    if config.exact_status_lines:
-        slurmrestd_status_lines()
     sock = bind(config.host, config.port)
     url = url_of(sock)
     server = make_server(Simulator(config), (lambda: on_ready(url)) if on_ready else None)
@@ -137,7 +134,7 @@ def running_simulator_process(*args: str, timeout: float = 60.0) -> Iterator[str
     """Run ``python -m cacheproxy.simulator --port 0 ARGS`` as a subprocess.
 
     Yields the base URL it prints; the process is ended (by its pid) on exit.
-    The subprocess patches uvicorn's status lines, so raw-socket tests see
+    The CLI writes slurmrestd's status lines, so raw-socket tests see
     ``HTTP/1.1 304 NOT MODIFIED`` exactly.  Its stderr goes to a temporary
     file (a pipe nobody reads could fill up and stall a long benchmark).
     """
