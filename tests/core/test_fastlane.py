@@ -1,7 +1,7 @@
-"""The fast lane (cacheproxy.fastlane, cacheproxy.protocol): hits answered by
+"""The fast lane (cacheproxy.http.server): hits answered by
 the server protocol must be byte-for-byte what the ASGI path answers, and
 every request the lane must not take (a miss, a refusal, a blocked client,
-Connection: close, a body, a lane fault...) must still get its ASGI answer."""
+a body, a lane fault...) must still get its ASGI answer."""
 
 from __future__ import annotations
 
