@@ -137,7 +137,7 @@ class Stats:
     coalesced: int = 0
     fast_hits: int = 0
     """Hits answered in the server's fast lane (a subset of the ``hit``
-    outcomes in :attr:`requests`; see :mod:`cacheproxy.http.protocol`)."""
+    outcomes in :attr:`requests`; see :mod:`cacheproxy.http.server`)."""
     fast_forwards: int = 0
     """GETs passed through and answered in the fast lane (a subset of the
     ``fwd=...`` outcomes in :attr:`requests`)."""

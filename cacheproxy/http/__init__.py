@@ -4,9 +4,12 @@ and slurmrestd (:mod:`cacheproxy.upstream`).
 
 One request, from the socket inwards:
 
-* ``protocol.py`` (+ ``httplimits.py``): the server protocol uvicorn runs:
-  head limits (414/431/408), and the lane that writes an answer the pipeline
-  completed without awaiting straight to the socket; ``tls.py``: TLS options;
+* ``server.py``: the HTTP/1.1 server protocol uvicorn runs (the proxy's own,
+  on httptools): head limits (414/431/408), pipelining, and the lane that
+  writes an answer the pipeline completed whole straight to the socket;
+  ``cycle.py``: one request on the wire and, where it needs one, its ASGI
+  cycle; ``forwarded.py``: the client behind a trusted balancer; ``tls.py``:
+  TLS options;
 * ``hardening.py``: builds the pipeline, in order, from the settings; each
   step is written once and runs for every request, on the lane or not:
   ``accesslog.py`` (request id, access log, safety net), ``guard.py``

@@ -3,8 +3,9 @@ and the server's options.
 
 From the socket inwards::
 
-    CacheProxyProtocol         URL/head size (414/431), head timeout (408);
-                               runs the pipeline, writes whole answers itself
+    server.HttpServer          URL/head size (414/431), head timeout (408),
+                               trusted X-Forwarded-For; runs the pipeline,
+                               writes whole answers itself
     uvicorn limit_concurrency  open connections/requests (503, written by the protocol)
     Pipeline                   safety net (503 in slurmrestd's shape)
       AccessLog (optional)     JSON access log, one line per request
@@ -30,7 +31,7 @@ import sys
 from typing import Any
 
 from cacheproxy import settings as settings_mod
-from cacheproxy.http import httplimits, tls
+from cacheproxy.http import server, tls
 from cacheproxy.http.accesslog import AccessLog, RequestContext
 from cacheproxy.http.app import SETTINGS_ENV, CacheProxyApp
 from cacheproxy.http.guard import AuthGuard, IsAccepted
@@ -93,24 +94,23 @@ def wrap(app: CacheProxyApp) -> Pipeline:
 
 def uvicorn_options(s: Settings) -> dict[str, Any]:
     """uvicorn settings for the limits and TLS (merged over the CLI's own)."""
-    httplimits.configure(
+    options = server.ServerOptions(
         max_url_bytes=s.max_url_bytes,
         max_head_bytes=s.max_header_bytes,
         head_timeout=s.header_timeout,
-    )
-    proxies = trusted_proxies(s.forwarded_allow_ips)
-    return {
-        # X-Forwarded-For is believed only from the configured balancers: by
+        # X-Forwarded-For is believed only from the configured balancers (by
         # default uvicorn believes it from 127.0.0.1, so any local process
-        # could pick the address the guard charges (docs/hardening.md).  The
-        # protocol applies this same middleware's rewrite (protocol.py).
-        "proxy_headers": bool(proxies),
-        "forwarded_allow_ips": proxies or None,
-        # A string: --workers children import it (and configure() it again).
-        "http": "cacheproxy.http.protocol:CacheProxyProtocol",
+        # could pick the address the guard charges: docs/hardening.md).
+        forwarded_allow_ips=tuple(trusted_proxies(s.forwarded_allow_ips)),
+    )
+    return {
+        # The protocol rewrites the client itself: uvicorn's middleware
+        # would hide the pipeline from it.
+        "proxy_headers": False,
+        # The limits travel with the factory (pickled to --workers children).
+        "http": server.protocol(options),
         "timeout_keep_alive": s.keep_alive_timeout,
         "limit_concurrency": s.max_connections or None,
-        "h11_max_incomplete_event_size": s.max_header_bytes,
         # uvicorn's own access log prints the query string as is; ours redacts.
         "access_log": False,
         **tls.server_options(s),
@@ -135,6 +135,5 @@ def create_app_from_env() -> Pipeline:
     raw = os.environ.get(SETTINGS_ENV)
     s = settings_mod.load() if raw is None else settings_mod.load(cli=json.loads(raw), env={})
     app = CacheProxyApp(s)
-    uvicorn_options(app.settings)  # configure the protocol limits in this child
     configure_access_log(app.settings)
     return wrap(app)

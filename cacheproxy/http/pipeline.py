@@ -15,7 +15,7 @@ was entered, innermost first (``leave``: the guard counts failures, the
 request id is added, the access log notes the status), and the access log's
 line is written at the end (``done``).  So a fresh hit from the in-process
 store is this same pipeline completing without awaiting: the server protocol
-(:mod:`cacheproxy.http.protocol`) writes its :data:`Response` itself, with no
+(:mod:`cacheproxy.http.server`) writes its :data:`Response` itself, with no
 task and no ASGI cycle; served by any other ASGI server, :meth:`Pipeline.__call__`
 sends the very same response through ``send``.
 
@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from cacheproxy.core import errors
 from cacheproxy.http.respond import (
@@ -334,13 +334,3 @@ def _sender(response: Response) -> Callable[[Receive, Send], Awaitable[None]]:
         await send_response(send, response)
 
     return run
-
-
-def continue_asgi(cont: Continue) -> Any:
-    """A :class:`Continue` as an ASGI application (for a server's cycle;
-    typed loosely, as servers type their applications each their own way)."""
-
-    async def app(scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
-        await cont.run(receive, send)
-
-    return app

@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--uvicorn-status-lines",
         action="store_true",
-        help="keep uvicorn's reason phrases instead of slurmrestd's (e.g. '304 NOT MODIFIED')",
+        help="standard reason phrases instead of slurmrestd's (e.g. '304 NOT MODIFIED')",
     )
     return p
 

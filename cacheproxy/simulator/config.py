@@ -100,7 +100,7 @@ class SimConfig:
     #: Job life speed: 1.0 = real durations (minutes), 0 = frozen clock for jobs.
     job_speed: float = 1.0
     cluster_name: str = "simcluster"
-    #: Patch uvicorn's reason phrases to slurmrestd's ("304 NOT MODIFIED").
+    #: Write slurmrestd's reason phrases ("304 NOT MODIFIED"), not the standard ones.
     #: Process-wide, so only enabled where the simulator owns the process.
     exact_status_lines: bool = False
     cost: CostParams = field(default_factory=CostParams)

@@ -95,17 +95,48 @@ class Conmgr:
         }
 
 
-def counted(protocol_class: type[Any], conmgr: Conmgr) -> Callable[[], asyncio.Protocol]:
-    """A factory of ``protocol_class`` connections that free their slot on close."""
+def counted(
+    factory: Callable[..., asyncio.Protocol], conmgr: Conmgr
+) -> Callable[..., asyncio.Protocol]:
+    """A factory of ``factory``'s connections that free their slot on close."""
 
-    class Counted(protocol_class):  # type: ignore[misc]
-        def connection_lost(self, exc: Exception | None) -> None:
-            try:
-                super().connection_lost(exc)
-            finally:
-                conmgr.closed()
+    def build(**kwargs: Any) -> asyncio.Protocol:
+        return _Counted(factory(**kwargs), conmgr)
 
-    return Counted
+    return build
+
+
+class _Counted(asyncio.Protocol):
+    """One connection of another protocol, handing its slot back when it ends.
+
+    A wrapper rather than a subclass: the protocol is whatever factory
+    uvicorn's ``http=`` setting holds (the proxy's server protocol is a
+    ``functools.partial``)."""
+
+    def __init__(self, inner: asyncio.Protocol, conmgr: Conmgr) -> None:
+        self.inner = inner
+        self.conmgr = conmgr
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self.inner.connection_lost(exc)
+        finally:
+            self.conmgr.closed()
 
 
 async def accept_loop(

@@ -1,13 +1,14 @@
 """Run the simulator under uvicorn: in this process, in a thread, or as a subprocess.
 
 uvicorn is configured to add nothing of its own (no ``Server``/``Date``
-headers), with uvloop and httptools like a production deployment.  It does not
-accept connections itself: :func:`conmgr.accept_loop
+headers), with uvloop and the proxy's own server protocol
+(:mod:`cacheproxy.http.server`, on httptools), which writes slurmrestd's
+reason phrases when asked (``exact_status_lines``).  uvicorn does not accept
+connections itself: :func:`conmgr.accept_loop
 <cacheproxy.simulator.conmgr.accept_loop>` does, stopping at slurmrestd's
-connection limit, and hands each one to a uvicorn protocol built as uvicorn's
-own ``startup()`` builds it (``Config.http_protocol_class`` with the server's
-``server_state`` and the lifespan's ``state``; uvicorn's range is pinned in
-pyproject and ``tests/simulator/test_conmgr.py`` fails if that changes).
+connection limit, and hands each one to that protocol, made with the keywords
+uvicorn's own ``startup()`` passes (the contract ``tests/core/test_dependencies.py``
+pins; the simulator keeps no lifespan state, so ``app_state`` is empty).
 """
 
 from __future__ import annotations
@@ -27,27 +28,22 @@ from typing import Any
 
 import uvicorn
 
+from cacheproxy.http.server import ServerOptions, protocol
 from cacheproxy.simulator.app import Simulator
 from cacheproxy.simulator.config import SimConfig
 from cacheproxy.simulator.conmgr import Conmgr, accept_loop, counted
 
 
-def slurmrestd_status_lines() -> None:
-    """Make uvicorn write slurmrestd's reason phrases (``304 NOT MODIFIED``).
-
-    uvicorn keeps one process-wide table, so only call this in a process that
-    runs nothing but the simulator (the CLI does).
-    """
-    from uvicorn.protocols.http import httptools_impl
-
+def slurmrestd_reason_phrases() -> tuple[tuple[int, str], ...]:
+    """slurmrestd's reason phrases (``304 NOT MODIFIED``, ``500 INTERNAL ERROR``)."""
+    phrases = []
     for code in range(100, 600):
         try:
             phrase = http.HTTPStatus(code).phrase.upper()
         except ValueError:
             continue
-        if code == 500:
-            phrase = "INTERNAL ERROR"
-        httptools_impl.STATUS_LINE[code] = f"HTTP/1.1 {code} {phrase}\r\n".encode()
+        phrases.append((code, "INTERNAL ERROR" if code == 500 else phrase))
+    return tuple(phrases)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -83,9 +79,7 @@ class _Server(uvicorn.Server):
         factory = counted(self.config.http_protocol_class, self._conmgr)
 
         def build() -> asyncio.Protocol:
-            return factory(  # type: ignore[call-arg]
-                config=self.config, server_state=self.server_state, app_state=self.lifespan.state
-            )
+            return factory(config=self.config, server_state=self.server_state, app_state={})
 
         self._accepting = [
             asyncio.create_task(accept_loop(sock, self._conmgr, build)) for sock in sockets or []
@@ -103,9 +97,11 @@ class _Server(uvicorn.Server):
 def make_server(
     app: Simulator, on_ready: Callable[[], None] | None = None, **overrides: Any
 ) -> _Server:
+    reasons = slurmrestd_reason_phrases() if app.config.exact_status_lines else ()
     options: dict[str, Any] = {
         "loop": "uvloop",
-        "http": "httptools",
+        "http": protocol(ServerOptions(reason_phrases=reasons)),
+        "proxy_headers": False,
         "lifespan": "on",
         "server_header": False,
         "date_header": False,
@@ -120,8 +116,6 @@ def make_server(
 
 def serve(config: SimConfig, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve in the foreground until interrupted (the CLI)."""
-    if config.exact_status_lines:
-        slurmrestd_status_lines()
     sock = bind(config.host, config.port)
     url = url_of(sock)
     server = make_server(Simulator(config), (lambda: on_ready(url)) if on_ready else None)
@@ -166,7 +160,7 @@ def running_simulator_process(*args: str, timeout: float = 60.0) -> Iterator[str
     """Run ``python -m cacheproxy.simulator --port 0 ARGS`` as a subprocess.
 
     Yields the base URL it prints; the process is ended (by its pid) on exit.
-    The subprocess patches uvicorn's status lines, so raw-socket tests see
+    The subprocess writes slurmrestd's reason phrases, so raw-socket tests see
     ``HTTP/1.1 304 NOT MODIFIED`` exactly.  Its stderr goes to a temporary
     file (a pipe nobody reads could fill up and stall a long benchmark).
     """

@@ -151,7 +151,7 @@ class SyncLookup(Protocol):
     """Optional: a store whose :meth:`Store.lookup` never waits may also offer
     it as a plain call.  It must answer exactly what ``lookup`` would (a
     subclass overriding one overrides both); the server's fast lane
-    (:mod:`cacheproxy.http.protocol`) answers hits with it from a parser callback,
+    (:mod:`cacheproxy.http.server`) answers hits with it from a parser callback,
     without a coroutine."""
 
     def lookup_now(self, key: bytes, tags: Sequence[str], credential: bytes) -> Lookup: ...

@@ -9,7 +9,7 @@ from typing import Any
 
 import uvicorn
 
-from cacheproxy.http.protocol import CacheProxyProtocol
+from cacheproxy.http import server as http_server
 
 
 @asynccontextmanager
@@ -20,9 +20,17 @@ async def serve(
     socket ``uds``; yields its URL (``unix:<path>`` for a socket).
     ``options`` go to ``uvicorn.Config`` over these defaults.
 
-    The protocol is the one ``cacheproxy serve`` runs (httptools, with the
-    fast lane for hits), so every test over a socket also tests the lane;
-    ``http="httptools"`` serves plain uvicorn."""
+    The protocol is the one ``cacheproxy serve`` runs
+    (:mod:`cacheproxy.http.server`), so every test over a socket also tests
+    it; it believes ``X-Forwarded-For`` from loopback, as uvicorn does by
+    default.  ``http="httptools"`` serves plain uvicorn (and its own
+    proxy-headers middleware)."""
+    if "http" not in options:
+        options["http"] = http_server.protocol(
+            http_server.ServerOptions(forwarded_allow_ips=("127.0.0.1", "::1"))
+        )
+    if not isinstance(options["http"], str):  # ours: it rewrites the client itself
+        options.setdefault("proxy_headers", False)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -32,7 +40,6 @@ async def serve(
         lifespan=lifespan,
         log_level="warning",
         **{
-            "http": CacheProxyProtocol,
             "access_log": False,
             "server_header": False,
             "date_header": False,

@@ -1,7 +1,7 @@
-"""The fast lane (cacheproxy.fastlane, cacheproxy.protocol): hits answered by
+"""The fast lane (cacheproxy.http.server): hits answered by
 the server protocol must be byte-for-byte what the ASGI path answers, and
 every request the lane must not take (a miss, a refusal, a blocked client,
-Connection: close, a body, a lane fault...) must still get its ASGI answer."""
+a body, a lane fault...) must still get its ASGI answer."""
 
 from __future__ import annotations
 
@@ -251,19 +251,17 @@ async def test_pipelined_requests_are_answered_in_order(stack: Stack, connect: C
 
 
 @pytest.mark.parametrize(
-    ("request_bytes", "closes"),
+    "request_bytes",
     [
-        (get(JOBS, extra=b"Connection: close\r\n"), True),
-        (get(JOBS).replace(b"HTTP/1.1", b"HTTP/1.0", 1), True),
-        (get(JOBS, extra=b"Content-Length: 3\r\n")[:-2] + b"\r\nabc", False),
-        (get(JOBS, extra=b"Transfer-Encoding: chunked\r\n") + b"0\r\n\r\n", False),
-        (get(JOBS, token="other-token"), False),  # a credential not accepted yet
-        (get(JOBS, extra=b"X-SLURM-USER-NAME: bob\r\n"), False),  # two names
+        get(JOBS, extra=b"Content-Length: 3\r\n")[:-2] + b"\r\nabc",
+        get(JOBS, extra=b"Transfer-Encoding: chunked\r\n") + b"0\r\n\r\n",
+        get(JOBS, token="other-token"),  # a credential not accepted yet
+        get(JOBS, extra=b"X-SLURM-USER-NAME: bob\r\n"),  # two names
     ],
-    ids=["connection-close", "http-1.0", "content-length", "chunked", "new-token", "two-names"],
+    ids=["content-length", "chunked", "new-token", "two-names"],
 )
 async def test_requests_the_lane_leaves_to_the_asgi_path(
-    stack: Stack, request_bytes: bytes, closes: bool, connect: Connect
+    stack: Stack, request_bytes: bytes, connect: Connect
 ) -> None:
     await warm(stack, connect)
     c = await connect(stack.fast)
@@ -271,13 +269,36 @@ async def test_requests_the_lane_leaves_to_the_asgi_path(
     r = await c.response()
     assert stack.app.stats.fast_hits == 0
     assert r.status in (200, 400, 401, 500)
-    if closes:
-        assert r.header(b"connection") == b"close"
-        assert await c.closed()
-    else:
-        await c.send(get(JOBS))  # the connection is still good, and a hit takes the lane
-        assert (await c.response()).header(b"cache-status") == HIT
-        assert stack.app.stats.fast_hits == 1
+    await c.send(get(JOBS))  # the connection is still good, and a hit takes the lane
+    assert (await c.response()).header(b"cache-status") == HIT
+    assert stack.app.stats.fast_hits == 1
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        get(JOBS, extra=b"Connection: close\r\n"),
+        get(JOBS).replace(b"HTTP/1.1", b"HTTP/1.0", 1),
+    ],
+    ids=["connection-close", "http-1.0"],
+)
+async def test_a_hit_that_ends_the_connection_is_written_whole_then_closed(
+    stack: Stack, request_bytes: bytes, connect: Connect
+) -> None:
+    """Since the proxy owns its server protocol (issue 16), a hit on a
+    connection that closes after it is written at once too, with the bytes
+    the ASGI path sends (``Connection: close`` included)."""
+    await warm(stack, connect)
+    fast, plain = await connect(stack.fast), await connect(stack.plain)
+    await fast.send(request_bytes)
+    a = await fast.response()
+    await plain.send(request_bytes)
+    b = await plain.response()
+    assert a.header(b"cache-status") == HIT
+    assert a.header(b"connection") == b"close"
+    assert without_date(a) == without_date(b)
+    assert await fast.closed()
+    assert stack.app.stats.fast_hits == 1
 
 
 async def test_while_the_guard_blocks_an_address_an_accepted_hit_passes_it(

@@ -1,5 +1,5 @@
 """The hardened proxy on a real socket: uvicorn with the CLI's options
-(limits, TLS, the httptools subclass) around ``hardening.wrap(app)``, the real
+(limits, TLS, the server protocol) around ``hardening.wrap(app)``, the real
 upstream transport behind it, all in the test's event loop."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cacheproxy.core.rules import RuleSet
-from cacheproxy.http import hardening, httplimits
+from cacheproxy.http import hardening
 from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from tests.core.servers import serve as core_serve
@@ -44,8 +44,5 @@ async def hardened_proxy(
     app = CacheProxyApp(settings, rules=rules)
     options = hardening.uvicorn_options(settings)
     options.update(overrides)
-    try:
-        async with serve(hardening.wrap(app), **options) as port:
-            yield Proxy(app, port, "https" if settings.tls_cert else "http")
-    finally:
-        httplimits.configure()  # back to the defaults for the next test
+    async with serve(hardening.wrap(app), **options) as port:
+        yield Proxy(app, port, "https" if settings.tls_cert else "http")

@@ -12,7 +12,7 @@ import jwt
 import orjson
 import pytest
 
-from cacheproxy.http import hardening, httplimits
+from cacheproxy.http import hardening
 from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.http.guard import AuthGuard, claimed_user, client_key
 from cacheproxy.http.jwtcheck import TokenVerifier
@@ -431,19 +431,21 @@ async def test_own_endpoints_are_never_blocked_but_the_admin_api_is() -> None:
 
 def test_forwarding_headers_are_believed_only_from_configured_balancers() -> None:
     """uvicorn believes X-Forwarded-For from 127.0.0.1 unless told; the
-    proxy tells it: nobody by default, else exactly the configured list."""
+    proxy's own protocol believes it from nobody by default, else exactly
+    from the configured list (and uvicorn's middleware is off)."""
     options = hardening.uvicorn_options(Settings(upstream="http://u:1"))
     assert options["proxy_headers"] is False
+    assert options["http"].keywords["options"].forwarded_allow_ips == ()
     s = Settings(upstream="http://u:1", forwarded_allow_ips="10.0.0.10, 10.0.1.0/24")
     options = hardening.uvicorn_options(s)
-    assert options["proxy_headers"] is True
-    assert options["forwarded_allow_ips"] == ["10.0.0.10", "10.0.1.0/24"]
+    assert options["proxy_headers"] is False
+    trusted = options["http"].keywords["options"].forwarded_allow_ips
+    assert trusted == ("10.0.0.10", "10.0.1.0/24")
     loaded = load_settings(env={"CACHEPROXY_FORWARDED_ALLOW_IPS": "::1,127.0.0.1"})
     assert loaded.forwarded_allow_ips == "::1,127.0.0.1"
     for bad in ("10.0.0.0.1", "10.0.1.5/24", "lb.example", "*,10.0.0.1"):
         with pytest.raises(SettingsError, match="forwarded_allow_ips"):
             load_settings(env={"CACHEPROXY_FORWARDED_ALLOW_IPS": bad})
-    httplimits.configure()
 
 
 async def test_expired_blocks_are_forgotten() -> None:
