@@ -30,14 +30,7 @@ from cacheproxy.core.headers import RequestView
 from cacheproxy.core.identity import Identity, IdentityResolver
 from cacheproxy.core.keys import cache_key
 from cacheproxy.core.memo import ByteMemo
-from cacheproxy.core.request import (
-    MAX_URL_BYTES,
-    BadRequest,
-    Query,
-    canonical_query,
-    path_canonical,
-    split_path,
-)
+from cacheproxy.core.request import BadRequest, Query, parse_target, path_canonical
 from cacheproxy.core.rules import Match, RuleSet
 
 ROUTE_MEMO_BYTES = 32 * 1024 * 1024
@@ -82,11 +75,13 @@ class Planner:
         rules: RuleSet,
         resolver: IdentityResolver,
         *,
+        max_url_bytes: int,
         route_bytes: int = ROUTE_MEMO_BYTES,
         key_bytes: int = KEY_MEMO_BYTES,
     ) -> None:
         self.rules = rules
         self.resolver = resolver
+        self.max_url_bytes = max_url_bytes
         self._routes: ByteMemo[tuple[bytes, bytes], Route] = ByteMemo(route_bytes)
         self._keys: ByteMemo[tuple[bytes, bytes, bytes | None, str], tuple[bytes, Match]] = (
             ByteMemo(key_bytes)
@@ -139,10 +134,7 @@ class Planner:
 
     def _route(self, raw_path: bytes, raw_query: bytes) -> Route:
         """Parse and match a GET target once; later requests reuse it."""
-        if len(raw_path) + len(raw_query) + 1 > MAX_URL_BYTES or not raw_path.startswith(b"/"):
-            raise BadRequest("bad request target")
-        segments = split_path(raw_path)
-        query = canonical_query(raw_query)
+        segments, query = parse_target(raw_path, raw_query, self.max_url_bytes)
         match = self.rules.match("GET", segments)
         cacheable = (
             match.cache

@@ -135,6 +135,7 @@ class CacheProxyApp:
                 auth_ttl=s.auth_ttl,
                 max_entry_bytes=s.max_entry_bytes,
                 max_body_bytes=s.max_body_bytes,
+                max_url_bytes=s.max_url_bytes,
             ),
             stats=self.stats,
             shared_store=shared,

@@ -40,7 +40,8 @@ def test_an_entry_above_the_whole_bound_is_not_kept_and_drops_an_older_value() -
     memo.put("k", 1, 10)
     memo.put("k", 2, 1000)
     assert memo.get("k") is None
-    assert memo.bytes == 0 and len(memo) == 0
+    assert memo.bytes == 0
+    assert len(memo) == 0
 
 
 def test_replacing_and_popping_keep_the_count_exact() -> None:
@@ -51,4 +52,5 @@ def test_replacing_and_popping_keep_the_count_exact() -> None:
     assert memo.bytes == 30 + ENTRY_OVERHEAD
     memo.pop("k")
     memo.pop("k")
-    assert memo.bytes == 0 and memo.get("k") is None
+    assert memo.bytes == 0
+    assert memo.get("k") is None
