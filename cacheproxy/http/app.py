@@ -62,7 +62,12 @@ def build_store(s: Settings) -> tuple[Store, bool]:
         return local, False
     from cacheproxy.store.redis import RedisStore
 
-    shared = RedisStore(s.redis_url, prefix=s.redis_prefix, timeout=s.redis_timeout)
+    shared = RedisStore(
+        s.redis_url,
+        prefix=s.redis_prefix,
+        timeout=s.redis_timeout,
+        max_entry_bytes=s.max_entry_bytes,
+    )
     if s.local_tier:
         from cacheproxy.store.tiered import TieredStore
 
