@@ -100,6 +100,11 @@ def _owner(claims: dict[str, object]) -> str | None:
     return None
 
 
+_CREDENTIAL_TEXT = b"cred-2,"
+"""What the hashed text of a credential starts with (its format's version);
+the presence and value of each of the three headers follow."""
+
+
 def _part(value: bytes | None) -> bytes:
     return b"-" if value is None else b"+%d:%s" % (len(value), value)
 
@@ -111,7 +116,11 @@ class IdentityResolver:
     def __init__(self, hmac_key: bytes, *, memo_bytes: int = KNOWN_MAX_BYTES) -> None:
         # BLAKE2b takes keys up to 64 bytes: derive a fixed-size one.
         self._key = hashlib.blake2b(hmac_key, person=b"cacheproxy-key").digest()
+        # The key is absorbed once, with the text's fixed start: BLAKE2 keeps
+        # the last full block until more data comes, so absorbing only the
+        # key would leave its compression to every request's copy.
         self._hasher = hashlib.blake2b(key=self._key, digest_size=32)
+        self._hasher.update(_CREDENTIAL_TEXT)
         # credential hash -> Identity; keyed by the hash, never by the token.
         self._known: ByteMemo[bytes, Identity] = ByteMemo(memo_bytes)
 
@@ -146,8 +155,8 @@ class IdentityResolver:
             jwt_token = auth[len(BEARER) :]
         else:
             return None
-        hasher = self._hasher.copy()  # the key is absorbed once, not per request
-        hasher.update(b"cred-2," + _part(name) + _part(token) + _part(auth))
+        hasher = self._hasher.copy()  # (holds the key and _CREDENTIAL_TEXT)
+        hasher.update(_part(name) + _part(token) + _part(auth))
         credential = hasher.digest()
         known = self._known.get(credential)
         if known is not None:

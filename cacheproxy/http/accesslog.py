@@ -46,14 +46,11 @@ _REDACTED = "[redacted]"
 _MAX_FIELD = 2048
 
 
+# A request id made here is 32 hex digits, unique per process and start: a
+# random prefix and a counter (an id needs to be unique, not secret; no
+# syscall per request).
 _ID_PREFIX = os.urandom(8).hex().encode()
 _ID_COUNTER = itertools.count(1)
-
-
-def _new_request_id() -> bytes:
-    """32 hex digits, unique per process and start: a random prefix and a
-    counter (an id needs to be unique, not secret; no syscall per request)."""
-    return _ID_PREFIX + b"%016x" % next(_ID_COUNTER)
 
 
 def _with_id_header(
@@ -116,7 +113,7 @@ class RequestContext(BaseStep):
         rid, count = _given_request_id(headers)
         if rid is None:
             # In the request's headers: it goes upstream with the request.
-            rid = _new_request_id()
+            rid = _ID_PREFIX + b"%016x" % next(_ID_COUNTER)
             if count or not isinstance(headers, list):
                 scope["headers"] = _with_id_header(list(headers), count, rid)
             else:  # this request's own list (servers make one per request)
