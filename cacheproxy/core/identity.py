@@ -143,24 +143,44 @@ class IdentityResolver:
     ) -> Identity | None:
         """As :meth:`resolve`, from the forwarded headers' values (None:
         absent; the hit path scans the headers once for everything)."""
+        credential = self.credential(name, token, auth)
+        if credential is None:
+            return None
+        return self.identity(credential, name, token, auth)
+
+    def credential(
+        self, name: bytes | None, token: bytes | None, auth: bytes | None
+    ) -> bytes | None:
+        """The keyed hash of the credential these header values make, or None
+        when they are no shape slurmrestd could accept (see the module doc).
+        (Apart from :meth:`identity` so the planner can memoise a request's
+        plan under the hash: one memo read per hit.)"""
         if name == b"":
             return None  # no user has an empty name: refused by every release
         if token is not None:
             if not token or (auth is not None and name is None):
                 return None  # an empty token; or two tokens and no name
-            kind = b"token"
-            jwt_token = token
-        elif auth is not None and auth.startswith(BEARER) and len(auth) > len(BEARER):
-            kind = b"bearer"
-            jwt_token = auth[len(BEARER) :]
-        else:
+        elif auth is None or not auth.startswith(BEARER) or len(auth) <= len(BEARER):
             return None
         hasher = self._hasher.copy()  # (holds the key and _CREDENTIAL_TEXT)
         hasher.update(_part(name) + _part(token) + _part(auth))
-        credential = hasher.digest()
+        return hasher.digest()
+
+    def identity(
+        self, credential: bytes, name: bytes | None, token: bytes | None, auth: bytes | None
+    ) -> Identity:
+        """The identity of a credential :meth:`credential` hashed (from the
+        same header values)."""
         known = self._known.get(credential)
         if known is not None:
             return known
+        if token is not None:
+            kind = "token"
+            jwt_token = token
+        else:  # a Bearer credential (checked by credential())
+            assert auth is not None
+            kind = "bearer"
+            jwt_token = auth[len(BEARER) :]
         claims = jwt_claims(jwt_token) or {}
         exp = claims.get("exp")
         owner = _owner(claims)
@@ -171,7 +191,7 @@ class IdentityResolver:
         else:
             user = "cred:" + credential.hex()
         identity = Identity(
-            kind=kind.decode(),
+            kind=kind,
             user=user,
             credential=credential,
             expires_at=float(exp)

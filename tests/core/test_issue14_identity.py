@@ -209,7 +209,7 @@ def test_hostile_targets_and_names_cannot_grow_the_memos_past_their_bound() -> N
     bound = 256 * 1024
     resolver = IdentityResolver(b"k" * 32, memo_bytes=bound)
     planner = Planner(
-        RuleSet.default(), resolver, max_url_bytes=8192, route_bytes=bound, key_bytes=bound
+        RuleSet.default(), resolver, max_url_bytes=8192, route_bytes=bound, plan_bytes=bound
     )
     tracemalloc.start()
     try:
