@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,20 +62,6 @@ def _with_id_header(
     return [*headers, (REQUEST_ID, rid)]
 
 
-def _given_request_id(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes | None, int]:
-    """The client's request id when it gave one sane one (else None), and
-    how many it gave: one scan for both paths."""
-    rid: bytes | None = None
-    count = 0
-    for k, v in headers:
-        if k == REQUEST_ID:
-            count += 1
-            rid = v
-    if count != 1 or rid is None or not sane_request_id(rid):
-        rid = None
-    return rid, count
-
-
 def sane_request_id(value: bytes) -> bool:
     return _SANE_ID.match(value) is not None
 
@@ -110,8 +95,13 @@ class RequestContext(BaseStep):
     def enter(self, ex: Exchange) -> None:
         scope = ex.scope
         headers = scope["headers"]
-        rid, count = _given_request_id(headers)
-        if rid is None:
+        rid: bytes | None = None
+        count = 0
+        for k, v in headers:  # the client's id counts when it gave one sane one
+            if k == REQUEST_ID:
+                count += 1
+                rid = v
+        if count != 1 or rid is None or not sane_request_id(rid):
             # In the request's headers: it goes upstream with the request.
             rid = _ID_PREFIX + b"%016x" % next(_ID_COUNTER)
             if count or not isinstance(headers, list):

@@ -155,6 +155,7 @@ class Pipeline:
         self.handler = handler
         self.stats = stats if stats is not None else Stats()
         self._count = len(self.steps)
+        self._enters = tuple(s.enter for s in self.steps)
         # Bound once, innermost first, only the hooks a step has: a response
         # that went through every step leaves by these (the hit path).
         self._leaves = tuple(
@@ -171,11 +172,11 @@ class Pipeline:
         """The request's answer: whole at once when nothing had to be
         awaited, else an awaitable of it, or a :class:`Continue`.  (From
         step ``start``: the rest of a request a step had to await.)"""
-        steps, count = self.steps, self._count
+        enters, count = self._enters, self._count
         i = start
         try:
             while i < count:  # (no range object: this runs for every request)
-                verdict = steps[i].enter(ex)
+                verdict = enters[i](ex)
                 if verdict is not None:
                     ex.entered = i + 1
                     if type(verdict) is tuple:
