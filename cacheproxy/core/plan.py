@@ -90,7 +90,9 @@ class Planner:
         route: with the route's, two memo reads per hit (the identity memo is
         read only when this one has no entry)."""
 
-    def plan(self, scope: Mapping[str, Any]) -> GetPlan | Route | None:
+    def plan(
+        self, scope: Mapping[str, Any], view: RequestView | None = None
+    ) -> GetPlan | Route | None:
         """Everything a cached GET needs from the request, from one scan of
         its headers and memoised parsing and keys.
 
@@ -109,7 +111,8 @@ class Planner:
                 return None
         if not route.cacheable:
             return route  # (before the header scan: a GET passed through needs none)
-        view = RequestView(scope["headers"])
+        if view is None:  # (``view``: the headers' scan, when made already)
+            view = RequestView(scope["headers"])
         if view.has_body or view.repeated:
             return route
         name, token, auth = view.name, view.token, view.auth

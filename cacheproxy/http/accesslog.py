@@ -31,13 +31,13 @@ from typing import Any
 import orjson
 
 from cacheproxy.core import policy
+from cacheproxy.core.headers import REQUEST_ID, RequestView
 from cacheproxy.http.pipeline import BaseStep, Exchange
 from cacheproxy.http.respond import Scope
 
 log = logging.getLogger("cacheproxy")
 access_log = logging.getLogger("cacheproxy.access")
 
-REQUEST_ID = b"x-request-id"
 _SANE_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}\Z")
 _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_=-]*\.[A-Za-z0-9_=-]*(?:\.[A-Za-z0-9_=-]*)?")
 _SECRET_NAME = re.compile(r"token|jwt|auth|pass|secret|key|cookie|session|sig", re.IGNORECASE)
@@ -95,18 +95,17 @@ class RequestContext(BaseStep):
     def enter(self, ex: Exchange) -> None:
         scope = ex.scope
         headers = scope["headers"]
-        rid: bytes | None = None
-        count = 0
-        for k, v in headers:  # the client's id counts when it gave one sane one
-            if k == REQUEST_ID:
-                count += 1
-                rid = v
+        # The one scan of the request's headers (the planner reads this view).
+        view = ex.view = RequestView(headers)
+        rid = view.request_id
+        count = view.request_ids
         if count != 1 or rid is None or not sane_request_id(rid):
             # In the request's headers: it goes upstream with the request.
             rid = _ID_PREFIX + b"%016x" % next(_ID_COUNTER)
             if count or not isinstance(headers, list):
-                scope["headers"] = _with_id_header(list(headers), count, rid)
-            else:  # this request's own list (servers make one per request)
+                headers = scope["headers"] = _with_id_header(list(headers), count, rid)
+                ex.view = RequestView(headers)
+            else:  # this request's own list, the view's (servers make one per request)
                 headers.append((REQUEST_ID, rid))
         ex.rid = rid
 

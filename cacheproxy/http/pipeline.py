@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Protocol
 
 from cacheproxy.core import errors
+from cacheproxy.core.headers import RequestView
 from cacheproxy.http.respond import (
     ASGIApp,
     Message,
@@ -86,6 +87,9 @@ class Exchange:
     lane: str | None = None
     """What the handler answered with, for the lane's counters: ``hit``,
     ``forward`` (None: anything else)."""
+    view: RequestView | None = None
+    """The request's headers as forwarded, scanned once (by the request-id
+    step; None: the planner scans them)."""
 
     @classmethod
     def of(cls, scope: Scope) -> Exchange:

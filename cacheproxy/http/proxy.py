@@ -155,7 +155,7 @@ class Proxy:
         scope = ex.scope
         if scope["method"] != "GET":
             return self._then(self._not_cached, scope)
-        plan = self._plan(scope)
+        plan = self._plan(scope, ex.view)
         if isinstance(plan, Route):
             if plan.cacheable:  # no usable identity: slurmrestd judges the request
                 return self._then(self._forward_request, scope, plan)
