@@ -105,8 +105,18 @@ _CREDENTIAL_TEXT = b"cred-2,"
 the presence and value of each of the three headers follow."""
 
 
+_PREFIXES = [b"+%d:" % n for n in range(4096)]
+"""The prefixes of header values up to 4 KiB, made once: formatting three
+per request was a fiftieth of an in-process hit."""
+
+
 def _part(value: bytes | None) -> bytes:
-    return b"-" if value is None else b"+%d:%s" % (len(value), value)
+    """A header's part of the hashed text: ``-`` when absent, else
+    ``+<length>:<value>``."""
+    if value is None:
+        return b"-"
+    n = len(value)
+    return (_PREFIXES[n] if n < 4096 else b"+%d:" % n) + value
 
 
 class IdentityResolver:
