@@ -46,6 +46,21 @@ _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 USER_NAME = b"x-slurm-user-name"
 USER_TOKEN = b"x-slurm-user-token"
 AUTHORIZATION = b"authorization"
+REQUEST_ID = b"x-request-id"
+_VIEWED = frozenset(
+    {
+        USER_NAME,
+        USER_TOKEN,
+        AUTHORIZATION,
+        b"accept",
+        b"accept-encoding",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        REQUEST_ID,
+    }
+)
+"""The headers :class:`RequestView` reads (others pass its scan with one check)."""
 
 
 def _tokens(value: bytes, into: set[bytes] | None) -> set[bytes]:
@@ -91,6 +106,8 @@ class RequestView:
         "headers",
         "name",
         "repeated",
+        "request_id",
+        "request_ids",
         "token",
     )
 
@@ -100,7 +117,11 @@ class RequestView:
         accept_encoding = b""
         repeated = has_body = False
         tokens: set[bytes] | None = None
+        request_id: bytes | None = None
+        request_ids = 0
         for k, v in headers:
+            if k not in _VIEWED:
+                continue
             if k == USER_NAME:
                 if name is None:
                     name = v
@@ -126,6 +147,9 @@ class RequestView:
                 has_body = True
             elif k == b"connection":
                 tokens = _tokens(v, tokens)
+            else:  # REQUEST_ID
+                request_id = v
+                request_ids += 1
         connection = None
         if tokens and not tokens <= _PLAIN_CONNECTION:
             # Rare: names listed in Connection are not forwarded, so they
@@ -159,6 +183,11 @@ class RequestView:
         self.accept_encoding = accept_encoding
         self.has_body = has_body
         """The request announced a body (Content-Length not 0, or chunked)."""
+        self.request_id = request_id
+        self.request_ids = request_ids
+        """``X-Request-ID`` as received (the last one) and how many came: for
+        the request-id step (:mod:`cacheproxy.http.accesslog`), so the
+        headers are scanned once per request."""
 
     def forwarded(self) -> Headers:
         """The end-to-end headers forwarded as is, in order (what

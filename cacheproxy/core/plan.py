@@ -14,7 +14,7 @@ slurmrestd reads the body *as* the query, src/slurmrestd/operations.c
 ``_get_query``; 22.05 answers 400): it is forwarded with its body as
 received, never cached.
 
-The route and key memos are bounded in bytes (:mod:`cacheproxy.core.memo`):
+The route and plan memos are bounded in bytes (:mod:`cacheproxy.core.memo`):
 their keys are what clients send.
 """
 
@@ -30,18 +30,11 @@ from cacheproxy.core.headers import RequestView
 from cacheproxy.core.identity import Identity, IdentityResolver
 from cacheproxy.core.keys import cache_key
 from cacheproxy.core.memo import ByteMemo
-from cacheproxy.core.request import (
-    MAX_URL_BYTES,
-    BadRequest,
-    Query,
-    canonical_query,
-    path_canonical,
-    split_path,
-)
+from cacheproxy.core.request import BadRequest, Query, parse_target, path_canonical
 from cacheproxy.core.rules import Match, RuleSet
 
 ROUTE_MEMO_BYTES = 32 * 1024 * 1024
-KEY_MEMO_BYTES = 32 * 1024 * 1024
+PLAN_MEMO_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,24 +68,31 @@ class GetPlan:
 
 class Planner:
     """Plans GETs against ``rules``, with identities from ``resolver``; owns
-    the route and key memos."""
+    the route and plan memos."""
 
     def __init__(
         self,
         rules: RuleSet,
         resolver: IdentityResolver,
         *,
+        max_url_bytes: int,
         route_bytes: int = ROUTE_MEMO_BYTES,
-        key_bytes: int = KEY_MEMO_BYTES,
+        plan_bytes: int = PLAN_MEMO_BYTES,
     ) -> None:
         self.rules = rules
         self.resolver = resolver
+        self.max_url_bytes = max_url_bytes
         self._routes: ByteMemo[tuple[bytes, bytes], Route] = ByteMemo(route_bytes)
-        self._keys: ByteMemo[tuple[bytes, bytes, bytes | None, str], tuple[bytes, Match]] = (
-            ByteMemo(key_bytes)
-        )
+        self._plans: ByteMemo[
+            tuple[bytes, bytes, bytes | None, bytes], tuple[Identity, bytes, Match]
+        ] = ByteMemo(plan_bytes)
+        """(target, Accept, credential hash) -> what a GET's plan adds to its
+        route: with the route's, two memo reads per hit (the identity memo is
+        read only when this one has no entry)."""
 
-    def plan(self, scope: Mapping[str, Any]) -> GetPlan | Route | None:
+    def plan(
+        self, scope: Mapping[str, Any], view: RequestView | None = None
+    ) -> GetPlan | Route | None:
         """Everything a cached GET needs from the request, from one scan of
         its headers and memoised parsing and keys.
 
@@ -111,22 +111,25 @@ class Planner:
                 return None
         if not route.cacheable:
             return route  # (before the header scan: a GET passed through needs none)
-        view = RequestView(scope["headers"])
+        if view is None:  # (``view``: the headers' scan, when made already)
+            view = RequestView(scope["headers"])
         if view.has_body or view.repeated:
             return route
-        identity = self.resolver.resolve_values(view.name, view.token, view.auth)
-        if identity is None:
+        name, token, auth = view.name, view.token, view.auth
+        credential = self.resolver.credential(name, token, auth)
+        if credential is None:
             return route
         accept = view.accept
-        key_id = (raw_path, raw_query, accept, identity.user)
-        memo = self._keys.get(key_id)
+        plan_id = (raw_path, raw_query, accept, credential)
+        memo = self._plans.get(plan_id)
         if memo is None:
+            identity = self.resolver.identity(credential, name, token, auth)
             assert route.query is not None  # a cacheable route has a canonical query
             key = cache_key(identity.user, "GET", route.segments, route.query, accept)
-            memo = (key, self._with_user_tag(route.match, identity.user))
+            memo = (identity, key, self._with_user_tag(route.match, identity.user))
             size = len(raw_path) + len(raw_query) + len(accept or b"") + 2 * len(identity.user)
-            self._keys.put(key_id, memo, size + 200)
-        key, match = memo
+            self._plans.put(plan_id, memo, size + len(credential) + 300)
+        identity, key, match = memo
         return GetPlan(route, match, identity, key, view.accept_encoding, view)
 
     def _with_user_tag(self, match: Match, user: str) -> Match:
@@ -139,10 +142,7 @@ class Planner:
 
     def _route(self, raw_path: bytes, raw_query: bytes) -> Route:
         """Parse and match a GET target once; later requests reuse it."""
-        if len(raw_path) + len(raw_query) + 1 > MAX_URL_BYTES or not raw_path.startswith(b"/"):
-            raise BadRequest("bad request target")
-        segments = split_path(raw_path)
-        query = canonical_query(raw_query)
+        segments, query = parse_target(raw_path, raw_query, self.max_url_bytes)
         match = self.rules.match("GET", segments)
         cacheable = (
             match.cache

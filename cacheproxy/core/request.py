@@ -26,6 +26,12 @@ forwarded, never cached.  The path is held to the same character rule
 (``parse_url_path`` in src/common/http.c): a path slurmrestd would refuse
 (``,``, ``+``, ``;`` ...) is never cached either, so two spellings it tells
 apart cannot share a key.
+
+The target's length is held to ``max_url_bytes`` (the setting) by
+:func:`parse_target`, the one check the core makes, refused as the listener
+refuses it (414): what the listener let through, the core never refuses for
+its length (the listener, :mod:`cacheproxy.http.httplimits`, is the first to
+apply that same setting; the core's check holds under any ASGI server).
 """
 
 from __future__ import annotations
@@ -39,8 +45,6 @@ from urllib.parse import unquote_to_bytes
 from cacheproxy.core.headers import RequestView
 from cacheproxy.upstream.base import Headers
 
-MAX_URL_BYTES = 8192
-
 Query = tuple[tuple[bytes, tuple[bytes, ...]], ...]
 """A canonical query: (decoded key, its values in order), sorted by key.  A
 value is ``b""`` for a flag (``?key``), ``b"="`` for ``?key=`` and ``b"="``
@@ -52,6 +56,11 @@ _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 class BadRequest(ValueError):
     """The request cannot be understood; answered with a 400, never a 500."""
+
+
+class TargetTooLong(BadRequest):
+    """The target is longer than ``max_url_bytes``: answered 414, as the
+    listener answers it."""
 
 
 @dataclass(slots=True)
@@ -192,28 +201,41 @@ def _flush(values: dict[bytes, list[bytes]], key: bytes | None, buf: bytearray |
         values.setdefault(key, []).append(b"=" + bytes(buf))
 
 
+def parse_target(
+    raw_path: bytes, raw_query: bytes, max_url_bytes: int
+) -> tuple[tuple[str, ...], Query | None]:
+    """A target's canonical (segments, query); raises :class:`TargetTooLong`
+    above ``max_url_bytes``, :class:`BadRequest` when it does not parse.
+
+    The length counted is the target's as received (``?`` only with a
+    query), so the core never refuses what the listener accepted."""
+    length = len(raw_path) + (len(raw_query) + 1 if raw_query else 0)
+    if length > max_url_bytes:
+        raise TargetTooLong("the URL is too long")
+    if not raw_path.startswith(b"/"):
+        raise BadRequest("the request target must be an absolute path")
+    return split_path(raw_path), canonical_query(raw_query)
+
+
+def target_of(scope: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """The raw (still percent-encoded) path and query of an ASGI scope."""
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+    return raw_path, scope.get("query_string", b"")
+
+
 def from_scope(
     scope: Mapping[str, Any],
-    parsed: tuple[tuple[str, ...], Query | None] | None = None,
+    parsed: tuple[tuple[str, ...], Query | None],
     view: RequestView | None = None,
 ) -> ProxyRequest:
-    """Parse an ASGI HTTP scope; raises :class:`BadRequest` on bad input.
+    """The canonical request of an ASGI HTTP scope.
 
-    ``parsed`` is this very target's (segments, query), already parsed and
-    checked by the caller (the proxy memoises them per target): given, the
-    target is not parsed again; ``view`` likewise, the headers' scan.
+    ``parsed`` is this very target's (segments, query), from
+    :func:`parse_target` (the proxy memoises them per target); ``view``, the
+    headers' scan, when the caller made it already.
     """
-    raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-    raw_query: bytes = scope.get("query_string", b"")
-    if parsed is None:
-        if len(raw_path) + len(raw_query) + 1 > MAX_URL_BYTES:
-            raise BadRequest("the URL is too long")
-        if not raw_path.startswith(b"/"):
-            raise BadRequest("the request target must be an absolute path")
-        segments = split_path(raw_path)
-        query = canonical_query(raw_query)
-    else:
-        segments, query = parsed
+    raw_path, raw_query = target_of(scope)
+    segments, query = parsed
     headers: Headers = list(scope["headers"]) if view is None else view.headers
     return ProxyRequest(
         method=scope["method"],

@@ -25,20 +25,19 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from cacheproxy.core import policy
+from cacheproxy.core.headers import REQUEST_ID, RequestView
 from cacheproxy.http.pipeline import BaseStep, Exchange
 from cacheproxy.http.respond import Scope
 
 log = logging.getLogger("cacheproxy")
 access_log = logging.getLogger("cacheproxy.access")
 
-REQUEST_ID = b"x-request-id"
 _SANE_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}\Z")
 _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_=-]*\.[A-Za-z0-9_=-]*(?:\.[A-Za-z0-9_=-]*)?")
 _SECRET_NAME = re.compile(r"token|jwt|auth|pass|secret|key|cookie|session|sig", re.IGNORECASE)
@@ -46,14 +45,11 @@ _REDACTED = "[redacted]"
 _MAX_FIELD = 2048
 
 
+# A request id made here is 32 hex digits, unique per process and start: a
+# random prefix and a counter (an id needs to be unique, not secret; no
+# syscall per request).
 _ID_PREFIX = os.urandom(8).hex().encode()
 _ID_COUNTER = itertools.count(1)
-
-
-def _new_request_id() -> bytes:
-    """32 hex digits, unique per process and start: a random prefix and a
-    counter (an id needs to be unique, not secret; no syscall per request)."""
-    return _ID_PREFIX + b"%016x" % next(_ID_COUNTER)
 
 
 def _with_id_header(
@@ -64,20 +60,6 @@ def _with_id_header(
     if given:
         headers = [(k, v) for k, v in headers if k != REQUEST_ID]
     return [*headers, (REQUEST_ID, rid)]
-
-
-def _given_request_id(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes | None, int]:
-    """The client's request id when it gave one sane one (else None), and
-    how many it gave: one scan for both paths."""
-    rid: bytes | None = None
-    count = 0
-    for k, v in headers:
-        if k == REQUEST_ID:
-            count += 1
-            rid = v
-    if count != 1 or rid is None or not sane_request_id(rid):
-        rid = None
-    return rid, count
 
 
 def sane_request_id(value: bytes) -> bool:
@@ -113,13 +95,17 @@ class RequestContext(BaseStep):
     def enter(self, ex: Exchange) -> None:
         scope = ex.scope
         headers = scope["headers"]
-        rid, count = _given_request_id(headers)
-        if rid is None:
+        # The one scan of the request's headers (the planner reads this view).
+        view = ex.view = RequestView(headers)
+        rid = view.request_id
+        count = view.request_ids
+        if count != 1 or rid is None or not sane_request_id(rid):
             # In the request's headers: it goes upstream with the request.
-            rid = _new_request_id()
+            rid = _ID_PREFIX + b"%016x" % next(_ID_COUNTER)
             if count or not isinstance(headers, list):
-                scope["headers"] = _with_id_header(list(headers), count, rid)
-            else:  # this request's own list (servers make one per request)
+                headers = scope["headers"] = _with_id_header(list(headers), count, rid)
+                ex.view = RequestView(headers)
+            else:  # this request's own list, the view's (servers make one per request)
                 headers.append((REQUEST_ID, rid))
         ex.rid = rid
 

@@ -39,22 +39,22 @@ def hit_response(entry: Entry, now: float, accept_encoding: bytes) -> Response:
     """A cached entry as the response to one client: the variant its
     ``Accept-Encoding`` takes, plus ``Cache-Status`` and ``Age``.  The body
     is the stored object itself, never a copy."""
-    ttl = max(0, int(entry.stored_at + entry.ttl - now))
-    age = max(0, int(now - entry.stored_at))
-    body = entry.body
+    ttl = int(entry.stored_at + entry.ttl - now)
+    age = int(now - entry.stored_at)
+    status = _HIT_STATUS[ttl] if 0 <= ttl < _MADE else _hit_status(max(0, ttl))
+    aged = _AGE[age] if 0 <= age < _MADE else (headers.AGE, b"%d" % max(0, age))
     variant = compress.choose(accept_encoding, entry.variants) if entry.variants else None
     if variant is None:
-        out = [*entry.headers]
-    else:
-        encoding, body = variant
-        out = [(k, v) for k, v in entry.headers if k != b"content-length"]
-        out += [
-            (b"content-length", b"%d" % len(body)),
-            (b"content-encoding", encoding),
-            (b"vary", b"accept-encoding"),
-        ]
-    out.append(_HIT_STATUS[ttl] if ttl < _MADE else _hit_status(ttl))
-    out.append(_AGE[age] if age < _MADE else (headers.AGE, b"%d" % age))
+        return entry.status, [*entry.headers, status, aged], entry.body
+    encoding, body = variant
+    out = [(k, v) for k, v in entry.headers if k != b"content-length"]
+    out += [
+        (b"content-length", b"%d" % len(body)),
+        (b"content-encoding", encoding),
+        (b"vary", b"accept-encoding"),
+        status,
+        aged,
+    ]
     return entry.status, out, body
 
 

@@ -62,7 +62,12 @@ def build_store(s: Settings) -> tuple[Store, bool]:
         return local, False
     from cacheproxy.store.redis import RedisStore
 
-    shared = RedisStore(s.redis_url, prefix=s.redis_prefix, timeout=s.redis_timeout)
+    shared = RedisStore(
+        s.redis_url,
+        prefix=s.redis_prefix,
+        timeout=s.redis_timeout,
+        max_entry_bytes=s.max_entry_bytes,
+    )
     if s.local_tier:
         from cacheproxy.store.tiered import TieredStore
 
@@ -135,6 +140,7 @@ class CacheProxyApp:
                 auth_ttl=s.auth_ttl,
                 max_entry_bytes=s.max_entry_bytes,
                 max_body_bytes=s.max_body_bytes,
+                max_url_bytes=s.max_url_bytes,
             ),
             stats=self.stats,
             shared_store=shared,

@@ -26,7 +26,16 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from cacheproxy.core import decide, errors, headers, policy
 from cacheproxy.core.identity import IdentityResolver
 from cacheproxy.core.plan import Route
-from cacheproxy.core.request import BadRequest, ProxyRequest, client_host, from_scope, raw_target
+from cacheproxy.core.request import (
+    BadRequest,
+    ProxyRequest,
+    TargetTooLong,
+    client_host,
+    from_scope,
+    parse_target,
+    raw_target,
+    target_of,
+)
 from cacheproxy.core.rules import Match, RuleSet
 from cacheproxy.http.answer import AbortResponse, relay, send_upstream_error
 from cacheproxy.http.credentials import Credentials
@@ -69,6 +78,7 @@ class Forwarder:
         clock: Callable[[], float],
         upstream_host: bytes,
         max_body_bytes: int,
+        max_url_bytes: int,
     ) -> None:
         self.rules = rules
         self.store = store
@@ -79,6 +89,7 @@ class Forwarder:
         self.clock = clock
         self.upstream_host = upstream_host
         self.max_body_bytes = max_body_bytes
+        self.max_url_bytes = max_url_bytes
         self.local_writes = 0
         """Tag bumps this process made: what moves the generations a request
         sees while the store cannot answer (read-your-writes holds)."""
@@ -92,10 +103,14 @@ class Forwarder:
         match = None
         try:
             if route is None:
-                req = from_scope(scope)
+                req = from_scope(scope, parse_target(*target_of(scope), self.max_url_bytes))
             else:
                 req = from_scope(scope, (route.segments, route.query))
                 match = route.match
+        except TargetTooLong:
+            self.stats.bad_requests += 1
+            await send_error(send, errors.URL_TOO_LONG, "fwd=request; detail=url-too-long")
+            return
         except BadRequest as exc:
             self.stats.bad_requests += 1
             await send_error(send, errors.bad_request(str(exc)), "fwd=request; detail=bad-request")

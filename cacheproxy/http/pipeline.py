@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from cacheproxy.core import errors
+from cacheproxy.core.headers import RequestView
 from cacheproxy.http.respond import (
     ASGIApp,
     Message,
@@ -86,6 +87,9 @@ class Exchange:
     lane: str | None = None
     """What the handler answered with, for the lane's counters: ``hit``,
     ``forward`` (None: anything else)."""
+    view: RequestView | None = None
+    """The request's headers as forwarded, scanned once (by the request-id
+    step; None: the planner scans them)."""
 
     @classmethod
     def of(cls, scope: Scope) -> Exchange:
@@ -155,6 +159,7 @@ class Pipeline:
         self.handler = handler
         self.stats = stats if stats is not None else Stats()
         self._count = len(self.steps)
+        self._enters = tuple(s.enter for s in self.steps)
         # Bound once, innermost first, only the hooks a step has: a response
         # that went through every step leaves by these (the hit path).
         self._leaves = tuple(
@@ -171,11 +176,11 @@ class Pipeline:
         """The request's answer: whole at once when nothing had to be
         awaited, else an awaitable of it, or a :class:`Continue`.  (From
         step ``start``: the rest of a request a step had to await.)"""
-        steps, count = self.steps, self._count
+        enters, count = self._enters, self._count
         i = start
         try:
             while i < count:  # (no range object: this runs for every request)
-                verdict = steps[i].enter(ex)
+                verdict = enters[i](ex)
                 if verdict is not None:
                     ex.entered = i + 1
                     if type(verdict) is tuple:

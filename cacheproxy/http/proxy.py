@@ -42,6 +42,7 @@ from cacheproxy.http.forward import Forwarder
 from cacheproxy.http.pipeline import Answer, Continue, Exchange, Outcome
 from cacheproxy.http.respond import Receive, Scope, Send
 from cacheproxy.http.stale import flight_failed, send_stale
+from cacheproxy.settings import Settings
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry, Generations, Lookup, Store, StoreError
 from cacheproxy.upstream.base import Transport, UpstreamError
@@ -55,6 +56,8 @@ class ProxyConfig:
     auth_ttl: float = policy.DEFAULT_AUTH_TTL
     max_entry_bytes: int = policy.DEFAULT_MAX_ENTRY_BYTES
     max_body_bytes: int = 16 * 1024 * 1024
+    max_url_bytes: int = Settings.model_fields["max_url_bytes"].default
+    """The longest request target (the listener refuses longer ones first)."""
     lease_seconds: float = 5.0
     """How long one replica may hold the right to fetch a key."""
     lease_wait: float = 2.0
@@ -76,11 +79,11 @@ class Proxy:
         clock: Callable[[], float] = time.time,
         shared_store: bool = False,
     ) -> None:
-        self.planner = Planner(rules, resolver)
+        self.config = config or ProxyConfig()
+        self.planner = Planner(rules, resolver, max_url_bytes=self.config.max_url_bytes)
         self.store = store
         self.transport = transport
         self.resolver = resolver
-        self.config = config or ProxyConfig()
         self.stats = stats or Stats()
         self._clock = clock
         self.coalescer = Coalescer()
@@ -109,6 +112,7 @@ class Proxy:
             clock=clock,
             upstream_host=self.config.upstream_host,
             max_body_bytes=self.config.max_body_bytes,
+            max_url_bytes=self.config.max_url_bytes,
         )
         # Bound once: the per-request paths call these with no lookup through
         # their owner (_plan runs for every GET).
@@ -151,7 +155,7 @@ class Proxy:
         scope = ex.scope
         if scope["method"] != "GET":
             return self._then(self._not_cached, scope)
-        plan = self._plan(scope)
+        plan = self._plan(scope, ex.view)
         if isinstance(plan, Route):
             if plan.cacheable:  # no usable identity: slurmrestd judges the request
                 return self._then(self._forward_request, scope, plan)
@@ -221,7 +225,7 @@ class Proxy:
         """Answer with the stale entry now; refresh it behind (one flight per key)."""
         match, identity, key = plan.match, plan.identity, plan.key
         if self.coalescer.join(key, generations) is None:
-            req = from_scope(scope)
+            req = from_scope(scope, (plan.route.segments, plan.route.query), plan.view)
             revalidate = swr.revalidate
             self.coalescer.start(
                 key,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from cacheproxy.upstream.base import Headers
 
@@ -79,8 +79,11 @@ class Entry:
         return self.generations == generations and self.tags == tuple(tags)
 
 
-class Lookup(NamedTuple):
-    """What the hit path needs, fetched together (a tuple: built per hit)."""
+@dataclass(slots=True)
+class Lookup:
+    """What the hit path needs, fetched together.  (Built per hit: neither a
+    NamedTuple nor frozen, whose construction costs more than the rest of
+    the in-process store's read.)"""
 
     entry: Entry | None
     generations: Generations

@@ -34,6 +34,7 @@ DEFAULT_MAX_LIFETIME = 3600.0
 """No entry lives (fresh or stale) longer than this; it also bounds how long
 an invalidated tag's generation must be remembered."""
 _PRUNE_EVERY = 1024
+_MAX_READS = 4096
 _MAX_ACCEPTANCES = 100_000
 
 
@@ -79,6 +80,11 @@ class MemoryStore:
         """What a tag never bumped (or forgotten) reads; raised by clear()."""
         self._bumps_since_prune = 0
         self._accepted: dict[bytes, float] = {}
+        self._read: dict[tuple[str, ...], Generations] = {}
+        """tags -> their generations as last read: one dict read per hit
+        instead of one per tag.  Emptied by every change of a generation
+        (:meth:`bump`, :meth:`clear`, pruning), so it never holds a value
+        that is no longer current."""
 
     # -- introspection (metrics, tests) ------------------------------------
     @property
@@ -106,7 +112,10 @@ class MemoryStore:
             entry = entries[key]
         except KeyError:
             return None
-        if self._clock() >= entry.stored_at + min(entry.ttl + entry.stale_for, self.max_lifetime):
+        life = entry.ttl + entry.stale_for  # (no min(): a builtin call per hit)
+        if life > self.max_lifetime:
+            life = self.max_lifetime
+        if self._clock() >= entry.stored_at + life:
             del entries[key]
             return None
         return entry
@@ -129,13 +138,11 @@ class MemoryStore:
         """:meth:`lookup` without a coroutine: nothing here waits, and the
         server's fast lane answers hits from a parser callback."""
         entry = self.get(key)
-        gens = self._gens
-        floor = self._floor
         accepted = self._accepted.get(credential, 0.0)
         if accepted and accepted <= self._clock():
             del self._accepted[credential]
             accepted = 0.0
-        return Lookup(entry, tuple([gens.get(t, floor) for t in tags]), accepted)
+        return Lookup(entry, self._generations(tags), accepted)
 
     async def generations(self, tags: Sequence[str]) -> Generations:
         return self._generations(tags)
@@ -150,6 +157,7 @@ class MemoryStore:
 
     async def bump(self, tags: Sequence[str]) -> None:
         now = self._clock()
+        self._read.clear()
         for tag in tags:
             self._gens[tag] = next(self._counter)
             self._bumped_at[tag] = now
@@ -177,6 +185,7 @@ class MemoryStore:
         # flight captured, so none can land its result.
         self._floor = next(self._counter)
         self._gens.clear()
+        self._read.clear()
         self._bumped_at.clear()
 
     async def aclose(self) -> None:
@@ -184,9 +193,16 @@ class MemoryStore:
 
     # -- internals ---------------------------------------------------------
     def _generations(self, tags: Sequence[str]) -> Generations:
-        gens = self._gens
-        floor = self._floor
-        return tuple([gens.get(t, floor) for t in tags])
+        key = tuple(tags)  # (the very tuple when given one)
+        found = self._read.get(key)
+        if found is None:
+            gens = self._gens
+            floor = self._floor
+            found = tuple([gens.get(t, floor) for t in key])
+            if len(self._read) >= _MAX_READS:
+                self._read.clear()
+            self._read[key] = found
+        return found
 
     def _prune_generations(self, now: float) -> None:
         """Forget generations bumped longer ago than any entry can live.
@@ -200,6 +216,7 @@ class MemoryStore:
         for tag in [t for t, at in self._bumped_at.items() if at < horizon]:
             del self._gens[tag]
             del self._bumped_at[tag]
+            self._read.clear()
 
     def _prune_acceptances(self) -> None:
         now = self._clock()

@@ -495,10 +495,10 @@ async def test_requests_the_lane_declines_are_planned_once(
     plans = 0
     real_plan = proxy._plan
 
-    def counting(scope: Any) -> Any:
+    def counting(scope: Any, view: Any = None) -> Any:
         nonlocal plans
         plans += 1
-        return real_plan(scope)
+        return real_plan(scope, view)
 
     monkeypatch.setattr(proxy, "_plan", counting)
     c = await connect(stack.fast)

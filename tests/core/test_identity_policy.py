@@ -142,3 +142,38 @@ def test_credential_refused() -> None:
 )
 def test_a_2xx_refuses_only_when_its_errors_say_authentication(body: bytes, refused: bool) -> None:
     assert credential_refused(200, body) is refused
+
+
+def test_the_credential_hash_is_the_keyed_blake2b_of_the_documented_text() -> None:
+    """Replicas of different versions sharing Redis agree on acceptances only
+    if the hashed text and key stay as they are (the hit path absorbs the
+    key and the text's start once: this pins that it changes nothing)."""
+    import hashlib
+
+    from cacheproxy.core.identity import IdentityResolver
+
+    secret = b"s" * 32
+    key = hashlib.blake2b(secret, person=b"cacheproxy-key").digest()
+    resolver = IdentityResolver(secret)
+    for (name, token, auth), text in [
+        ((b"root", b"tok", None), b"cred-2,+4:root+3:tok-"),
+        ((None, None, b"Bearer a.b.c"), b"cred-2,--+12:Bearer a.b.c"),
+    ]:
+        identity = resolver.resolve_values(name, token, auth)
+        assert identity is not None
+        assert identity.credential == hashlib.blake2b(text, key=key, digest_size=32).digest()
+
+
+def test_the_credential_hash_of_long_values_has_the_same_text() -> None:
+    """Values past the prefixes made once (4 KiB) are hashed with the same text."""
+    import hashlib
+
+    from cacheproxy.core.identity import IdentityResolver
+
+    secret = b"s" * 32
+    key = hashlib.blake2b(secret, person=b"cacheproxy-key").digest()
+    token = b"t" * 5000
+    identity = IdentityResolver(secret).resolve_values(b"u" * 4095, token, None)
+    assert identity is not None
+    text = b"cred-2,+4095:" + b"u" * 4095 + b"+5000:" + token + b"-"
+    assert identity.credential == hashlib.blake2b(text, key=key, digest_size=32).digest()

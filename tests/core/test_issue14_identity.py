@@ -208,7 +208,9 @@ def test_hostile_targets_and_names_cannot_grow_the_memos_past_their_bound() -> N
     memos would keep about 10 MiB; the bounds hold them to 3 x 256 KiB."""
     bound = 256 * 1024
     resolver = IdentityResolver(b"k" * 32, memo_bytes=bound)
-    planner = Planner(RuleSet.default(), resolver, route_bytes=bound, key_bytes=bound)
+    planner = Planner(
+        RuleSet.default(), resolver, max_url_bytes=8192, route_bytes=bound, plan_bytes=bound
+    )
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]

@@ -154,3 +154,35 @@ async def test_too_many_connections_is_503(fake_upstream: tuple[FakeSlurmrestd, 
         r = await exchange(p.port, request(), until_closed=False)
         assert r.status == 200
     count()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/slurm/v0.0.43/jobs"),  # cached: planned (core/plan.py)
+        ("GET", "/slurm/v0.0.43/ping"),  # not cached: planned, then forwarded
+        ("POST", "/slurm/v0.0.43/job/submit"),  # a write: parsed for forwarding
+    ],
+)
+async def test_max_url_bytes_above_8192_is_the_limit_everywhere(
+    fake_upstream: tuple[FakeSlurmrestd, int], method: str, path: str
+) -> None:
+    """The setting reaches every check of the target's length: a 10,000-byte
+    target passes at max_url_bytes=16384 (it was refused 400 by a limit of
+    8192 hard-coded in the core); above the setting it is 414, upstream never
+    asked."""
+    fake, port = fake_upstream
+    limits = {**LIMITS, "max_url_bytes": 16384, "max_header_bytes": 32768}
+    async with hardened_proxy(stack_settings(f"http://127.0.0.1:{port}", **limits)) as p:
+        target = path + "?x=" + "a" * (10_000 - len(path) - 3)
+        assert len(target) == 10_000
+        before = fake.total(method)
+        r = await exchange(p.port, request(method, target), until_closed=False)
+        assert r.status not in (400, 414), r.error()
+        assert fake.total(method) == before + 1
+        assert fake.queries[-1] == b"x=" + b"a" * (10_000 - len(path) - 3)
+
+        r = await exchange(p.port, request(method, path + "?x=" + "a" * 16_400))
+        assert r.status == 414
+        assert r.error() == errors.URL_TOO_LONG.error
+        assert fake.total(method) == before + 1

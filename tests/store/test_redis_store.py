@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import redis
 import trustme
 
 from cacheproxy.core.compress import make_variants
+from cacheproxy.http.app import build_store
+from cacheproxy.settings import Settings
 from cacheproxy.store.base import Entry, StoreError
 from cacheproxy.store.redis import RedisStore
 from cacheproxy.store.redis_link import parse_sentinel_url, redacted_url
@@ -582,5 +585,35 @@ async def test_passwords_never_reach_reprs_or_logs(caplog: pytest.LogCaptureFixt
         await store.check_server()
         assert "secret" not in caplog.text
         assert caplog.text  # it did log the fault
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("local_tier", [False, True])
+async def test_max_entry_bytes_reaches_the_redis_store(
+    redis_server: Any, prefix: str, local_tier: bool
+) -> None:
+    """The store ``serve`` builds refuses an entry above ``max_entry_bytes``
+    (the setting never reached RedisStore, which kept its own 16 MiB)."""
+    settings = Settings(
+        upstream="http://127.0.0.1:1",
+        redis_url=redis_server.url,
+        redis_prefix=prefix,
+        redis_timeout=1.0,
+        local_tier=local_tier,
+        max_entry_bytes=100_000,
+    )
+    store, shared = build_store(settings)
+    assert shared
+    try:
+        now = time.time()
+        big = entry(now, await store.generations(TAGS), body=os.urandom(200_000))
+        assert not await store.put(b"big", big)
+        assert (await store.lookup(b"big", TAGS, CRED)).entry is None
+        small = entry(now, await store.generations(TAGS), body=os.urandom(50_000))
+        assert await store.put(b"small", small)
+        found = (await store.lookup(b"small", TAGS, CRED)).entry
+        assert found is not None
+        assert found.body == small.body
     finally:
         await store.aclose()
