@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import orjson
 
 from cacheproxy.core.identity import Identity
-from cacheproxy.core.rules import Match
+from cacheproxy.core.rules import COST_CLASSES, Match, default_cost
 from cacheproxy.store.base import Entry
 from cacheproxy.upstream.base import Headers
 
@@ -231,3 +231,14 @@ def stale_fallback(
     if window <= 0 or now >= entry.stored_at + entry.ttl + window:
         return None
     return entry
+
+
+def upstream_cost(match: Match) -> int:
+    """What the request costs in the fair upstream queue
+    (:data:`~cacheproxy.core.rules.COST_CLASSES`): its rule's class; a
+    request no rule knows is classed by its family (a slurmdbd read costs
+    the most, anything else is taken for a list)."""
+    rule = match.rule
+    if rule is not None:
+        return COST_CLASSES[rule.cost]
+    return COST_CLASSES[default_cost((match.family,))]

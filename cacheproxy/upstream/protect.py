@@ -4,11 +4,14 @@ slurmrestd serves requests with a small thread pool (16 by default) and every
 request that reaches slurmctld takes its locks.  A cache in front of it must
 not turn a burst of misses, or a struggling controller, into a pile-up:
 
-* **Concurrency limit with a bounded queue.**  At most ``max_concurrent``
-  requests are in flight upstream (from sending to the end of the body).
-  Up to ``max_queue`` more wait, each at most ``queue_timeout`` seconds;
-  anything beyond is refused at once with :class:`UpstreamBusy` (503 +
-  ``Retry-After``) instead of queueing without bound.
+* **Concurrency limit with a bounded, fair queue.**  At most
+  ``max_concurrent`` requests are in flight upstream (from sending to the end
+  of the body).  Up to ``max_queue`` more wait, each at most
+  ``queue_timeout`` seconds; anything beyond is refused at once with
+  :class:`UpstreamBusy` (503 + ``Retry-After``) instead of queueing without
+  bound.  The waiting ones are served by cost and by user in turn, not first
+  come first served (:class:`Limiter`), so cheap requests are not held
+  behind slurmdbd reads and one heavy client cannot starve the others.
 * **Circuit breaker.**  After ``breaker_failures`` consecutive failures
   (connect errors, timeouts, broken exchanges, 502/503/504 answers) calls fail
   fast with :class:`UpstreamUnavailable` for ``breaker_cooldown`` seconds, so
@@ -58,15 +61,78 @@ _TIMER_SLACK = 0.001
 deadline has waited long enough."""
 
 
-class Limiter:
-    """A counting semaphore with a bounded FIFO queue and a wait deadline.
+class _Waiter:
+    """One request waiting for a slot: its deadline and the future it awaits."""
 
-    Every waiter waits the same ``timeout`` and joins at the back, so the
-    deadlines along the queue never decrease: one timer, armed for the oldest
-    waiter, expires them all in order.  (A timeout scope per waiter cost a
-    timer handle and a task-cancellation dance on every queued request, a
-    measurable share of a forwarded request whenever more than
-    ``limit`` are in flight.)
+    __slots__ = ("deadline", "fut")
+
+    def __init__(self, deadline: float, fut: asyncio.Future[None]) -> None:
+        self.deadline = deadline
+        self.fut = fut
+
+
+class _Lane:
+    """The waiters of one cost, one FIFO line per user, served round robin.
+
+    ``users`` keeps insertion order: the user served next is the first key,
+    and a user served goes to the back (re-inserted) if it still waits."""
+
+    __slots__ = ("cost", "deficit", "users")
+
+    def __init__(self, cost: int) -> None:
+        self.cost = cost
+        self.deficit = 0
+        self.users: dict[str, deque[_Waiter]] = {}
+
+    def pop(self) -> _Waiter | None:
+        """The next live waiter, round robin over users; None when none waits.
+        Waiters that gave up or timed out are dropped on the way."""
+        users = self.users
+        while users:
+            user = next(iter(users))
+            line = users.pop(user)
+            while line:
+                waiter = line.popleft()
+                if not waiter.fut.done():
+                    if line:
+                        users[user] = line  # to the back of the round
+                    return waiter
+        return None
+
+
+QUANTUM = 16
+"""Cost units a lane may spend per turn: the largest cost (a request costs
+1 to ``QUANTUM``), so every turn serves at least one request."""
+
+
+class Limiter:
+    """A counting semaphore with a bounded, fair queue and a wait deadline.
+
+    Waiting requests are served fairly, by cost and by user, because a
+    first-come line lets one slow request class (slurmdbd reads of a second)
+    or one heavy client hold everyone else behind it:
+
+    * **By cost: deficit round robin over lanes.**  Each request carries a
+      cost (1 to :data:`QUANTUM` units; the rules say how expensive it is,
+      :func:`cacheproxy.core.policy.upstream_cost`).  Requests of one cost
+      share a lane; lanes take turns, each turn worth :data:`QUANTUM` units,
+      so when every lane waits a turn serves 16 pings, 4 lists or one
+      slurmdbd read.  A ping arriving behind any number of slurmdbd reads
+      waits for at most one of them; an expensive lane still gets its turn.
+    * **By user: round robin within a lane.**  Each user has a line in the
+      lane; users take turns one request at a time, so a client with a
+      hundred queued reads delays another user's read by at most one.
+
+    The user is an opaque key (the identity's user, never a credential);
+    when there is a free slot and nobody waits, ``acquire`` takes it at once.
+
+    The bounds are as before: at most ``max_queue`` waiters, each at most
+    ``timeout`` seconds.  Every waiter waits the same ``timeout`` and the
+    deadline line is kept in arrival order, so one timer, armed for the
+    oldest waiter, expires them all in order (a timeout scope per waiter
+    cost a timer handle and a task-cancellation dance on every queued
+    request).  Waiters served, expired or cancelled are dropped lazily from
+    whichever line still holds them.
     """
 
     def __init__(self, limit: int, max_queue: int, timeout: float) -> None:
@@ -74,7 +140,11 @@ class Limiter:
         self.max_queue = max_queue
         self.timeout = timeout
         self._free = limit
-        self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()
+        self._queued = 0
+        self._deadlines: deque[_Waiter] = deque()
+        self._lanes: dict[int, _Lane] = {}
+        self._turns: deque[_Lane] = deque()
+        """Lanes with waiters, the one whose turn it is first."""
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
 
@@ -84,61 +154,108 @@ class Limiter:
 
     @property
     def queued(self) -> int:
-        return len(self._waiters)
+        return self._queued
 
-    async def acquire(self) -> None:
-        """Take a slot, waiting in line if needed; :class:`UpstreamBusy` when
-        the line is full or the wait exceeds the deadline."""
-        if self._free > 0 and not self._waiters:
+    async def acquire(self, user: str = "", cost: int = 1) -> None:
+        """Take a slot for ``user``'s request of ``cost`` units, waiting its
+        turn if needed; :class:`UpstreamBusy` when the queue is full or the
+        wait exceeds the deadline."""
+        if self._free > 0 and not self._queued:
             self._free -= 1
             return
-        if len(self._waiters) >= self.max_queue or self.timeout <= 0:
+        if self._queued >= self.max_queue or self.timeout <= 0:
             raise UpstreamBusy("too many requests in flight to slurmrestd")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        deadline = loop.time() + self.timeout
-        self._waiters.append((deadline, fut))
+        waiter = _Waiter(loop.time() + self.timeout, fut)
+        self._enqueue(waiter, user, min(max(cost, 1), QUANTUM))
         if self._timer is None or self._timer_loop is not loop:
             # (A timer left on another loop, closed since, would never fire.)
-            self._timer = loop.call_at(deadline, self._expire, loop)
+            self._timer = loop.call_at(waiter.deadline, self._expire, loop)
             self._timer_loop = loop
         try:
             await fut
         except BaseException:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self.release()  # the slot arrived as we gave up: pass it on
-            elif not fut.done():
+            elif not fut.done() or fut.cancelled():
                 fut.cancel()
-                self._forget(fut)
+                self._queued -= 1  # left in its lines, dropped when reached
             raise
 
-    def release(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            fut = waiters.popleft()[1]
-            if not fut.done():
-                fut.set_result(None)  # the slot goes straight to the next in line
-                return
-        self._free = min(self._free + 1, self.limit)
+    def _enqueue(self, waiter: _Waiter, user: str, cost: int) -> None:
+        self._queued += 1
+        self._deadlines.append(waiter)
+        lane = self._lanes.get(cost)
+        if lane is None:
+            lane = self._lanes[cost] = _Lane(cost)
+        if not lane.users:
+            turns = self._turns
+            turns.append(lane)
+            if len(turns) == 1:
+                lane.deficit += QUANTUM  # its turn begins now
+        line = lane.users.get(user)
+        if line is None:
+            lane.users[user] = deque((waiter,))
+        else:
+            line.append(waiter)
 
-    def _forget(self, fut: asyncio.Future[None]) -> None:
-        """Take a cancelled waiter out of the line (rare: O(queue))."""
-        for item in self._waiters:
-            if item[1] is fut:
-                self._waiters.remove(item)
-                return
+    def release(self) -> None:
+        waiter = self._next() if self._queued else None
+        if waiter is None:
+            self._free = min(self._free + 1, self.limit)
+            return
+        self._queued -= 1
+        waiter.fut.set_result(None)  # the slot goes straight to the one chosen
+
+    def _next(self) -> _Waiter | None:
+        """Deficit round robin: the lane whose turn it is serves while its
+        deficit covers its cost, then the turn passes (and brings the next
+        lane :data:`QUANTUM` units)."""
+        turns = self._turns
+        while turns:
+            lane = turns[0]
+            if lane.deficit >= lane.cost:
+                waiter = lane.pop()
+                if waiter is not None:
+                    lane.deficit -= lane.cost
+                    if not lane.users:
+                        self._end_turn(lane, waiting=False)
+                    return waiter
+                self._end_turn(lane, waiting=False)  # only dropped waiters were left
+            else:
+                self._end_turn(lane, waiting=True)
+        return None
+
+    def _end_turn(self, lane: _Lane, *, waiting: bool) -> None:
+        """Pass the turn: ``lane`` to the back (``waiting``) or out of the
+        round, its deficit forfeit (idle lanes bank no credit)."""
+        turns = self._turns
+        turns.popleft()
+        if waiting:
+            turns.append(lane)
+        else:
+            lane.deficit = 0
+        if turns:
+            turns[0].deficit += QUANTUM
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         """Fail every waiter whose deadline passed; re-arm for the next one."""
         self._timer = None
-        waiters = self._waiters
+        deadlines = self._deadlines
         now = loop.time()
-        while waiters and waiters[0][0] <= now + _TIMER_SLACK:
-            fut = waiters.popleft()[1]
+        while deadlines and deadlines[0].deadline <= now + _TIMER_SLACK:
+            fut = deadlines.popleft().fut
             if not fut.done():
+                self._queued -= 1
                 fut.set_exception(UpstreamBusy("timed out waiting for a slot to slurmrestd"))
-        if waiters:
-            self._timer = loop.call_at(waiters[0][0], self._expire, loop)
+        if not self._queued:
+            # Nobody waits: drop the lines' leftovers (served, expired, cancelled).
+            self._deadlines.clear()
+            self._lanes.clear()
+            self._turns.clear()
+        if deadlines:
+            self._timer = loop.call_at(deadlines[0].deadline, self._expire, loop)
 
 
 class _Guarded:
@@ -231,7 +348,7 @@ class ProtectedTransport:
             wait = breaker.retry_after()
             raise UpstreamUnavailable(retry_after=float(max(1, math.ceil(wait))))
         try:
-            await self.limiter.acquire()
+            await self.limiter.acquire(request.user, request.cost)
         except BaseException as exc:
             breaker.abandon(ticket)
             if isinstance(exc, UpstreamBusy) and self.stats is not None:

@@ -1,0 +1,242 @@
+"""The fair queue in front of slurmrestd (upstream/protect.py ``Limiter``):
+waiting requests are served by cost and by user in turn, not first come
+first served; the bounds (max_queue, queue_timeout) are those of
+test_protect.py.  Order is observed, never time: each test holds every slot,
+queues requests, then frees one slot at a time and records who got it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cacheproxy.core import policy
+from cacheproxy.core.rules import COST_CLASSES, RuleSet
+from cacheproxy.upstream.base import BufferedResponse, UpstreamBusy, UpstreamRequest
+from cacheproxy.upstream.protect import Limiter, ProtectedTransport
+
+CHEAP, LIST, SLURMDB = COST_CLASSES["cheap"], COST_CLASSES["list"], COST_CLASSES["slurmdb"]
+
+
+class Order:
+    """Queues named requests on a limiter that is full, then frees slots
+    one by one and returns the names in the order they got one."""
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+        self.served: list[str] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.took = asyncio.Event()
+
+    async def queue(self, name: str, user: str, cost: int) -> None:
+        async def wait() -> None:
+            await self.limiter.acquire(user, cost)
+            self.served.append(name)
+            self.took.set()
+
+        self.tasks.append(asyncio.create_task(wait()))
+        await asyncio.sleep(0)  # in line before the next one
+
+    async def release(self, n: int) -> list[str]:
+        """Free ``n`` slots, one at a time, each taken before the next frees."""
+        for _ in range(n):
+            self.took.clear()
+            self.limiter.release()
+            await asyncio.wait_for(self.took.wait(), 5)
+        return self.served
+
+
+async def full(limit: int = 1, max_queue: int = 1000) -> Order:
+    limiter = Limiter(limit, max_queue=max_queue, timeout=60)
+    for _ in range(limit):
+        await limiter.acquire()
+    return Order(limiter)
+
+
+async def test_heavy_slurmdb_reader_delays_another_users_ping_by_one_slot_at_most() -> None:
+    """alice has 50 slurmdbd reads waiting; bob's ping, queued after all of
+    them, gets the second slot freed (the first went to alice's turn)."""
+    order = await full()
+    for i in range(50):
+        await order.queue(f"alice-db{i}", "name:alice", SLURMDB)
+    await order.queue("bob-ping", "name:bob", CHEAP)
+    served = await order.release(2)
+    assert served == ["alice-db0", "bob-ping"]
+    await order.release(49)
+    assert served[2:] == [f"alice-db{i}" for i in range(1, 50)]
+
+
+async def test_many_users_slurmdb_reads_do_not_hold_a_ping() -> None:
+    """Fifty users with one slurmdbd read each: a ping still waits for at
+    most one of them (cost first, then users)."""
+    order = await full()
+    for i in range(50):
+        await order.queue(f"u{i}-db", f"name:u{i}", SLURMDB)
+    await order.queue("bob-ping", "name:bob", CHEAP)
+    served = await order.release(2)
+    assert served == ["u0-db", "bob-ping"]
+
+
+async def test_users_are_served_round_robin_within_a_class() -> None:
+    order = await full()
+    for i in range(3):
+        await order.queue(f"alice{i}", "name:alice", LIST)
+    for i in range(3):
+        await order.queue(f"bob{i}", "name:bob", LIST)
+    await order.queue("carol0", "name:carol", LIST)
+    served = await order.release(7)
+    assert served == ["alice0", "bob0", "carol0", "alice1", "bob1", "alice2", "bob2"]
+
+
+async def test_cost_classes_share_turns_by_cost() -> None:
+    """With every class waiting, a turn is worth 16 units: 16 cheap
+    requests, 4 lists, 1 slurmdbd read; the expensive class is never starved."""
+    order = await full()
+    for i in range(2):
+        await order.queue(f"db{i}", "name:a", SLURMDB)
+    for i in range(6):
+        await order.queue(f"list{i}", "name:a", LIST)
+    for i in range(20):
+        await order.queue(f"ping{i}", "name:a", CHEAP)
+    served = await order.release(28)
+    assert served == [
+        "db0",
+        *(f"list{i}" for i in range(4)),
+        *(f"ping{i}" for i in range(16)),
+        "db1",
+        "list4",
+        "list5",
+        *(f"ping{i}" for i in range(16, 20)),
+    ]
+
+
+async def test_one_user_cost_order_cheap_first_after_the_current_turn() -> None:
+    """One user (a portal's service account): a ping queued behind lists and
+    slurmdbd reads overtakes all but the turn in progress."""
+    order = await full()
+    await order.queue("list0", "name:portal", LIST)
+    await order.queue("db0", "name:portal", SLURMDB)
+    await order.queue("list1", "name:portal", LIST)
+    await order.queue("ping", "name:portal", CHEAP)
+    served = await order.release(4)
+    assert served == ["list0", "list1", "db0", "ping"]
+
+
+async def test_a_waiter_that_gave_up_is_skipped() -> None:
+    """A waiter that gave up is skipped: its user's turn, unspent, goes to
+    that user's next request; nothing leaks."""
+    order = await full()
+    await order.queue("a0", "name:a", LIST)
+    await order.queue("a1", "name:a", LIST)
+    await order.queue("b0", "name:b", LIST)
+    order.tasks[0].cancel()
+    await asyncio.sleep(0)
+    assert order.limiter.queued == 2
+    served = await order.release(2)
+    assert served == ["a1", "b0"]
+    order.limiter.release()
+    assert order.limiter.in_use == 0
+    assert order.limiter.queued == 0
+
+
+async def test_queue_limit_counts_waiters_of_every_user() -> None:
+    limiter = Limiter(1, max_queue=2, timeout=60)
+    await limiter.acquire()
+    waiting = [
+        asyncio.create_task(limiter.acquire("name:a", SLURMDB)),
+        asyncio.create_task(limiter.acquire("name:b", CHEAP)),
+    ]
+    await asyncio.sleep(0)
+    with pytest.raises(UpstreamBusy):
+        await limiter.acquire("name:c", CHEAP)  # a new user is refused too
+    for _ in waiting:
+        limiter.release()
+    await asyncio.gather(*waiting)
+    assert limiter.queued == 0
+
+
+async def test_expiry_keeps_order_and_frees_the_lines() -> None:
+    limiter = Limiter(1, max_queue=10, timeout=0.01)
+    await limiter.acquire()
+    waiting = [
+        asyncio.create_task(limiter.acquire(user, cost))
+        for user, cost in (("name:a", SLURMDB), ("name:b", CHEAP), ("name:a", CHEAP))
+    ]
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, UpstreamBusy) for r in results)
+    assert limiter.queued == 0
+    limiter.release()
+    await limiter.acquire("name:c", LIST)  # nothing stale left in line
+    assert limiter.in_use == 1
+
+
+class _Record:
+    """An inner transport that records who was sent (the slot is held until
+    the response is closed)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send(self, request: UpstreamRequest) -> BufferedResponse:
+        self.sent.append(request.target)
+        return BufferedResponse(status=200, headers=[], body=b"ok")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_transport_queues_by_the_requests_user_and_cost() -> None:
+    """ProtectedTransport takes each request's ``user`` and ``cost``; a write
+    waits its user's turn like a read."""
+    inner = _Record()
+    t = ProtectedTransport(inner, max_concurrent=1, max_queue=100, queue_timeout=60)
+    first = await t.send(UpstreamRequest("GET", "/first", [], user="name:a", cost=LIST))
+
+    def req(method: str, target: str, user: str, cost: int) -> UpstreamRequest:
+        return UpstreamRequest(method, target, [], user=user, cost=cost)
+
+    tasks = []
+    for r in (
+        req("GET", "/slurmdb/a1", "name:a", SLURMDB),
+        req("GET", "/slurmdb/a2", "name:a", SLURMDB),
+        req("POST", "/submit/b", "name:b", LIST),
+        req("GET", "/ping/c", "name:c", CHEAP),
+    ):
+        tasks.append(asyncio.create_task(t.send(r)))
+        await asyncio.sleep(0)
+    await first.aclose()
+    pending = set(tasks)
+    while pending:  # each answer closed frees the slot for the next in turn
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1
+        await done.pop().result().aclose()
+    assert inner.sent == ["/first", "/slurmdb/a1", "/submit/b", "/ping/c", "/slurmdb/a2"]
+    assert t.limiter.in_use == 0
+
+
+def test_rules_give_each_route_its_cost_class() -> None:
+    rules = RuleSet.default()
+
+    def cost(method: str, path: str) -> int:
+        return policy.upstream_cost(rules.match(method, tuple(path.strip("/").split("/"))))
+
+    assert cost("GET", "/slurm/v0.0.43/ping") == CHEAP
+    assert cost("GET", "/slurm/v0.0.43/node/n1") == CHEAP
+    assert cost("GET", "/slurm/v0.0.43/job/12") == CHEAP
+    assert cost("DELETE", "/slurm/v0.0.43/job/12") == CHEAP
+    assert cost("GET", "/slurm/v0.0.43/jobs") == LIST
+    assert cost("GET", "/slurm/v0.0.43/nodes") == LIST
+    assert cost("POST", "/slurm/v0.0.43/job/submit") == LIST
+    assert cost("GET", "/slurmdb/v0.0.43/jobs") == SLURMDB
+    assert cost("GET", "/slurmdb/v0.0.43/job/12") == SLURMDB
+    assert cost("GET", "/slurmdb/v0.0.43/ping") == CHEAP
+    assert cost("GET", "/slurmdb/v0.0.43/nothing/known") == SLURMDB  # no rule
+    assert cost("GET", "/slurm/v0.0.43/nothing/known") == LIST
+
+
+def test_a_rule_may_declare_its_cost_and_a_wrong_one_is_refused() -> None:
+    rules = RuleSet.from_toml('[[rule]]\nname = "x"\npath = "/slurm/{v}/diag"\ncost = "slurmdb"\n')
+    assert rules.rules[0].cost == "slurmdb"
+    assert rules.rules[0].describe()["cost"] == "slurmdb"
+    with pytest.raises(ValueError, match="cost must be one of"):
+        RuleSet.from_toml('[[rule]]\nname = "x"\npath = "/slurm/{v}/diag"\ncost = "free"\n')
