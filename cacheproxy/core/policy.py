@@ -19,7 +19,7 @@ from cacheproxy.store.base import Entry
 from cacheproxy.upstream.base import Headers
 
 DEFAULT_AUTH_TTL = 60.0
-DEFAULT_MAX_ENTRY_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_ENTRY_BYTES = 256 * 1024 * 1024
 
 # Statuses slurmrestd uses for a refused credential: 401 (missing), 511 (bad or
 # expired JWT in 25.x) and, in 22.05, a 500 with error_number -1 / "Unspecified

@@ -209,13 +209,15 @@ class Filler:
         status = resp.status
         flight.set_head(status, resp_headers)
         length = policy.content_length(resp_headers)
-        if status != 200 or (length is not None and length > limit):
+        too_big = length is not None and length > limit
+        if status != 200 or too_big:
             flight.stop_sharing()
         whole = resp.body_if_complete()
         if whole is not None:  # a small answer, all in with its head
             head = whole[:4096]
             flight.push(whole)
-            if flight.shareable and len(whole) > limit:
+            if len(whole) > limit:
+                too_big = True
                 flight.stop_sharing()
         else:
             size = 0
@@ -225,8 +227,11 @@ class Filler:
                     head += chunk[: 4096 - len(head)]
                 size += len(chunk)
                 flight.push(chunk)
-                if flight.shareable and size > limit:
+                if size > limit and not too_big:
+                    too_big = True
                     flight.stop_sharing()
+        if too_big and status == 200:
+            self.stats.too_big[match.name] += 1  # passed through, never cached
         body = flight.body() if flight.shareable else b""
         if identity is not None:  # one reading of the body for both questions
             flight.refused = await self.credentials.judge(
