@@ -156,6 +156,8 @@ class Stats:
     """Requests refused (503) because too many were in flight upstream."""
     breaker_rejected: int = 0
     """Requests failed fast while the upstream circuit breaker was open."""
+    upstream_throttled: int = 0
+    """slurmrestd answers "Rate limit exceeded" (502): a user slurmctld asked to slow down."""
     auth_blocked: int = 0
     """Requests answered 429 after repeated authentication failures."""
     auth_trials: int = 0
@@ -277,6 +279,7 @@ class Stats:
             "max_stale_age": self.max_stale_age,
             "upstream_busy": self.upstream_busy,
             "breaker_rejected": self.breaker_rejected,
+            "upstream_throttled": self.upstream_throttled,
             "auth_blocked": self.auth_blocked,
             "auth_trials": self.auth_trials,
             "auth_proven": self.auth_proven,

@@ -55,6 +55,13 @@ DEFAULT_MAX_CONCURRENT = 16
 """slurmrestd's default thread count: more in flight would only queue there."""
 FAILURE_STATUSES = frozenset({502, 503, 504})
 """Answers that mean slurmrestd (or slurmctld/slurmdbd behind it) is failing."""
+THROTTLED = b"Rate limit exceeded"
+"""slurmctld's word to one user over its rate limit
+(``SLURMCTLD_COMMUNICATIONS_BACKOFF``: "Rate limit exceeded, please retry
+momentarily", a 502 from slurmrestd 24.11 on, when it does not retry itself;
+docs/COMPATIBILITY.md).  The controller is asking that user for less, not
+failing: no strike on the breaker (five would fail everyone fast), and the
+user's waiting requests go behind everyone else's (:meth:`Limiter.step_back`)."""
 _MAX_COOLDOWN = 60.0
 _TIMER_SLACK = 0.001
 """Loop timers may fire a clock tick early; a waiter that close to its
@@ -200,6 +207,14 @@ class Limiter:
         else:
             line.append(waiter)
 
+    def step_back(self, user: str) -> None:
+        """``user``'s waiting requests go to the back of their lanes' rounds:
+        slurmctld asked that user to slow down, so the others go first."""
+        for lane in self._turns:
+            line = lane.users.pop(user, None)
+            if line is not None:
+                lane.users[user] = line
+
     def release(self) -> None:
         waiter = self._next() if self._queued else None
         if waiter is None:
@@ -261,20 +276,32 @@ class Limiter:
 class _Guarded:
     """The inner response; its body feeds the breaker and its close frees the slot."""
 
-    __slots__ = ("_inner", "_owner", "_released", "_ticket", "headers", "status")
+    __slots__ = ("_inner", "_owner", "_released", "_ticket", "_whole", "headers", "status")
 
-    def __init__(self, inner: UpstreamResponse, owner: ProtectedTransport, ticket: Ticket) -> None:
+    def __init__(
+        self,
+        inner: UpstreamResponse,
+        owner: ProtectedTransport,
+        ticket: Ticket,
+        whole: bytes | None = None,
+    ) -> None:
         self._inner = inner
         self._owner = owner
         self._ticket = ticket
+        self._whole = whole
+        """The body, when it was taken already (to read a 502's reason)."""
         self._released = False
         self.status: int = inner.status
         self.headers: Headers = inner.headers
 
-    def aiter_body(self) -> _GuardedBody:
+    def aiter_body(self) -> AsyncIterator[bytes]:
+        if self._whole is not None:
+            return _once(self._whole)
         return _GuardedBody(self._inner.aiter_body(), self._owner.breaker, self._ticket)
 
     def body_if_complete(self) -> bytes | None:
+        if self._whole is not None:
+            return self._whole
         return self._inner.body_if_complete()  # complete: nothing broke
 
     async def aclose(self) -> None:
@@ -282,6 +309,10 @@ class _Guarded:
             self._released = True
             self._owner.limiter.release()
         await self._inner.aclose()
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
 
 
 class _GuardedBody:
@@ -368,11 +399,26 @@ class ProtectedTransport:
             self.limiter.release()
             breaker.abandon(ticket)
             raise
-        if resp.status in FAILURE_STATUSES:
-            breaker.strike(ticket, f"answered {resp.status}")
-        else:
+        if resp.status not in FAILURE_STATUSES:
             breaker.success(ticket)
-        return _Guarded(resp, self, ticket)
+            return _Guarded(resp, self, ticket)
+        whole = None
+        if resp.status == 502:
+            try:
+                whole = resp.body_if_complete()  # an error answer: small, usually in
+            except UpstreamError as exc:
+                self.limiter.release()
+                breaker.strike(ticket, exc)
+                await resp.aclose()
+                raise
+            if whole is not None and THROTTLED in whole:
+                breaker.success(ticket)  # slurmctld answered: it is alive
+                self.limiter.step_back(request.user)
+                if self.stats is not None:
+                    self.stats.upstream_throttled += 1
+                return _Guarded(resp, self, ticket, whole)
+        breaker.strike(ticket, f"answered {resp.status}")
+        return _Guarded(resp, self, ticket, whole)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

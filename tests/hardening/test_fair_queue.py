@@ -7,12 +7,19 @@ queues requests, then frees one slot at a time and records who got it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
 from cacheproxy.core import policy
 from cacheproxy.core.rules import COST_CLASSES, RuleSet
-from cacheproxy.upstream.base import BufferedResponse, UpstreamBusy, UpstreamRequest
+from cacheproxy.stats import Stats
+from cacheproxy.upstream.base import (
+    BufferedResponse,
+    UpstreamBusy,
+    UpstreamRequest,
+    UpstreamUnavailable,
+)
 from cacheproxy.upstream.protect import Limiter, ProtectedTransport
 
 CHEAP, LIST, SLURMDB = COST_CLASSES["cheap"], COST_CLASSES["list"], COST_CLASSES["slurmdb"]
@@ -240,3 +247,83 @@ def test_a_rule_may_declare_its_cost_and_a_wrong_one_is_refused() -> None:
     assert rules.rules[0].describe()["cost"] == "slurmdb"
     with pytest.raises(ValueError, match="cost must be one of"):
         RuleSet.from_toml('[[rule]]\nname = "x"\npath = "/slurm/{v}/diag"\ncost = "free"\n')
+
+
+async def test_step_back_puts_a_throttled_user_behind_the_others() -> None:
+    order = await full()
+    await order.queue("a0", "name:a", LIST)
+    await order.queue("a1", "name:a", LIST)
+    await order.queue("b0", "name:b", LIST)
+    await order.queue("a-ping", "name:a", CHEAP)
+    await order.queue("c-ping", "name:c", CHEAP)
+    order.limiter.step_back("name:a")
+    served = await order.release(5)
+    assert served == ["b0", "a0", "a1", "c-ping", "a-ping"]
+
+
+RATE_LIMITED = (
+    b'{"errors": [{"description": "Rate limit exceeded, please retry momentarily",'
+    b' "error_number": 1014, "error": "Rate limit exceeded, please retry momentarily",'
+    b' "source": "slurm_load_jobs"}], "warnings": []}'
+)
+
+
+class _Whole:
+    """A response whose body arrived with its head (as a small error does)."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        self.headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+        self.body = body
+
+    async def aiter_body(self) -> AsyncIterator[bytes]:
+        yield self.body
+
+    def body_if_complete(self) -> bytes:
+        return self.body
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _Answers:
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        self.body = body
+
+    async def send(self, request: UpstreamRequest) -> _Whole:
+        return _Whole(self.status, self.body)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_rate_limited_answers_pass_through_and_never_open_the_breaker() -> None:
+    """slurmctld's "Rate limit exceeded" (502) asks one user for less: the
+    answer reaches that user byte for byte, and however many come, the
+    breaker stays closed for everyone else."""
+    stats = Stats()
+    t = ProtectedTransport(
+        _Answers(502, RATE_LIMITED), max_concurrent=1, breaker_failures=3, stats=stats
+    )
+    for _ in range(10):
+        resp = await t.send(UpstreamRequest("GET", "/slurm/v0.0.43/jobs", [], user="name:a"))
+        assert resp.status == 502
+        assert resp.body_if_complete() == RATE_LIMITED
+        assert b"".join([c async for c in resp.aiter_body()]) == RATE_LIMITED
+        await resp.aclose()
+    assert not t.breaker.is_open
+    assert stats.upstream_throttled == 10
+    assert t.limiter.in_use == 0
+
+
+async def test_other_502s_still_strike_and_pass_through() -> None:
+    body = b'{"errors": [{"description": "Unable to contact slurm controller"}]}'
+    t = ProtectedTransport(_Answers(502, body), max_concurrent=1, breaker_failures=3)
+    for _ in range(3):
+        resp = await t.send(UpstreamRequest("GET", "/slurm/v0.0.43/jobs", []))
+        assert b"".join([c async for c in resp.aiter_body()]) == body
+        await resp.aclose()
+    assert t.breaker.is_open
+    with pytest.raises(UpstreamUnavailable):
+        await t.send(UpstreamRequest("GET", "/slurm/v0.0.43/jobs", []))
