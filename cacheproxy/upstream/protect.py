@@ -110,6 +110,8 @@ class _Lane:
 QUANTUM = 16
 """Cost units a lane may spend per turn: the largest cost (a request costs
 1 to ``QUANTUM``), so every turn serves at least one request."""
+_IDLE = _Lane(0)
+"""No lane (nobody to serve)."""
 
 
 class Limiter:
@@ -130,6 +132,12 @@ class Limiter:
       lane; users take turns one request at a time, so a client with a
       hundred queued reads delays another user's read by at most one.
 
+    * **Room for the cheap ones.**  Requests of the highest cost (slurmdbd
+      reads) hold at most :attr:`heavy_limit` slots together (all but a
+      quarter): slots already held are not taken back, so without this a
+      ping arriving while every slot serves a slurmdbd read of a second would
+      wait for one of them to end.
+
     The user is an opaque key (the identity's user, never a credential);
     when there is a free slot and nobody waits, ``acquire`` takes it at once.
 
@@ -146,7 +154,12 @@ class Limiter:
         self.limit = limit
         self.max_queue = max_queue
         self.timeout = timeout
+        self.heavy_limit = max(1, limit - max(1, limit // 4))
+        """Slots requests of the highest cost may hold together: the rest
+        (a quarter, at least one) stay for cheaper ones."""
         self._free = limit
+        self._heavy = 0
+        """Slots held by requests of the highest cost."""
         self._queued = 0
         self._deadlines: deque[_Waiter] = deque()
         self._lanes: dict[int, _Lane] = {}
@@ -167,24 +180,32 @@ class Limiter:
         """Take a slot for ``user``'s request of ``cost`` units, waiting its
         turn if needed; :class:`UpstreamBusy` when the queue is full or the
         wait exceeds the deadline."""
+        cost = min(max(cost, 1), QUANTUM)
         if self._free > 0 and not self._queued:
-            self._free -= 1
-            return
+            if cost < QUANTUM:
+                self._free -= 1
+                return
+            if self._heavy < self.heavy_limit:
+                self._free -= 1
+                self._heavy += 1
+                return
         if self._queued >= self.max_queue or self.timeout <= 0:
             raise UpstreamBusy("too many requests in flight to slurmrestd")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         waiter = _Waiter(loop.time() + self.timeout, fut)
-        self._enqueue(waiter, user, min(max(cost, 1), QUANTUM))
+        self._enqueue(waiter, user, cost)
         if self._timer is None or self._timer_loop is not loop:
             # (A timer left on another loop, closed since, would never fire.)
             self._timer = loop.call_at(waiter.deadline, self._expire, loop)
             self._timer_loop = loop
+        if self._free > 0:
+            self._dispatch()  # a slot only the heavy ones may not take
         try:
             await fut
         except BaseException:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.release()  # the slot arrived as we gave up: pass it on
+                self.release(cost)  # the slot arrived as we gave up: pass it on
             elif not fut.done() or fut.cancelled():
                 fut.cancel()
                 self._queued -= 1  # left in its lines, dropped when reached
@@ -215,32 +236,50 @@ class Limiter:
             if line is not None:
                 lane.users[user] = line
 
-    def release(self) -> None:
-        waiter = self._next() if self._queued else None
-        if waiter is None:
-            self._free = min(self._free + 1, self.limit)
-            return
-        self._queued -= 1
-        waiter.fut.set_result(None)  # the slot goes straight to the one chosen
+    def release(self, cost: int = 1) -> None:
+        """Give back the slot of a request of ``cost`` units."""
+        if cost >= QUANTUM:
+            self._heavy -= 1
+        self._free = min(self._free + 1, self.limit)
+        if self._queued:
+            self._dispatch()
 
-    def _next(self) -> _Waiter | None:
+    def _dispatch(self) -> None:
+        """Hand free slots to the waiters whose turn it is."""
+        while self._free > 0 and self._queued:
+            lane, waiter = self._next()
+            if waiter is None:
+                return  # only heavy ones wait, and they hold all they may
+            self._free -= 1
+            self._queued -= 1
+            if lane.cost >= QUANTUM:
+                self._heavy += 1
+            waiter.fut.set_result(None)
+
+    def _next(self) -> tuple[_Lane, _Waiter | None]:
         """Deficit round robin: the lane whose turn it is serves while its
         deficit covers its cost, then the turn passes (and brings the next
-        lane :data:`QUANTUM` units)."""
+        lane :data:`QUANTUM` units).  The heaviest lane, at its slot limit,
+        passes its turn without banking credit."""
         turns = self._turns
         while turns:
             lane = turns[0]
-            if lane.deficit >= lane.cost:
+            if lane.cost >= QUANTUM and self._heavy >= self.heavy_limit:
+                lane.deficit = 0
+                if len(turns) == 1:
+                    return lane, None
+                self._end_turn(lane, waiting=True)
+            elif lane.deficit >= lane.cost:
                 waiter = lane.pop()
                 if waiter is not None:
                     lane.deficit -= lane.cost
                     if not lane.users:
                         self._end_turn(lane, waiting=False)
-                    return waiter
+                    return lane, waiter
                 self._end_turn(lane, waiting=False)  # only dropped waiters were left
             else:
                 self._end_turn(lane, waiting=True)
-        return None
+        return _IDLE, None
 
     def _end_turn(self, lane: _Lane, *, waiting: bool) -> None:
         """Pass the turn: ``lane`` to the back (``waiting``) or out of the
@@ -276,18 +315,29 @@ class Limiter:
 class _Guarded:
     """The inner response; its body feeds the breaker and its close frees the slot."""
 
-    __slots__ = ("_inner", "_owner", "_released", "_ticket", "_whole", "headers", "status")
+    __slots__ = (
+        "_cost",
+        "_inner",
+        "_owner",
+        "_released",
+        "_ticket",
+        "_whole",
+        "headers",
+        "status",
+    )
 
     def __init__(
         self,
         inner: UpstreamResponse,
         owner: ProtectedTransport,
         ticket: Ticket,
+        cost: int,
         whole: bytes | None = None,
     ) -> None:
         self._inner = inner
         self._owner = owner
         self._ticket = ticket
+        self._cost = cost
         self._whole = whole
         """The body, when it was taken already (to read a 502's reason)."""
         self._released = False
@@ -307,7 +357,7 @@ class _Guarded:
     async def aclose(self) -> None:
         if not self._released:
             self._released = True
-            self._owner.limiter.release()
+            self._owner.limiter.release(self._cost)
         await self._inner.aclose()
 
 
@@ -388,26 +438,26 @@ class ProtectedTransport:
         try:
             resp = await self.inner.send(request)
         except UpstreamRefused:
-            self.limiter.release()
+            self.limiter.release(request.cost)
             breaker.abandon(ticket)  # the request's fault: slurmrestd was not asked
             raise
         except UpstreamError as exc:
-            self.limiter.release()
+            self.limiter.release(request.cost)
             breaker.strike(ticket, exc)
             raise
         except BaseException:
-            self.limiter.release()
+            self.limiter.release(request.cost)
             breaker.abandon(ticket)
             raise
         if resp.status not in FAILURE_STATUSES:
             breaker.success(ticket)
-            return _Guarded(resp, self, ticket)
+            return _Guarded(resp, self, ticket, request.cost)
         whole = None
         if resp.status == 502:
             try:
                 whole = resp.body_if_complete()  # an error answer: small, usually in
             except UpstreamError as exc:
-                self.limiter.release()
+                self.limiter.release(request.cost)
                 breaker.strike(ticket, exc)
                 await resp.aclose()
                 raise
@@ -416,9 +466,9 @@ class ProtectedTransport:
                 self.limiter.step_back(request.user)
                 if self.stats is not None:
                     self.stats.upstream_throttled += 1
-                return _Guarded(resp, self, ticket, whole)
+                return _Guarded(resp, self, ticket, request.cost, whole)
         breaker.strike(ticket, f"answered {resp.status}")
-        return _Guarded(resp, self, ticket, whole)
+        return _Guarded(resp, self, ticket, request.cost, whole)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -34,11 +34,14 @@ class Order:
         self.served: list[str] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.took = asyncio.Event()
+        self.holding = [1] * limiter.limit
+        """The cost of each slot held, oldest first (``full`` took them at 1)."""
 
     async def queue(self, name: str, user: str, cost: int) -> None:
         async def wait() -> None:
             await self.limiter.acquire(user, cost)
             self.served.append(name)
+            self.holding.append(cost)
             self.took.set()
 
         self.tasks.append(asyncio.create_task(wait()))
@@ -48,7 +51,7 @@ class Order:
         """Free ``n`` slots, one at a time, each taken before the next frees."""
         for _ in range(n):
             self.took.clear()
-            self.limiter.release()
+            self.limiter.release(self.holding.pop(0))
             await asyncio.wait_for(self.took.wait(), 5)
         return self.served
 
@@ -141,7 +144,7 @@ async def test_a_waiter_that_gave_up_is_skipped() -> None:
     assert order.limiter.queued == 2
     served = await order.release(2)
     assert served == ["a1", "b0"]
-    order.limiter.release()
+    order.limiter.release(order.holding.pop(0))
     assert order.limiter.in_use == 0
     assert order.limiter.queued == 0
 
@@ -327,3 +330,34 @@ async def test_other_502s_still_strike_and_pass_through() -> None:
     assert t.breaker.is_open
     with pytest.raises(UpstreamUnavailable):
         await t.send(UpstreamRequest("GET", "/slurm/v0.0.43/jobs", []))
+
+
+async def test_slurmdb_reads_leave_a_quarter_of_the_slots_to_cheaper_requests() -> None:
+    """Slots held are not taken back: so slurmdbd reads may hold 12 of 16,
+    and a ping or a list finds a slot at once while they run."""
+    limiter = Limiter(16, max_queue=100, timeout=60)
+    assert limiter.heavy_limit == 12
+    for _ in range(12):
+        await limiter.acquire("name:a", SLURMDB)
+    more_db = asyncio.create_task(limiter.acquire("name:b", SLURMDB))
+    await asyncio.sleep(0)
+    assert not more_db.done()  # a free slot, but not for a 13th slurmdbd read
+    assert limiter.queued == 1
+    await limiter.acquire("name:c", CHEAP)  # at once, past the waiting read
+    await limiter.acquire("name:c", LIST)
+    assert limiter.in_use == 14
+    limiter.release(SLURMDB)
+    await more_db  # a slurmdbd read ended: the next one takes its slot
+    assert limiter.in_use == 14
+    for cost in (SLURMDB,) * 12 + (CHEAP, LIST):
+        limiter.release(cost)
+    assert limiter.in_use == 0
+    assert limiter.queued == 0
+
+
+async def test_with_one_slot_a_slurmdb_read_may_take_it() -> None:
+    limiter = Limiter(1, max_queue=10, timeout=60)
+    assert limiter.heavy_limit == 1
+    await limiter.acquire("name:a", SLURMDB)
+    limiter.release(SLURMDB)
+    await limiter.acquire("name:a", SLURMDB)
