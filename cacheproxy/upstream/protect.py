@@ -69,13 +69,15 @@ deadline has waited long enough."""
 
 
 class _Waiter:
-    """One request waiting for a slot: its deadline and the future it awaits."""
+    """One request waiting for a slot: its deadline, the future it awaits
+    and whose it is."""
 
-    __slots__ = ("deadline", "fut")
+    __slots__ = ("deadline", "fut", "user")
 
-    def __init__(self, deadline: float, fut: asyncio.Future[None]) -> None:
+    def __init__(self, deadline: float, fut: asyncio.Future[None], user: str) -> None:
         self.deadline = deadline
         self.fut = fut
+        self.user = user
 
 
 class _Lane:
@@ -142,12 +144,16 @@ class Limiter:
     when there is a free slot and nobody waits, ``acquire`` takes it at once.
 
     The bounds are as before: at most ``max_queue`` waiters, each at most
-    ``timeout`` seconds.  Every waiter waits the same ``timeout`` and the
-    deadline line is kept in arrival order, so one timer, armed for the
-    oldest waiter, expires them all in order (a timeout scope per waiter
-    cost a timer handle and a task-cancellation dance on every queued
-    request).  Waiters served, expired or cancelled are dropped lazily from
-    whichever line still holds them.
+    ``timeout`` seconds.  When the queue is full, a newcomer takes the place
+    of the newest waiter of the user with the most waiting (at least two
+    more than the newcomer's user), who gets the 503 instead: one client
+    filling the queue cannot leave everyone else refused.
+
+    Every waiter waits the same ``timeout`` and the deadline line is kept in
+    arrival order, so one timer, armed for the oldest waiter, expires them
+    all in order (a timeout scope per waiter cost a timer handle and a
+    task-cancellation dance on every queued request).  Waiters served,
+    expired, dropped or cancelled leave their lines lazily.
     """
 
     def __init__(self, limit: int, max_queue: int, timeout: float) -> None:
@@ -161,6 +167,9 @@ class Limiter:
         self._heavy = 0
         """Slots held by requests of the highest cost."""
         self._queued = 0
+        self._per_user: dict[str, int] = {}
+        """Waiting requests by user (those of the user with the most go
+        first when the queue is full)."""
         self._deadlines: deque[_Waiter] = deque()
         self._lanes: dict[int, _Lane] = {}
         self._turns: deque[_Lane] = deque()
@@ -189,11 +198,11 @@ class Limiter:
                 self._free -= 1
                 self._heavy += 1
                 return
-        if self._queued >= self.max_queue or self.timeout <= 0:
+        if self.timeout <= 0 or (self._queued >= self.max_queue and not self._make_room(user)):
             raise UpstreamBusy("too many requests in flight to slurmrestd")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        waiter = _Waiter(loop.time() + self.timeout, fut)
+        waiter = _Waiter(loop.time() + self.timeout, fut, user)
         self._enqueue(waiter, user, cost)
         if self._timer is None or self._timer_loop is not loop:
             # (A timer left on another loop, closed since, would never fire.)
@@ -208,11 +217,12 @@ class Limiter:
                 self.release(cost)  # the slot arrived as we gave up: pass it on
             elif not fut.done() or fut.cancelled():
                 fut.cancel()
-                self._queued -= 1  # left in its lines, dropped when reached
+                self._left(waiter)  # left in its lines, dropped when reached
             raise
 
     def _enqueue(self, waiter: _Waiter, user: str, cost: int) -> None:
         self._queued += 1
+        self._per_user[user] = self._per_user.get(user, 0) + 1
         self._deadlines.append(waiter)
         lane = self._lanes.get(cost)
         if lane is None:
@@ -227,6 +237,37 @@ class Limiter:
             lane.users[user] = deque((waiter,))
         else:
             line.append(waiter)
+
+    def _left(self, waiter: _Waiter) -> None:
+        """Count ``waiter`` out of the queue (served, expired, gone)."""
+        self._queued -= 1
+        count = self._per_user[waiter.user] - 1
+        if count:
+            self._per_user[waiter.user] = count
+        else:
+            del self._per_user[waiter.user]
+
+    def _make_room(self, user: str) -> bool:
+        """The queue is full: drop the newest waiter of the user with the
+        most waiting, if that user has at least two more than ``user`` (so a
+        heavy client cannot fill the queue and leave everyone else a 503).
+        False: ``user`` is (near) the heaviest, and is refused as before."""
+        per_user = self._per_user
+        heaviest = max(per_user, key=per_user.__getitem__, default=None)
+        if heaviest is None or per_user[heaviest] < per_user.get(user, 0) + 2:
+            return False
+        victim = None
+        for lane in self._turns:
+            for waiter in reversed(lane.users.get(heaviest, ())):
+                if not waiter.fut.done():
+                    if victim is None or waiter.deadline > victim.deadline:
+                        victim = waiter
+                    break
+        if victim is None:
+            return False
+        self._left(victim)
+        victim.fut.set_exception(UpstreamBusy("the queue to slurmrestd is full"))
+        return True
 
     def step_back(self, user: str) -> None:
         """``user``'s waiting requests go to the back of their lanes' rounds:
@@ -251,7 +292,7 @@ class Limiter:
             if waiter is None:
                 return  # only heavy ones wait, and they hold all they may
             self._free -= 1
-            self._queued -= 1
+            self._left(waiter)
             if lane.cost >= QUANTUM:
                 self._heavy += 1
             waiter.fut.set_result(None)
@@ -299,10 +340,10 @@ class Limiter:
         deadlines = self._deadlines
         now = loop.time()
         while deadlines and deadlines[0].deadline <= now + _TIMER_SLACK:
-            fut = deadlines.popleft().fut
-            if not fut.done():
-                self._queued -= 1
-                fut.set_exception(UpstreamBusy("timed out waiting for a slot to slurmrestd"))
+            waiter = deadlines.popleft()
+            if not waiter.fut.done():
+                self._left(waiter)
+                waiter.fut.set_exception(UpstreamBusy("timed out waiting for a slot to slurmrestd"))
         if not self._queued:
             # Nobody waits: drop the lines' leftovers (served, expired, cancelled).
             self._deadlines.clear()

@@ -361,3 +361,47 @@ async def test_with_one_slot_a_slurmdb_read_may_take_it() -> None:
     await limiter.acquire("name:a", SLURMDB)
     limiter.release(SLURMDB)
     await limiter.acquire("name:a", SLURMDB)
+
+
+async def test_a_full_queue_refuses_the_heaviest_user_not_the_newcomer() -> None:
+    """alice fills the queue; bob's ping takes the place of alice's newest
+    read (alice's gets the 503) and is served in his turn; alice's own next
+    request is refused as before."""
+    limiter = Limiter(1, max_queue=4, timeout=60)
+    await limiter.acquire()
+    alice = [asyncio.create_task(limiter.acquire("name:alice", SLURMDB)) for _ in range(4)]
+    await asyncio.sleep(0)
+    with pytest.raises(UpstreamBusy):
+        await limiter.acquire("name:alice", SLURMDB)  # full, and she is the heaviest
+    bob = asyncio.create_task(limiter.acquire("name:bob", CHEAP))
+    await asyncio.sleep(0)
+    with pytest.raises(UpstreamBusy):
+        await alice[3]  # her newest gave its place
+    assert limiter.queued == 4
+    limiter.release(1)
+    await alice[0]  # the turn in progress
+    limiter.release(SLURMDB)
+    await bob
+    limiter.release(CHEAP)
+    await alice[1]
+    limiter.release(SLURMDB)
+    await alice[2]
+    limiter.release(SLURMDB)
+    assert limiter.in_use == 0
+    assert limiter.queued == 0
+
+
+async def test_a_full_queue_of_equal_users_refuses_the_newcomer() -> None:
+    limiter = Limiter(1, max_queue=4, timeout=60)
+    await limiter.acquire()
+    users = ("name:a", "name:b", "name:c", "name:d")
+    waiting = [asyncio.create_task(limiter.acquire(user, LIST)) for user in users]
+    await asyncio.sleep(0)
+    with pytest.raises(UpstreamBusy):
+        await limiter.acquire("name:e", LIST)  # nobody has two more than e
+    assert not any(task.done() for task in waiting)
+    for task in waiting:
+        limiter.release(1 if task is waiting[0] else LIST)
+        await task
+    limiter.release(LIST)
+    assert limiter.in_use == 0
