@@ -20,7 +20,8 @@ from cacheproxy.upstream.base import (
     UpstreamRequest,
     UpstreamUnavailable,
 )
-from cacheproxy.upstream.protect import Limiter, ProtectedTransport
+from cacheproxy.upstream.fairqueue import Limiter
+from cacheproxy.upstream.protect import ProtectedTransport
 
 CHEAP, LIST, SLURMDB = COST_CLASSES["cheap"], COST_CLASSES["list"], COST_CLASSES["slurmdb"]
 
