@@ -55,8 +55,11 @@ class Settings(BaseSettings):
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(DEFAULT_PORT, "port to listen on")
     config: str = _opt("", "rules file (TOML); default: the built-in rules")
-    max_bytes: int = _opt(256 * 1024 * 1024, "in-process cache bound, bytes")
-    max_entry_bytes: int = _opt(32 * 1024 * 1024, "largest response stored, bytes")
+    # Sized from the simulator's /jobs at 10,000 jobs (v0.0.45: 167.5 MiB,
+    # docs/OPERATIONS.md "Memory budget"): the largest list stays cacheable,
+    # and the bound holds several such entries.
+    max_bytes: int = _opt(1024 * 1024 * 1024, "in-process cache bound, bytes")
+    max_entry_bytes: int = _opt(256 * 1024 * 1024, "largest response stored, bytes")
     max_body_bytes: int = _opt(16 * 1024 * 1024, "largest request body accepted, bytes")
     auth_ttl: float = _opt(60.0, "seconds an accepted credential is trusted (never past exp)")
     connect_timeout: float = _opt(5.0, "seconds to connect to slurmrestd")

@@ -156,6 +156,8 @@ class Stats:
     """Requests refused (503) because too many were in flight upstream."""
     breaker_rejected: int = 0
     """Requests failed fast while the upstream circuit breaker was open."""
+    upstream_throttled: int = 0
+    """slurmrestd answers "Rate limit exceeded" (502): a user slurmctld asked to slow down."""
     auth_blocked: int = 0
     """Requests answered 429 after repeated authentication failures."""
     auth_trials: int = 0
@@ -174,6 +176,9 @@ class Stats:
     """rule name -> seconds until slurmrestd's response head arrived."""
     stale_age: Histogram = field(default_factory=lambda: Histogram(STALE_AGE_BUCKETS))
     stale_by_route: Counter[str] = field(default_factory=Counter)
+    too_big: Counter[str] = field(default_factory=Counter)
+    """rule name -> answers passed to their clients but not stored, being
+    larger than ``max_entry_bytes`` (the most expensive calls, never cached)."""
     recent_invalidations: deque[Invalidation] = field(
         default_factory=lambda: deque(maxlen=RECENT_INVALIDATIONS)
     )
@@ -270,9 +275,11 @@ class Stats:
             "bad_requests": self.bad_requests,
             "stale_served": self.stale_served,
             "stale_by_route": dict(self.stale_by_route),
+            "too_big_by_route": dict(self.too_big),
             "max_stale_age": self.max_stale_age,
             "upstream_busy": self.upstream_busy,
             "breaker_rejected": self.breaker_rejected,
+            "upstream_throttled": self.upstream_throttled,
             "auth_blocked": self.auth_blocked,
             "auth_trials": self.auth_trials,
             "auth_proven": self.auth_proven,

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 import orjson
 
 from cacheproxy.core.identity import Identity
-from cacheproxy.core.rules import Match
+from cacheproxy.core.rules import COST_CLASSES, Match, default_cost
 from cacheproxy.store.base import Entry
 from cacheproxy.upstream.base import Headers
 
 DEFAULT_AUTH_TTL = 60.0
-DEFAULT_MAX_ENTRY_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_ENTRY_BYTES = 256 * 1024 * 1024
 
 # Statuses slurmrestd uses for a refused credential: 401 (missing), 511 (bad or
 # expired JWT in 25.x) and, in 22.05, a 500 with error_number -1 / "Unspecified
@@ -242,3 +242,14 @@ def stale_fallback(
     if window <= 0 or now >= entry.stored_at + entry.ttl + window:
         return None
     return entry
+
+
+def upstream_cost(match: Match) -> int:
+    """What the request costs in the fair upstream queue
+    (:data:`~cacheproxy.core.rules.COST_CLASSES`): its rule's class; a
+    request no rule knows is classed by its family (a slurmdbd read costs
+    the most, anything else is taken for a list)."""
+    rule = match.rule
+    if rule is not None:
+        return COST_CLASSES[rule.cost]
+    return COST_CLASSES[default_cost((match.family,))]

@@ -78,7 +78,26 @@ RULE_KEYS = {
     "stale_if_error",
     "stale_while_revalidate",
     "revalidate",
+    "cost",
 }
+
+COST_CLASSES: dict[str, int] = {"cheap": 1, "list": 4, "slurmdb": 16}
+"""What a request costs slurmrestd and the daemon behind it, by class, in the
+fair upstream queue's units (1 to 16, :mod:`cacheproxy.upstream.protect`):
+``cheap`` is a ping or one object (a node, a job), ``list`` a list under
+slurmctld's locks, ``slurmdb`` a slurmdbd read (90 ms to over a second).
+When all classes wait, a turn serves 16 cheap requests, 4 lists or one
+slurmdbd read."""
+
+
+def default_cost(segments: tuple[str | None, ...]) -> str:
+    """The cost class of a rule that declares none, from its path (the
+    ``{v}``-less literal or ``None`` for a variable, family first): a
+    slurmdbd path is ``slurmdb``; one object named by a variable, ``cheap``;
+    anything else, ``list``."""
+    if segments and segments[0] == "slurmdb":
+        return "slurmdb"
+    return "cheap" if None in segments[1:] else "list"
 
 
 class RuleError(ValueError):
@@ -162,6 +181,8 @@ class Rule:
     stale_while_revalidate: float = 0.0
     revalidate: str | None = None
     line: int = 0
+    cost: str = "list"
+    """The cost class (:data:`COST_CLASSES`), declared or :func:`default_cost`."""
 
     def describe(self) -> dict[str, Any]:
         """The effective rule, as ``check-config`` prints it."""
@@ -176,6 +197,7 @@ class Rule:
             "stale_if_error": self.stale_if_error,
             "stale_while_revalidate": self.stale_while_revalidate,
             "revalidate": self.revalidate,
+            "cost": self.cost,
             "line": self.line,
         }
 
@@ -292,6 +314,9 @@ def _compile_rule(raw: Any, index: int, line: int) -> Rule:
     revalidate = raw.get("revalidate")
     if revalidate not in (None, "update_time"):
         raise RuleError(f"{where}: revalidate must be 'update_time' if given")
+    cost = raw.get("cost", default_cost(tuple(s.literal for s in segments if s.var != "v")))
+    if cost not in COST_CLASSES:
+        raise RuleError(f"{where}: cost must be one of {sorted(COST_CLASSES)}, not {cost!r}")
     return Rule(
         name=str(name),
         methods=methods,
@@ -305,6 +330,7 @@ def _compile_rule(raw: Any, index: int, line: int) -> Rule:
         stale_while_revalidate=_number(raw, "stale_while_revalidate", where),
         revalidate=revalidate,
         line=line,
+        cost=cost,
     )
 
 

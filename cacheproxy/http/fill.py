@@ -96,7 +96,9 @@ class Filler:
             if not lease and await self._wait_for_peer(flight, match, identity, key):
                 return
         try:
-            if stale is None or not await self._revalidate(flight, req, match, key, stale):
+            if stale is None or not await self._revalidate(
+                flight, req, match, identity, key, stale
+            ):
                 await self._fetch_upstream(flight, req, match, identity, key)
         finally:
             if lease:
@@ -106,7 +108,13 @@ class Filler:
                     self.stats.store_errors += 1
 
     async def _revalidate(
-        self, flight: Flight, req: ProxyRequest, match: Match, key: bytes, stale: Entry
+        self,
+        flight: Flight,
+        req: ProxyRequest,
+        match: Match,
+        identity: Identity,
+        key: bytes,
+        stale: Entry,
     ) -> bool:
         """Ask slurmrestd whether ``stale`` is still current.
 
@@ -118,7 +126,8 @@ class Filler:
         """
         since = int(stale.origin or stale.stored_at) - UPDATE_TIME_MARGIN
         sep = "&" if "?" in req.raw_target else "?"
-        resp, sent_at = await self._send(req, match, f"{req.raw_target}{sep}update_time={since}")
+        target = f"{req.raw_target}{sep}update_time={since}"
+        resp, sent_at = await self._send(req, match, identity, target)
         try:
             status = resp.status
             resp_headers = headers.response_headers(resp.headers)
@@ -156,7 +165,7 @@ class Filler:
     async def _fetch_upstream(
         self, flight: Flight, req: ProxyRequest, match: Match, identity: Identity, key: bytes
     ) -> None:
-        resp, sent_at = await self._send(req, match, req.raw_target)
+        resp, sent_at = await self._send(req, match, identity, req.raw_target)
         try:
             resp_headers = headers.response_headers(resp.headers)
             await self._fill_flight(flight, resp, resp_headers, match, key, sent_at, identity)
@@ -164,15 +173,18 @@ class Filler:
             await resp.aclose()
 
     async def _send(
-        self, req: ProxyRequest, match: Match, target: str
+        self, req: ProxyRequest, match: Match, identity: Identity, target: str
     ) -> tuple[UpstreamResponse, float]:
-        """GET ``target`` upstream for ``req``; the response (its head) and
-        the wall-clock time it was asked at (a cached copy's origin)."""
+        """GET ``target`` upstream for ``req`` (in ``identity``'s turn); the
+        response (its head) and the wall-clock time it was asked at (a cached
+        copy's origin)."""
         up = UpstreamRequest(
             method="GET",
             target=target,
             headers=upstream_headers(req, self.upstream_host, None),
             retry_on_stale_connection=True,
+            user=identity.user,
+            cost=policy.upstream_cost(match),
         )
         self.stats.upstream_requests[match.name] += 1
         sent_at = self.clock()
@@ -197,13 +209,15 @@ class Filler:
         status = resp.status
         flight.set_head(status, resp_headers)
         length = policy.content_length(resp_headers)
-        if status != 200 or (length is not None and length > limit):
+        too_big = length is not None and length > limit
+        if status != 200 or too_big:
             flight.stop_sharing()
         whole = resp.body_if_complete()
         if whole is not None:  # a small answer, all in with its head
             head = whole[:4096]
             flight.push(whole)
-            if flight.shareable and len(whole) > limit:
+            if len(whole) > limit:
+                too_big = True
                 flight.stop_sharing()
         else:
             size = 0
@@ -213,8 +227,11 @@ class Filler:
                     head += chunk[: 4096 - len(head)]
                 size += len(chunk)
                 flight.push(chunk)
-                if flight.shareable and size > limit:
+                if size > limit and not too_big:
+                    too_big = True
                     flight.stop_sharing()
+        if too_big and status == 200:
+            self.stats.too_big[match.name] += 1  # passed through, never cached
         body = flight.body() if flight.shareable else b""
         flight.dropped = policy.controller_dropped(status, head)
         if identity is not None:  # one reading of the body for both questions

@@ -139,17 +139,20 @@ class Forwarder:
         scope, match = ex.scope, route.match
         outcome = decide.forward_outcome("GET", match)
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        up_headers = headers.upstream_request_headers(
+            scope["headers"],
+            upstream_host=self.upstream_host,
+            client=client_host(scope),
+            scheme=scope.get("scheme", "http"),
+            body_length=None,
+        )
         up = UpstreamRequest(
             method="GET",
             target=raw_target(raw_path, scope["query_string"]),
-            headers=headers.upstream_request_headers(
-                scope["headers"],
-                upstream_host=self.upstream_host,
-                client=client_host(scope),
-                scheme=scope.get("scheme", "http"),
-                body_length=None,
-            ),
+            headers=up_headers,
             retry_on_stale_connection=True,
+            user=self._user(up_headers),
+            cost=policy.upstream_cost(match),
         )
         stats = self.stats
         stats.upstream_requests[match.name] += 1
@@ -177,6 +180,12 @@ class Forwarder:
         ex.lane = "forward"
         return resp.status, out, body
 
+    def _user(self, up_headers: Headers) -> str:
+        """Whose turn a request takes in the fair upstream queue: the user
+        its credential names (no credential: one anonymous line)."""
+        sender = self.resolver.resolve(up_headers)
+        return "" if sender is None else sender.user
+
     def _relayed(
         self, answer: UpstreamResponse | UpstreamError, match: Match, outcome: str
     ) -> Continue:
@@ -202,16 +211,17 @@ class Forwarder:
         except _ClientGone:
             return  # nobody to answer, and a partial body must never go upstream
         up_headers = upstream_headers(req, self.upstream_host, length)
-        if tags:
-            writer = self.resolver.resolve(up_headers)  # as slurmrestd will see it
-            if decide.invalidates_before(match, await self.credentials.accepted(writer)):
-                await self._bump(tags)
+        sender = self.resolver.resolve(up_headers)  # as slurmrestd will see it
+        if tags and decide.invalidates_before(match, await self.credentials.accepted(sender)):
+            await self._bump(tags)
         up = UpstreamRequest(
             method=req.method,
             target=req.raw_target,
             headers=up_headers,
             body=body,
             retry_on_stale_connection=req.method in ("GET", "HEAD", "OPTIONS"),
+            user="" if sender is None else sender.user,
+            cost=policy.upstream_cost(match),
         )
         self.stats.upstream_requests[match.name] += 1
         started = time.monotonic()

@@ -69,6 +69,15 @@ def stats_families(stats: Stats) -> list[Metric]:
     )
     for route, n in stats.upstream_requests.items():
         upstream.add_metric([route], n)
+    too_big = CounterMetricFamily(
+        "cacheproxy_too_big_to_cache",
+        "Answers passed through but not stored, being larger than max_entry_bytes, by rule name.",
+        labels=["route"],
+    )
+    for route, n in stats.too_big.items():
+        too_big.add_metric([route], n)
+    if not stats.too_big:
+        too_big.add_metric(["-"], 0)  # exported (and graphed) before the first one
     latency = HistogramMetricFamily(
         "cacheproxy_upstream_latency_seconds",
         "Seconds until slurmrestd's response head arrived, by rule name.",
@@ -119,6 +128,7 @@ def stats_families(stats: Stats) -> list[Metric]:
     return [
         requests,
         upstream,
+        too_big,
         latency,
         _counter(
             "cacheproxy_upstream_errors",

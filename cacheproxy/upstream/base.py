@@ -112,6 +112,12 @@ class UpstreamRequest:
     # Whether the transport may retry once on a pooled connection that turned
     # out to be dead.  Only idempotent reads set it.
     retry_on_stale_connection: bool = False
+    # Whose share of slurmrestd the request spends, and how much: the
+    # identity's user key (never a credential) and the cost in units of 1 to
+    # 16 that the rules give it.  Only the fair queue in front of slurmrestd
+    # reads them (upstream/protect.py); nothing of them is sent.
+    user: str = ""
+    cost: int = 1
 
 
 class UpstreamResponse(Protocol):

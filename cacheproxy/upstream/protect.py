@@ -6,11 +6,15 @@ slurmrestd serves requests with a small thread pool (``-t``: 20 through
 locks.  A cache in front of it must
 not turn a burst of misses, or a struggling controller, into a pile-up:
 
-* **Concurrency limit with a bounded queue.**  At most ``max_concurrent``
-  requests are in flight upstream (from sending to the end of the body).
-  Up to ``max_queue`` more wait, each at most ``queue_timeout`` seconds;
-  anything beyond is refused at once with :class:`UpstreamBusy` (503 +
-  ``Retry-After``) instead of queueing without bound.
+* **Concurrency limit with a bounded, fair queue.**  At most
+  ``max_concurrent`` requests are in flight upstream (from sending to the end
+  of the body).  Up to ``max_queue`` more wait, each at most
+  ``queue_timeout`` seconds; anything beyond is refused at once with
+  :class:`UpstreamBusy` (503 + ``Retry-After``) instead of queueing without
+  bound.  The waiting ones are served by cost and by user in turn, not
+  first come first served (:mod:`cacheproxy.upstream.fairqueue`), so cheap
+  requests are not held behind slurmdbd reads and one heavy client cannot
+  starve the others.
 * **Circuit breaker.**  After ``breaker_failures`` consecutive failures
   (connect errors, timeouts, broken exchanges, 502/503/504 answers) calls fail
   fast with :class:`UpstreamUnavailable` for ``breaker_cooldown`` seconds, so
@@ -27,10 +31,8 @@ so the proxy does not know it is there.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -45,6 +47,7 @@ from cacheproxy.upstream.base import (
     UpstreamResponse,
     UpstreamUnavailable,
 )
+from cacheproxy.upstream.fairqueue import Limiter
 
 if TYPE_CHECKING:
     from cacheproxy.settings import Settings
@@ -56,119 +59,68 @@ connection limit (124): more in flight would only queue there, and past the
 limit a new connection waits unaccepted (docs/COMPATIBILITY.md)."""
 FAILURE_STATUSES = frozenset({502, 503, 504})
 """Answers that mean slurmrestd (or slurmctld/slurmdbd behind it) is failing."""
+THROTTLED = b"Rate limit exceeded"
+"""slurmctld's word to one user over its rate limit
+(``SLURMCTLD_COMMUNICATIONS_BACKOFF``: "Rate limit exceeded, please retry
+momentarily", a 502 from slurmrestd 24.11 on, when it does not retry itself;
+docs/COMPATIBILITY.md).  The controller is asking that user for less, not
+failing: no strike on the breaker (five would fail everyone fast), and the
+user's waiting requests go behind everyone else's
+(:meth:`~cacheproxy.upstream.fairqueue.Limiter.step_back`)."""
 _MAX_COOLDOWN = 60.0
-_TIMER_SLACK = 0.001
-"""Loop timers may fire a clock tick early; a waiter that close to its
-deadline has waited long enough."""
-
-
-class Limiter:
-    """A counting semaphore with a bounded FIFO queue and a wait deadline.
-
-    Every waiter waits the same ``timeout`` and joins at the back, so the
-    deadlines along the queue never decrease: one timer, armed for the oldest
-    waiter, expires them all in order.  (A timeout scope per waiter cost a
-    timer handle and a task-cancellation dance on every queued request, a
-    measurable share of a forwarded request whenever more than
-    ``limit`` are in flight.)
-    """
-
-    def __init__(self, limit: int, max_queue: int, timeout: float) -> None:
-        self.limit = limit
-        self.max_queue = max_queue
-        self.timeout = timeout
-        self._free = limit
-        self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def in_use(self) -> int:
-        return self.limit - self._free
-
-    @property
-    def queued(self) -> int:
-        return len(self._waiters)
-
-    async def acquire(self) -> None:
-        """Take a slot, waiting in line if needed; :class:`UpstreamBusy` when
-        the line is full or the wait exceeds the deadline."""
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return
-        if len(self._waiters) >= self.max_queue or self.timeout <= 0:
-            raise UpstreamBusy("too many requests in flight to slurmrestd")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        deadline = loop.time() + self.timeout
-        self._waiters.append((deadline, fut))
-        if self._timer is None or self._timer_loop is not loop:
-            # (A timer left on another loop, closed since, would never fire.)
-            self._timer = loop.call_at(deadline, self._expire, loop)
-            self._timer_loop = loop
-        try:
-            await fut
-        except BaseException:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.release()  # the slot arrived as we gave up: pass it on
-            elif not fut.done():
-                fut.cancel()
-                self._forget(fut)
-            raise
-
-    def release(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            fut = waiters.popleft()[1]
-            if not fut.done():
-                fut.set_result(None)  # the slot goes straight to the next in line
-                return
-        self._free = min(self._free + 1, self.limit)
-
-    def _forget(self, fut: asyncio.Future[None]) -> None:
-        """Take a cancelled waiter out of the line (rare: O(queue))."""
-        for item in self._waiters:
-            if item[1] is fut:
-                self._waiters.remove(item)
-                return
-
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Fail every waiter whose deadline passed; re-arm for the next one."""
-        self._timer = None
-        waiters = self._waiters
-        now = loop.time()
-        while waiters and waiters[0][0] <= now + _TIMER_SLACK:
-            fut = waiters.popleft()[1]
-            if not fut.done():
-                fut.set_exception(UpstreamBusy("timed out waiting for a slot to slurmrestd"))
-        if waiters:
-            self._timer = loop.call_at(waiters[0][0], self._expire, loop)
 
 
 class _Guarded:
     """The inner response; its body feeds the breaker and its close frees the slot."""
 
-    __slots__ = ("_inner", "_owner", "_released", "_ticket", "headers", "status")
+    __slots__ = (
+        "_cost",
+        "_inner",
+        "_owner",
+        "_released",
+        "_ticket",
+        "_whole",
+        "headers",
+        "status",
+    )
 
-    def __init__(self, inner: UpstreamResponse, owner: ProtectedTransport, ticket: Ticket) -> None:
+    def __init__(
+        self,
+        inner: UpstreamResponse,
+        owner: ProtectedTransport,
+        ticket: Ticket,
+        cost: int,
+        whole: bytes | None = None,
+    ) -> None:
         self._inner = inner
         self._owner = owner
         self._ticket = ticket
+        self._cost = cost
+        self._whole = whole
+        """The body, when it was taken already (to read a 502's reason)."""
         self._released = False
         self.status: int = inner.status
         self.headers: Headers = inner.headers
 
-    def aiter_body(self) -> _GuardedBody:
+    def aiter_body(self) -> AsyncIterator[bytes]:
+        if self._whole is not None:
+            return _once(self._whole)
         return _GuardedBody(self._inner.aiter_body(), self._owner.breaker, self._ticket)
 
     def body_if_complete(self) -> bytes | None:
+        if self._whole is not None:
+            return self._whole
         return self._inner.body_if_complete()  # complete: nothing broke
 
     async def aclose(self) -> None:
         if not self._released:
             self._released = True
-            self._owner.limiter.release()
+            self._owner.limiter.release(self._cost)
         await self._inner.aclose()
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
 
 
 class _GuardedBody:
@@ -235,7 +187,7 @@ class ProtectedTransport:
             wait = breaker.retry_after()
             raise UpstreamUnavailable(retry_after=float(max(1, math.ceil(wait))))
         try:
-            await self.limiter.acquire()
+            await self.limiter.acquire(request.user, request.cost)
         except BaseException as exc:
             breaker.abandon(ticket)
             if isinstance(exc, UpstreamBusy) and self.stats is not None:
@@ -244,22 +196,37 @@ class ProtectedTransport:
         try:
             resp = await self.inner.send(request)
         except UpstreamRefused:
-            self.limiter.release()
+            self.limiter.release(request.cost)
             breaker.abandon(ticket)  # the request's fault: slurmrestd was not asked
             raise
         except UpstreamError as exc:
-            self.limiter.release()
+            self.limiter.release(request.cost)
             breaker.strike(ticket, exc)
             raise
         except BaseException:
-            self.limiter.release()
+            self.limiter.release(request.cost)
             breaker.abandon(ticket)
             raise
-        if resp.status in FAILURE_STATUSES:
-            breaker.strike(ticket, f"answered {resp.status}")
-        else:
+        if resp.status not in FAILURE_STATUSES:
             breaker.success(ticket)
-        return _Guarded(resp, self, ticket)
+            return _Guarded(resp, self, ticket, request.cost)
+        whole = None
+        if resp.status == 502:
+            try:
+                whole = resp.body_if_complete()  # an error answer: small, usually in
+            except UpstreamError as exc:
+                self.limiter.release(request.cost)
+                breaker.strike(ticket, exc)
+                await resp.aclose()
+                raise
+            if whole is not None and THROTTLED in whole:
+                breaker.success(ticket)  # slurmctld answered: it is alive
+                self.limiter.step_back(request.user)
+                if self.stats is not None:
+                    self.stats.upstream_throttled += 1
+                return _Guarded(resp, self, ticket, request.cost, whole)
+        breaker.strike(ticket, f"answered {resp.status}")
+        return _Guarded(resp, self, ticket, request.cost, whole)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

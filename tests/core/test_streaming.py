@@ -31,22 +31,19 @@ class SlowBigUpstream:
         self.release = asyncio.Event()
         self.served = 0
         self.truncate = False
+        self.framed = True
+        """Send a Content-Length (else the body is chunked: its size is
+        known only once it has streamed)."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         self.served += 1
         length = len(CHUNK) * self.chunks + len(TAIL)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(length).encode()),
-                ],
-            }
-        )
+        headers = [(b"content-type", b"application/json")]
+        if self.framed:
+            headers.append((b"content-length", str(length).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
         await self.release.wait()
         if self.truncate:
@@ -84,8 +81,13 @@ async def test_miss_streams_to_first_client_then_hits(big: tuple[SlowBigUpstream
     assert upstream.served == 1
 
 
-async def test_too_big_streams_through_unstored() -> None:
+@pytest.mark.parametrize("framed", [True, False], ids=["content-length", "chunked"])
+async def test_too_big_streams_through_unstored_and_is_counted(framed: bool) -> None:
+    """An answer over max_entry_bytes reaches its client byte for byte, is
+    not stored (the next request goes upstream again) and is counted by rule,
+    in the stats, the metrics and the status page's data."""
     upstream = SlowBigUpstream(chunks=3)
+    upstream.framed = framed
     upstream.release.set()
     async with serve(upstream, lifespan="off") as up:
         app = CacheProxyApp(
@@ -97,7 +99,25 @@ async def test_too_big_streams_through_unstored() -> None:
                 r = await c.get("/slurm/v0.0.43/big", headers=auth("alice"))
                 assert r.content == CHUNK * 3 + TAIL
                 assert r.headers["cache-status"] == "cacheproxy; fwd=miss"
+            metrics = (await c.get("/_cacheproxy/metrics")).text
+            stats = (await c.get("/_cacheproxy/stats")).json()
     assert upstream.served == 2
+    assert app.stats.too_big == {"big": 2}
+    assert 'cacheproxy_too_big_to_cache_total{route="big"} 2.0' in metrics
+    assert stats["too_big_by_route"] == {"big": 2}
+
+
+async def test_an_answer_within_max_entry_bytes_is_not_counted_too_big() -> None:
+    upstream = SlowBigUpstream(chunks=3)
+    upstream.release.set()
+    async with serve(upstream, lifespan="off") as up:
+        app = CacheProxyApp(Settings(upstream=up), rules=RULES)  # the defaults
+        async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as c:
+            for _ in range(2):
+                r = await c.get("/slurm/v0.0.43/big", headers=auth("alice"))
+                assert r.content == CHUNK * 3 + TAIL
+    assert upstream.served == 1
+    assert not app.stats.too_big
 
 
 async def test_broken_body_is_never_stored(big: tuple[SlowBigUpstream, str]) -> None:

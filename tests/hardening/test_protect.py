@@ -18,7 +18,8 @@ from cacheproxy.upstream.base import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from cacheproxy.upstream.protect import Limiter, ProtectedTransport
+from cacheproxy.upstream.fairqueue import Limiter
+from cacheproxy.upstream.protect import ProtectedTransport
 
 REQ = UpstreamRequest(method="GET", target="/slurm/v0.0.43/ping", headers=[])
 

@@ -176,8 +176,8 @@ async def test_page_renders_the_stats_in_chromium(
     assert f'id="upstream-saved">{stats["upstream_saved"]}<' in dom
     for route in ("partitions", "jobs", "job-submit"):
         assert f'data-route="{route}"' in dom, route
-    # route, requests, hits, hit ratio, misses, revalidated, stale, passed, upstream
-    assert cells(dom, "partitions")[:9] == [
+    # route, requests, hits, hit ratio, misses, revalidated, stale, passed, too big, upstream
+    assert cells(dom, "partitions")[:10] == [
         "partitions",
         "3",
         "2",
@@ -186,10 +186,13 @@ async def test_page_renders_the_stats_in_chromium(
         "0",
         "0",
         "0",
+        "0",
         "1",
     ]
-    assert cells(dom, "jobs")[:9] == ["jobs", "4", "1", "25.0%", "1", "1", "1", "0", "3"]
-    assert cells(dom, "job-submit")[:9] == ["job-submit", "1", "0", "–", "0", "0", "0", "1", "1"]
+    row = cells(dom, "jobs")[:10]
+    assert row == ["jobs", "4", "1", "25.0%", "1", "1", "1", "0", "0", "3"]
+    row = cells(dom, "job-submit")[:10]
+    assert row == ["job-submit", "1", "0", "–", "0", "0", "0", "1", "0", "1"]
     assert 'id="stale-served">1<' in dom
     assert 'id="max-stale-age">10.0 s<' in dom
     assert "● live" in dom
