@@ -85,8 +85,20 @@ class Planner:
         route_bytes: int = ROUTE_MEMO_BYTES,
         key_bytes: int = KEY_MEMO_BYTES,
     ) -> None:
-        self.rules = rules
         self.resolver = resolver
+        self._memo_bytes = (route_bytes, key_bytes)
+        self.rules = rules
+
+    @property
+    def rules(self) -> RuleSet:
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: RuleSet) -> None:
+        """New rules (a reload) forget every memoised match, or a target seen
+        before would keep its old rule."""
+        self._rules = rules
+        route_bytes, key_bytes = self._memo_bytes
         self._routes: ByteMemo[tuple[bytes, bytes], Route] = ByteMemo(route_bytes)
         self._keys: ByteMemo[tuple[bytes, bytes, bytes | None, str], tuple[bytes, Match]] = (
             ByteMemo(key_bytes)

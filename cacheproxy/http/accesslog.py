@@ -4,9 +4,15 @@
   ``[A-Za-z0-9._-]``, given once), else one is made.  It goes upstream (it is
   an ordinary end-to-end header to the proxy) and back to the client, so one
   id follows a request through the proxy's and slurmrestd's logs.
-* Access log (opt-in, ``access_log``): one JSON object per line on the
-  ``cacheproxy.access`` logger.  It never holds a token, a cookie, an
-  ``Authorization`` header or a body: only the method, the path and query
+* Every request, whether the access log is on or not, is counted for the
+  client-facing metrics (status class and duration by rule and cache
+  outcome: :meth:`cacheproxy.stats.Stats.observe_response`), by the same step
+  that writes the access log, which sees the whole request anyway.
+* Access log (opt-in, ``access_log``, switchable by a reload): one JSON
+  object per line on the ``cacheproxy.access`` logger, in the application
+  log's format (:mod:`cacheproxy.ops.logfmt`), with the matched rule's
+  name.  It never holds a token, a cookie, an ``Authorization`` header or a
+  body: only the method, the path and query
   (with secret-looking query values and anything shaped like a JWT replaced),
   the status, sizes, timing, the Cache-Status and the claimed user name.
 * Safety net: an unexpected exception before the response started becomes a
@@ -26,7 +32,6 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -34,6 +39,8 @@ import orjson
 from cacheproxy.core import policy
 from cacheproxy.http.pipeline import BaseStep, Exchange
 from cacheproxy.http.respond import Scope
+from cacheproxy.ops.logfmt import request_id, timestamp
+from cacheproxy.stats import Stats
 
 log = logging.getLogger("cacheproxy")
 access_log = logging.getLogger("cacheproxy.access")
@@ -122,6 +129,7 @@ class RequestContext(BaseStep):
             else:  # this request's own list (servers make one per request)
                 headers.append((REQUEST_ID, rid))
         ex.rid = rid
+        request_id.set(rid.decode())  # for the application's log lines
 
     def leave(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """Ours is the one request id on the response (an echo may be a cached one)."""
@@ -132,10 +140,27 @@ class RequestContext(BaseStep):
                 break
         headers.append((REQUEST_ID, rid))
 
+    def done(self, ex: Exchange) -> None:
+        request_id.set(None)
+
+
+def outcome(cache_status: bytes) -> str:
+    """The metrics' cache outcome of a Cache-Status value: ``hit``,
+    ``fwd=miss``...; ``none`` for answers that carry none (own endpoints,
+    refusals before the cache)."""
+    if not cache_status:
+        return "none"
+    return cache_status.decode("latin-1").removeprefix("cacheproxy; ").partition(";")[0]
+
 
 class AccessLog(BaseStep):
-    """The access log step (only when ``access_log`` is on): placed first, so
-    it times the whole request and sees the response as it leaves."""
+    """The client-facing metrics and the access log: placed first, so it
+    times the whole request and sees the response as it leaves."""
+
+    def __init__(self, stats: Stats, enabled: bool) -> None:
+        self.stats = stats
+        self.enabled = enabled
+        """Write the access log's lines (a reload may switch it)."""
 
     def enter(self, ex: Exchange) -> None:
         ex.started = time.perf_counter()
@@ -144,11 +169,17 @@ class AccessLog(BaseStep):
         ex.cache = policy.header_value(headers, b"cache-status") or b""
 
     def done(self, ex: Exchange) -> None:
+        seconds = time.perf_counter() - ex.started
+        self.stats.observe_response(ex.rule, ex.status, outcome(ex.cache), seconds)
+        if self.enabled:
+            self.write(ex, seconds)
+
+    def write(self, ex: Exchange, seconds: float) -> None:
         scope = ex.scope
         client = scope.get("client")
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
         line: dict[str, Any] = {
-            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "ts": timestamp(),
             "request_id": ex.rid.decode(),
             "client": client[0] if client else "",
             "method": scope["method"],
@@ -156,8 +187,9 @@ class AccessLog(BaseStep):
             "query": redact_query(scope.get("query_string", b"")),
             "status": ex.status,
             "bytes": ex.sent,
-            "duration_ms": round((time.perf_counter() - ex.started) * 1000, 3),
+            "duration_ms": round(seconds * 1000, 3),
             "cache": ex.cache.decode("latin-1").removeprefix("cacheproxy; "),
+            "rule": ex.rule,
             "user": _user(scope),
         }
         access_log.info(orjson.dumps(line).decode())

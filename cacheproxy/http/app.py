@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -107,6 +108,8 @@ class CacheProxyApp:
         self._store = store
         self._shared = shared_store
         self.proxy: Proxy | None = None
+        self.on_startup: list[Callable[[], None]] = []
+        """Called once the proxy is up (the serving process's SIGHUP handler)."""
         self.own = own_endpoints(AppReport(settings, self.stats, lambda: self.proxy))
         self._bare = Pipeline((), self, self.stats)
 
@@ -151,6 +154,8 @@ class CacheProxyApp:
             from cacheproxy.http.gctune import tune_gc
 
             tune_gc()
+        for hook in self.on_startup:
+            hook()
 
     async def shutdown(self) -> None:
         proxy, self.proxy = self.proxy, None
