@@ -94,9 +94,12 @@ def test_sighup_reloads_rules_and_refuses_a_broken_file(tmp_path: Path, workers:
             )
             start = [x for x in json_lines(proxy_log) if x.get("event") == "start"]
             assert len(start) == 1, proxy_log.read_text()
-            assert start[0]["rules"] == 1 and start[0]["upstream"] == upstream
-            assert start[0]["tiers"] == "memory" and start[0]["workers"] == workers
-            assert start[0]["version"] and start[0]["level"] == "info"
+            assert start[0]["rules"] == 1
+            assert start[0]["upstream"] == upstream
+            assert start[0]["tiers"] == "memory"
+            assert start[0]["workers"] == workers
+            assert start[0]["version"]
+            assert start[0]["level"] == "info"
             assert rule_of_next_request(base, access) == "parts-a"
 
             rules_file.write_text(rules("parts-b", cache=True))
