@@ -132,7 +132,8 @@ def test_sighup_reloads_rules_and_refuses_a_broken_file(tmp_path: Path, workers:
             assert "Traceback" not in "\n".join(new_lines), "\n".join(new_lines)
             ours = [x for x in json_lines(proxy_log)[-len(new_lines) :] if x["level"] == "error"]
             mine = [x for x in ours if x["logger"] == "cacheproxy"]
-            assert len(mine) == 1 and "rules.toml: line 1" in mine[0]["message"], new_lines
+            assert len(mine) == 1, new_lines
+            assert "rules.toml: line 1" in mine[0]["message"]
         finally:
             proc.terminate()
             try:
