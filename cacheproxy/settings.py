@@ -280,26 +280,16 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 def check_upstream(url: str) -> None:
     """The upstream URL, checked whole at start (a bad port or a missing host
     would otherwise fail at the first request)."""
-    from urllib.parse import urlsplit
+    from cacheproxy.upstream.urls import parse_upstream_url
 
-    usage = f"upstream must be http://host:port, https://host:port or unix:/path, not {url!r}"
-    if url.startswith("unix:"):
-        if len(url) <= len("unix:"):
-            raise SettingsError(usage)
-        return
-    if not url.startswith(("http://", "https://")):
-        raise SettingsError(usage)
+    if not url.startswith(("http://", "https://", "unix:")):
+        raise SettingsError(
+            f"upstream must be http://host:port, https://host:port or unix:/path, not {url!r}"
+        )
     try:
-        parts = urlsplit(url)
-        port = parts.port
+        parse_upstream_url(url)
     except ValueError as exc:
-        raise SettingsError(f"upstream {url!r}: {exc}") from None
-    if not parts.hostname:
-        raise SettingsError(f"upstream {url!r}: no host")
-    if port == 0:
-        raise SettingsError(f"upstream {url!r}: port out of range")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise SettingsError(f"upstream {url!r}: give only the scheme, host and port")
+        raise SettingsError(str(exc)) from None
 
 
 def validate(s: Settings) -> None:

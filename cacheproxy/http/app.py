@@ -83,6 +83,7 @@ def build_transport(s: Settings, stats: Stats | None = None) -> Transport:
         connect_timeout=s.connect_timeout,
         read_timeout=s.read_timeout,
         kind=s.upstream_client,
+        ca_file=s.upstream_ca_file,
     )
     return from_settings(transport, s, stats)
 

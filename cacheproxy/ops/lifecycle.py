@@ -87,6 +87,8 @@ def check_files(s: Settings) -> None:
     from cacheproxy.http.hardening import token_verifier
     from cacheproxy.http.jwtcheck import JwtConfigError
 
+    for name in ("tls_cert", "tls_key", "upstream_ca_file", "jwt_key", "jwks_file"):
+        readable(name, getattr(s, name))
     if s.tls_cert:
         try:
             tls.server_context(s.tls_cert, s.tls_key or None)
@@ -101,6 +103,18 @@ def check_files(s: Settings) -> None:
         token_verifier(s)
     except JwtConfigError as exc:
         raise SettingsError(str(exc)) from None
+
+
+def readable(name: str, path: str) -> None:
+    """The file a setting names can be read by this process (else: which
+    setting, which file, why)."""
+    if not path:
+        return
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise SettingsError(f"{name}: cannot read {path}: {exc.strerror}") from None
 
 
 def _why(exc: OSError | Exception) -> str:
