@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from cacheproxy import __version__
+from cacheproxy import __version__, lifecycle
 from cacheproxy.core.rules import RuleError, RuleSet
-from cacheproxy.ops import lifecycle, logfmt
-from cacheproxy.ops.lifecycle import Source
+from cacheproxy.lifecycle import Source
+from cacheproxy.ops import logfmt
 from cacheproxy.settings import ENV_PREFIX, SETTINGS_FILE_ENV, Settings, SettingsError
 
 
@@ -84,7 +84,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         prepare_multiproc_dir(multiproc_dir)  # a previous run's files would be merged in
     log = logging.getLogger("cacheproxy")
-    log.info("cacheproxy starting", extra={"fields": startup_fields(loaded)})
+    log.info("cacheproxy starting", extra={"fields": lifecycle.startup_fields(loaded)})
     if s.workers > 1:
         if not s.redis_url:
             log.warning("%d workers without --redis-url: each worker caches alone", s.workers)
@@ -98,44 +98,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     else:
         uvicorn.run(hardening.serving(source, loaded), **common)
     return 0
-
-
-def startup_fields(loaded: lifecycle.Loaded) -> dict[str, Any]:
-    """The startup line's fields: what an admin checks first in the log."""
-    s = loaded.settings
-    fields: dict[str, Any] = {
-        "event": "start",
-        "version": __version__,
-        "listen": f"{'https' if s.tls_cert else 'http'}://{s.host}:{s.port}",
-        "upstream": redact_url(s.upstream),
-        "tiers": tiers(s),
-        "rules": len(loaded.rules.rules),
-        "rules_file": s.config or "built-in",
-        "workers": s.workers,
-        "jwt_check": "hs256" if s.jwt_key else "jwks" if s.jwks_file else "off",
-    }
-    # private-data scopes (the private_data setting) belong here when present
-    return fields
-
-
-def tiers(s: Settings) -> str:
-    """The cache's tiers as the startup line and the status page name them."""
-    if not s.redis_url:
-        return "memory"
-    shared = "redis " + redact_url(s.redis_url)
-    return f"memory+{shared}" if s.local_tier else shared
-
-
-def redact_url(url: str) -> str:
-    """A URL without its password (Redis URLs may carry one)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:***@" if parts.username else "***@"
-    return url.replace(parts.netloc, user + host, 1)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -166,7 +128,7 @@ def _check_settings(args: argparse.Namespace) -> int:
         print(f"cacheproxy: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(loaded.settings.public(), indent=2))
-    print(json.dumps(startup_fields(loaded)), file=sys.stderr)
+    print(json.dumps(lifecycle.startup_fields(loaded)), file=sys.stderr)
     print("settings OK", file=sys.stderr)
     return 0
 

@@ -201,6 +201,8 @@ class Stats:
     the end of its response, as the client saw it."""
     upstream_latency: dict[str, Histogram] = field(default_factory=dict)
     """rule name -> seconds until slurmrestd's response head arrived."""
+    ready: int | None = None
+    """The last readiness verdict (1 ready, 0 not; None: never asked)."""
     stale_age: Histogram = field(default_factory=lambda: Histogram(STALE_AGE_BUCKETS))
     stale_by_route: Counter[str] = field(default_factory=Counter)
     recent_invalidations: deque[Invalidation] = field(

@@ -37,8 +37,8 @@ from cacheproxy.http.guard import AuthGuard, IsAccepted
 from cacheproxy.http.jwtcheck import JwtCheck, TokenVerifier, load_hs256_key, load_jwks
 from cacheproxy.http.localauth import RequireToken, refuses_uncredentialed
 from cacheproxy.http.pipeline import Pipeline, Step
+from cacheproxy.lifecycle import Loaded, Reloader, Source, load
 from cacheproxy.ops import logfmt
-from cacheproxy.ops.lifecycle import Loaded, Reloader, Source, load
 from cacheproxy.settings import Settings, SettingsError, trusted_proxies
 from cacheproxy.upstream.base import Headers
 

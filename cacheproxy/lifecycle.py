@@ -32,8 +32,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cacheproxy import __version__
 from cacheproxy import settings as settings_mod
 from cacheproxy.core.rules import RuleError, RuleSet
+from cacheproxy.ops.describe import redact_url, tiers
 from cacheproxy.settings import ENV_PREFIX, Settings, SettingsError
 
 log = logging.getLogger("cacheproxy")
@@ -79,13 +81,30 @@ def load(source: Source) -> Loaded:
     return Loaded(s, rules)
 
 
+def startup_fields(loaded: Loaded) -> dict[str, Any]:
+    """The startup line's fields: what an admin checks first in the log."""
+    s = loaded.settings
+    fields: dict[str, Any] = {
+        "event": "start",
+        "version": __version__,
+        "listen": f"{'https' if s.tls_cert else 'http'}://{s.host}:{s.port}",
+        "upstream": redact_url(s.upstream),
+        "tiers": tiers(s.redis_url, s.local_tier),
+        "rules": len(loaded.rules.rules),
+        "rules_file": s.config or "built-in",
+        "workers": s.workers,
+        "jwt_check": "hs256" if s.jwt_key else "jwks" if s.jwks_file else "off",
+    }
+    # private-data scopes (the private_data setting) belong here when present
+    return fields
+
+
 def check_files(s: Settings) -> None:
     """Fail at start, with the file's name, on unusable TLS, CA or JWT key files."""
     import ssl
 
     from cacheproxy.http import tls
-    from cacheproxy.http.hardening import token_verifier
-    from cacheproxy.http.jwtcheck import JwtConfigError
+    from cacheproxy.http.jwtcheck import JwtConfigError, load_hs256_key, load_jwks
 
     for name in ("tls_cert", "tls_key", "upstream_ca_file", "jwt_key", "jwks_file"):
         readable(name, getattr(s, name))
@@ -100,7 +119,10 @@ def check_files(s: Settings) -> None:
         except (OSError, ssl.SSLError) as exc:
             raise SettingsError(f"upstream_ca_file: {_why(exc)}") from None
     try:
-        token_verifier(s)
+        if s.jwt_key:
+            load_hs256_key(s.jwt_key)
+        if s.jwks_file:
+            load_jwks(s.jwks_file)
     except JwtConfigError as exc:
         raise SettingsError(str(exc)) from None
 
