@@ -14,10 +14,11 @@ fi
 
 # Debian packages the tests start for real: Redis and HAProxy (shared tier),
 # nginx and wrk (comparisons and benchmarks), Chromium (status page),
-# Prometheus (promtool checks config/prometheus-alerts.yml), and a
+# Prometheus (promtool checks config/prometheus-alerts.yml), systemd
+# (systemd-analyze verifies config/cacheproxy.service), and a
 # real Slurm (slurmctld, slurmd, slurmrestd with JWT, munge; slurmdbd on MariaDB).
 DEB_PACKAGES=(
-  redis-server haproxy nginx wrk chromium prometheus
+  redis-server haproxy nginx wrk chromium prometheus systemd
   slurmctld slurmd slurmrestd slurm-wlm-jwt-plugin munge slurm-client
   slurmdbd mariadb-server
 )
