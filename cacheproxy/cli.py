@@ -17,6 +17,10 @@ from cacheproxy.lifecycle import Source
 from cacheproxy.ops import logfmt
 from cacheproxy.settings import ENV_PREFIX, SETTINGS_FILE_ENV, Settings, SettingsError
 
+WORKER_START_SECONDS = 30
+"""uvicorn's ``timeout_worker_healthcheck`` (default 5 s): also how long a
+hung worker answers no health ping before it is replaced."""
+
 
 def _serve_parser(sub: Any) -> None:
     p = sub.add_parser(
@@ -93,6 +97,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "cacheproxy.http.hardening:create_app_from_env",
             factory=True,
             workers=s.workers,
+            # how long a new worker may take to serve (a reload's rolling
+            # restart waits for it; measured 7 s on a loaded 2-core host)
+            timeout_worker_healthcheck=WORKER_START_SECONDS,
             **common,
         )
     else:
