@@ -3,8 +3,8 @@
 Written once, and used both ways :mod:`cacheproxy.ops.metrics` exposes them:
 read at scrape time by a custom collector (one process), or copied into
 prometheus-client's metric objects (several worker processes).  The names are
-what ``config/grafana-dashboard.json`` and the alerts in docs/OPERATIONS.md
-query: renaming one breaks them.
+what ``config/grafana-dashboard.json`` and ``config/prometheus-alerts.yml``
+query (tests/ops/test_dashboard.py, test_alerts.py): renaming one breaks them.
 """
 
 from __future__ import annotations
