@@ -221,10 +221,12 @@ class Stats:
     def observe_response(self, route: str, status: int, cache: str, seconds: float) -> None:
         """Record one answered request as its client saw it."""
         self.responses[(route, _STATUS_CLASS.get(status // 100, "other"))] += 1
-        hist = self.request_latency.get((route, cache))
+        key = (route, cache)
+        hist = self.request_latency.get(key)
         if hist is None:
-            hist = self.request_latency[(route, cache)] = Histogram(REQUEST_BUCKETS)
-        hist.observe(seconds)
+            hist = self.request_latency[key] = Histogram(REQUEST_BUCKETS)
+        hist.counts[bisect_left(REQUEST_BUCKETS, seconds)] += 1  # (observe(), inlined)
+        hist.sum += seconds
 
     def observe_stale(self, route: str, age: float) -> None:
         """Record one expired entry served stale, ``age`` seconds after it was stored."""

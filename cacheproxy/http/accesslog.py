@@ -129,7 +129,7 @@ class RequestContext(BaseStep):
             else:  # this request's own list (servers make one per request)
                 headers.append((REQUEST_ID, rid))
         ex.rid = rid
-        request_id.set(rid.decode())  # for the application's log lines
+        request_id.set(rid)  # for the application's log lines
 
     def leave(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """Ours is the one request id on the response (an echo may be a cached one)."""
@@ -153,6 +153,12 @@ def outcome(cache_status: bytes) -> str:
     return cache_status.decode("latin-1").removeprefix("cacheproxy; ").partition(";")[0]
 
 
+_OUTCOMES: dict[bytes, str] = {}
+"""Cache-Status value -> outcome, memoised: a few hundred distinct values
+(``hit; ttl=N``), parsed once each instead of on every request."""
+_MAX_OUTCOMES = 4096
+
+
 class AccessLog(BaseStep):
     """The client-facing metrics and the access log: placed first, so it
     times the whole request and sees the response as it leaves."""
@@ -166,11 +172,20 @@ class AccessLog(BaseStep):
         ex.started = time.perf_counter()
 
     def leave(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        ex.cache = policy.header_value(headers, b"cache-status") or b""
+        for k, v in headers:  # (inlined: this runs for every request)
+            if k == b"cache-status":
+                ex.cache = v
+                return
 
     def done(self, ex: Exchange) -> None:
         seconds = time.perf_counter() - ex.started
-        self.stats.observe_response(ex.rule, ex.status, outcome(ex.cache), seconds)
+        cache = ex.cache
+        found = _OUTCOMES.get(cache)
+        if found is None:
+            if len(_OUTCOMES) >= _MAX_OUTCOMES:
+                _OUTCOMES.clear()
+            found = _OUTCOMES[cache] = outcome(cache)
+        self.stats.observe_response(ex.rule, ex.status, found, seconds)
         if self.enabled:
             self.write(ex, seconds)
 

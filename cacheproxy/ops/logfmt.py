@@ -26,8 +26,9 @@ from typing import Any
 
 import orjson
 
-request_id: ContextVar[str | None] = ContextVar("cacheproxy_request_id", default=None)
-"""The id of the request being answered in this context (None: none)."""
+request_id: ContextVar[bytes | None] = ContextVar("cacheproxy_request_id", default=None)
+"""The id of the request being answered in this context (None: none); bytes
+as the request carries it, decoded only when a line is written."""
 
 
 def timestamp(seconds: float | None = None) -> str:
@@ -48,7 +49,7 @@ class JsonFormatter(logging.Formatter):
         }
         rid = request_id.get()
         if rid is not None:
-            line["request_id"] = rid
+            line["request_id"] = rid.decode("ascii", "replace")
         fields = getattr(record, "fields", None)  # the record's own attribute, set by extra=
         if isinstance(fields, dict):
             line.update(fields)
