@@ -206,7 +206,14 @@ def _serve_scrape_reload_drain(
 
     # reload: a renamed rule takes effect on SIGHUP (uvicorn replaces the workers)
     rules.write_text(rules.read_text().replace('name = "partitions"', 'name = "partitions-v2"', 1))
+    mark = len(json_lines(journal))
     os.kill(proc.pid, signal.SIGHUP)
+
+    def every_worker_replaced() -> bool:  # uvicorn logs each old worker it retires
+        lines = json_lines(journal)[mark:]
+        return sum(str(x.get("message")).startswith("Terminated child") for x in lines) == 2
+
+    eventually(every_worker_replaced, "the rolling restart did not finish", logs)
 
     def renamed() -> bool:
         _get(base, partitions, upstream.headers)
