@@ -5,15 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import logging.config
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from cacheproxy import __version__
-from cacheproxy import settings as settings_mod
+from cacheproxy import __version__, lifecycle
 from cacheproxy.core.rules import RuleError, RuleSet
+from cacheproxy.lifecycle import Source
+from cacheproxy.ops import logfmt
 from cacheproxy.settings import ENV_PREFIX, SETTINGS_FILE_ENV, Settings, SettingsError
+
+WORKER_START_SECONDS = 30
+"""uvicorn's ``timeout_worker_healthcheck`` (default 5 s): also how long a
+hung worker answers no health ping before it is replaced."""
 
 
 def _serve_parser(sub: Any) -> None:
@@ -46,23 +52,22 @@ def _serve_parser(sub: Any) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    cli = {name: getattr(args, name) for name in Settings.model_fields}
+    source = Source(
+        cli={name: getattr(args, name) for name in Settings.model_fields},
+        settings_file=args.settings,
+    )
     try:
-        s = settings_mod.load(cli=cli, settings_file=args.settings)
-        if not s.upstream:
-            raise SettingsError(f"--upstream (or {ENV_PREFIX}UPSTREAM) is required")
-        rules = RuleSet.from_file(s.config) if s.config else RuleSet.default()
-        _check_hardening_files(s)
+        loaded = lifecycle.load(source)
     except (SettingsError, RuleError) as exc:
         print(f"cacheproxy: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    s = loaded.settings
+    log_config = logfmt.logging_config(s.log_level)
+    logging.config.dictConfig(log_config)
     import uvicorn
 
     from cacheproxy.http import hardening
-    from cacheproxy.http.app import SETTINGS_ENV, create_app
+    from cacheproxy.http.app import SETTINGS_ENV
 
     common: dict[str, Any] = {
         "host": s.host,
@@ -72,53 +77,42 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "server_header": False,
         "date_header": False,
         "log_level": s.log_level.lower(),
+        "log_config": log_config,
         # the protocol, limits, TLS, proxy headers and access log (uvicorn's
         # own is off: ours redacts): hardening's, not repeated here
         **hardening.uvicorn_options(s),
     }
-    hardening.configure_access_log(s)
     multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if multiproc_dir:
         from cacheproxy.ops.metrics import prepare_multiproc_dir
 
         prepare_multiproc_dir(multiproc_dir)  # a previous run's files would be merged in
+    log = logging.getLogger("cacheproxy")
+    log.info("cacheproxy starting", extra={"fields": lifecycle.startup_fields(loaded)})
     if s.workers > 1:
         if not s.redis_url:
-            logging.getLogger("cacheproxy").warning(
-                "%d workers without --redis-url: each worker caches alone", s.workers
-            )
-        os.environ[SETTINGS_ENV] = s.model_dump_json()
+            log.warning("%d workers without --redis-url: each worker caches alone", s.workers)
+        os.environ[SETTINGS_ENV] = source.to_json()
         uvicorn.run(
             "cacheproxy.http.hardening:create_app_from_env",
             factory=True,
             workers=s.workers,
+            # how long a new worker may take to serve (a reload's rolling
+            # restart waits for it; measured 7 s on a loaded 2-core host)
+            timeout_worker_healthcheck=WORKER_START_SECONDS,
             **common,
         )
     else:
-        uvicorn.run(hardening.wrap(create_app(s, rules=rules)), **common)
+        uvicorn.run(hardening.serving(source, loaded), **common)
     return 0
 
 
-def _check_hardening_files(s: Settings) -> None:
-    """Fail at start, with a clear message, on unusable TLS or JWT key files."""
-    import ssl
-
-    from cacheproxy.http import tls
-    from cacheproxy.http.hardening import token_verifier
-    from cacheproxy.http.jwtcheck import JwtConfigError
-
-    if s.tls_cert:
-        try:
-            tls.server_context(s.tls_cert, s.tls_key or None)
-        except (OSError, ssl.SSLError) as exc:
-            raise SettingsError(f"tls_cert/tls_key: {exc}") from None
-    try:
-        token_verifier(s)
-    except JwtConfigError as exc:
-        raise SettingsError(str(exc)) from None
-
-
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    if args.settings_dry_run:
+        return _check_settings(args)
+    if not args.file:
+        print("cacheproxy: check-config needs a rules file or --settings", file=sys.stderr)
+        return 2
     try:
         rules = RuleSet.from_file(args.file)
     except RuleError as exc:
@@ -126,6 +120,23 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps([r.describe() for r in rules.rules], indent=2))
     print(f"{args.file}: {len(rules.rules)} rules OK", file=sys.stderr)
+    return 0
+
+
+def _check_settings(args: argparse.Namespace) -> int:
+    """``check-config --settings [FILE]``: everything ``serve`` would check
+    at start (settings from every source, rules, files), nothing started;
+    prints the effective settings (secrets masked) and the startup line."""
+    settings_file = args.settings_dry_run if args.settings_dry_run != "-" else None
+    cli = {"config": args.file} if args.file else {}
+    try:
+        loaded = lifecycle.load(Source(cli=cli, settings_file=settings_file))
+    except (SettingsError, RuleError) as exc:
+        print(f"cacheproxy: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(loaded.settings.public(), indent=2))
+    print(json.dumps(lifecycle.startup_fields(loaded)), file=sys.stderr)
+    print("settings OK", file=sys.stderr)
     return 0
 
 
@@ -146,8 +157,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"cacheproxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
-    c = sub.add_parser("check-config", help="validate a rules file and print the effective rules")
-    c.add_argument("file")
+    c = sub.add_parser(
+        "check-config",
+        help="validate a rules file and print the effective rules; with --settings, "
+        "everything serve checks at start",
+    )
+    c.add_argument("file", nargs="?", help="rules file (TOML)")
+    c.add_argument(
+        "--settings",
+        dest="settings_dry_run",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help="dry run of serve's start: the settings (this file, or "
+        f"{SETTINGS_FILE_ENV}, and the environment), the rules and every file they name",
+    )
     sub.add_parser("simulate", help="run the slurmrestd simulator (see: simulate --help)")
     sub.add_parser("bench", help="run the benchmark (see: bench --help)")
     args = parser.parse_args(argv)

@@ -51,7 +51,14 @@ class Settings(BaseSettings):
         validate_default=False,
     )
 
-    upstream: str = _opt("", "slurmrestd URL: http://host:port or unix:/path/to.sock")
+    upstream: str = _opt(
+        "", "slurmrestd URL: http://host:port, https://host:port or unix:/path/to.sock"
+    )
+    upstream_ca_file: str = _opt(
+        "",
+        "CA certificates (PEM) an https:// upstream's certificate is verified against "
+        "(default: the system's); verification is always on",
+    )
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(DEFAULT_PORT, "port to listen on")
     config: str = _opt("", "rules file (TOML); default: the built-in rules")
@@ -270,11 +277,33 @@ def load(
     return settings
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def check_upstream(url: str) -> None:
+    """The upstream URL, checked whole at start (a bad port or a missing host
+    would otherwise fail at the first request)."""
+    from cacheproxy.upstream.urls import parse_upstream_url
+
+    if not url.startswith(("http://", "https://", "unix:")):
+        raise SettingsError(
+            f"upstream must be http://host:port, https://host:port or unix:/path, not {url!r}"
+        )
+    try:
+        parse_upstream_url(url)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def validate(s: Settings) -> None:
-    if s.upstream and not (
-        s.upstream.startswith(("http://", "unix:")) and len(s.upstream) > len("unix:")
-    ):
-        raise SettingsError(f"upstream must be http://host:port or unix:/path, not {s.upstream!r}")
+    if s.upstream:
+        check_upstream(s.upstream)
+    if s.upstream_ca_file and not s.upstream.startswith("https://"):
+        raise SettingsError("upstream_ca_file needs an https:// upstream")
+    if s.log_level.lower() not in LOG_LEVELS:
+        raise SettingsError(
+            f"log_level must be one of {', '.join(LOG_LEVELS)}, not {s.log_level!r}"
+        )
     if not 0 < s.port < 65536:
         raise SettingsError(f"port out of range: {s.port}")
     for name in (

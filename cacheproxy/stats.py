@@ -34,6 +34,27 @@ UPSTREAM_BUCKETS: tuple[float, ...] = (
 in milliseconds when idle, slurmdbd reads take up to seconds, a big /jobs
 list under load tens of seconds."""
 
+REQUEST_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    120.0,
+)
+"""Upper bounds (seconds) of the client-facing request durations: a hit is
+answered in well under a millisecond, a miss takes what slurmrestd takes."""
+
 STALE_AGE_BUCKETS: tuple[float, ...] = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 """Upper bounds (seconds) of the age of entries served stale."""
 
@@ -114,6 +135,9 @@ class Histogram:
         }
 
 
+_STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
 @dataclass(frozen=True, slots=True)
 class Invalidation:
     """Consecutive bumps of the same tags for the same reason (``write`` or
@@ -172,8 +196,15 @@ class Stats:
     internal_errors: int = 0
     """Unexpected exceptions caught by the outermost middleware (a bug)."""
     # -- operations (metrics, status page)
+    responses: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(rule name, status class ``2xx``..``5xx``) -> responses sent to clients."""
+    request_latency: dict[tuple[str, str], Histogram] = field(default_factory=dict)
+    """(rule name, cache outcome) -> seconds from the request's arrival to
+    the end of its response, as the client saw it."""
     upstream_latency: dict[str, Histogram] = field(default_factory=dict)
     """rule name -> seconds until slurmrestd's response head arrived."""
+    ready: int | None = None
+    """The last readiness verdict (1 ready, 0 not; None: never asked)."""
     stale_age: Histogram = field(default_factory=lambda: Histogram(STALE_AGE_BUCKETS))
     stale_by_route: Counter[str] = field(default_factory=Counter)
     too_big: Counter[str] = field(default_factory=Counter)
@@ -191,6 +222,16 @@ class Stats:
         if hist is None:
             hist = self.upstream_latency[route] = Histogram(UPSTREAM_BUCKETS)
         hist.observe(seconds)
+
+    def observe_response(self, route: str, status: int, cache: str, seconds: float) -> None:
+        """Record one answered request as its client saw it."""
+        self.responses[(route, _STATUS_CLASS.get(status // 100, "other"))] += 1
+        key = (route, cache)
+        hist = self.request_latency.get(key)
+        if hist is None:
+            hist = self.request_latency[key] = Histogram(REQUEST_BUCKETS)
+        hist.counts[bisect_left(REQUEST_BUCKETS, seconds)] += 1  # (observe(), inlined)
+        hist.sum += seconds
 
     def observe_stale(self, route: str, age: float) -> None:
         """Record one expired entry served stale, ``age`` seconds after it was stored."""

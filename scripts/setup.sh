@@ -13,10 +13,12 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; th
 fi
 
 # Debian packages the tests start for real: Redis and HAProxy (shared tier),
-# nginx and wrk (comparisons and benchmarks), Chromium (status page), and a
+# nginx and wrk (comparisons and benchmarks), Chromium (status page),
+# Prometheus (promtool checks config/prometheus-alerts.yml), systemd
+# (systemd-analyze verifies config/cacheproxy.service), and a
 # real Slurm (slurmctld, slurmd, slurmrestd with JWT, munge; slurmdbd on MariaDB).
 DEB_PACKAGES=(
-  redis-server haproxy nginx wrk chromium
+  redis-server haproxy nginx wrk chromium prometheus systemd
   slurmctld slurmd slurmrestd slurm-wlm-jwt-plugin munge slurm-client
   slurmdbd mariadb-server
 )
@@ -37,7 +39,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     # The packages enable their services; the tests start their own on free
     # ports, so stop the packaged ones we just installed from holding ports.
-    for svc in redis-server haproxy nginx slurmctld slurmd slurmrestd slurmdbd munge mariadb; do
+    for svc in redis-server haproxy nginx prometheus slurmctld slurmd slurmrestd slurmdbd munge mariadb; do
       if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
         systemctl stop "$svc" >/dev/null 2>&1 || true
       elif command -v service >/dev/null 2>&1; then

@@ -79,9 +79,21 @@ class Planner:
         route_bytes: int = ROUTE_MEMO_BYTES,
         plan_bytes: int = PLAN_MEMO_BYTES,
     ) -> None:
-        self.rules = rules
         self.resolver = resolver
         self.max_url_bytes = max_url_bytes
+        self._memo_bytes = (route_bytes, plan_bytes)
+        self.rules = rules
+
+    @property
+    def rules(self) -> RuleSet:
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: RuleSet) -> None:
+        """New rules (a reload) forget every memoised match, or a target seen
+        before would keep its old rule."""
+        self._rules = rules
+        route_bytes, plan_bytes = self._memo_bytes
         self._routes: ByteMemo[tuple[bytes, bytes], Route] = ByteMemo(route_bytes)
         self._plans: ByteMemo[
             tuple[bytes, bytes, bytes | None, bytes], tuple[Identity, bytes, Match]

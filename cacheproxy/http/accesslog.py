@@ -4,9 +4,15 @@
   ``[A-Za-z0-9._-]``, given once), else one is made.  It goes upstream (it is
   an ordinary end-to-end header to the proxy) and back to the client, so one
   id follows a request through the proxy's and slurmrestd's logs.
-* Access log (opt-in, ``access_log``): one JSON object per line on the
-  ``cacheproxy.access`` logger.  It never holds a token, a cookie, an
-  ``Authorization`` header or a body: only the method, the path and query
+* Every request, whether the access log is on or not, is counted for the
+  client-facing metrics (status class and duration by rule and cache
+  outcome: :meth:`cacheproxy.stats.Stats.observe_response`), by the same step
+  that writes the access log, which sees the whole request anyway.
+* Access log (opt-in, ``access_log``, switchable by a reload): one JSON
+  object per line on the ``cacheproxy.access`` logger, in the application
+  log's format (:mod:`cacheproxy.ops.logfmt`), with the matched rule's
+  name.  It never holds a token, a cookie, an ``Authorization`` header or a
+  body: only the method, the path and query
   (with secret-looking query values and anything shaped like a JWT replaced),
   the status, sizes, timing, the Cache-Status and the claimed user name.
 * Safety net: an unexpected exception before the response started becomes a
@@ -25,7 +31,6 @@ import logging
 import os
 import re
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -34,6 +39,8 @@ from cacheproxy.core import policy
 from cacheproxy.core.headers import REQUEST_ID, RequestView
 from cacheproxy.http.pipeline import BaseStep, Exchange
 from cacheproxy.http.respond import Scope
+from cacheproxy.ops.logfmt import request_id, timestamp
+from cacheproxy.stats import Stats
 
 log = logging.getLogger("cacheproxy")
 access_log = logging.getLogger("cacheproxy.access")
@@ -108,6 +115,7 @@ class RequestContext(BaseStep):
             else:  # this request's own list, the view's (servers make one per request)
                 headers.append((REQUEST_ID, rid))
         ex.rid = rid
+        request_id.set(rid)  # for the application's log lines
 
     def leave(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """Ours is the one request id on the response (an echo may be a cached one)."""
@@ -118,23 +126,61 @@ class RequestContext(BaseStep):
                 break
         headers.append((REQUEST_ID, rid))
 
+    def done(self, ex: Exchange) -> None:
+        request_id.set(None)
+
+
+def outcome(cache_status: bytes) -> str:
+    """The metrics' cache outcome of a Cache-Status value: ``hit``,
+    ``fwd=miss``...; ``none`` for answers that carry none (own endpoints,
+    refusals before the cache)."""
+    if not cache_status:
+        return "none"
+    return cache_status.decode("latin-1").removeprefix("cacheproxy; ").partition(";")[0]
+
+
+_OUTCOMES: dict[bytes, str] = {}
+"""Cache-Status value -> outcome, memoised: a few hundred distinct values
+(``hit; ttl=N``), parsed once each instead of on every request."""
+_MAX_OUTCOMES = 4096
+
 
 class AccessLog(BaseStep):
-    """The access log step (only when ``access_log`` is on): placed first, so
-    it times the whole request and sees the response as it leaves."""
+    """The client-facing metrics and the access log: placed first, so it
+    times the whole request and sees the response as it leaves."""
+
+    def __init__(self, stats: Stats, enabled: bool) -> None:
+        self.stats = stats
+        self.enabled = enabled
+        """Write the access log's lines (a reload may switch it)."""
 
     def enter(self, ex: Exchange) -> None:
         ex.started = time.perf_counter()
 
     def leave(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        ex.cache = policy.header_value(headers, b"cache-status") or b""
+        for k, v in headers:  # (inlined: this runs for every request)
+            if k == b"cache-status":
+                ex.cache = v
+                return
 
     def done(self, ex: Exchange) -> None:
+        seconds = time.perf_counter() - ex.started
+        cache = ex.cache
+        found = _OUTCOMES.get(cache)
+        if found is None:
+            if len(_OUTCOMES) >= _MAX_OUTCOMES:
+                _OUTCOMES.clear()
+            found = _OUTCOMES[cache] = outcome(cache)
+        self.stats.observe_response(ex.rule, ex.status, found, seconds)
+        if self.enabled:
+            self.write(ex, seconds)
+
+    def write(self, ex: Exchange, seconds: float) -> None:
         scope = ex.scope
         client = scope.get("client")
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
         line: dict[str, Any] = {
-            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "ts": timestamp(),
             "request_id": ex.rid.decode(),
             "client": client[0] if client else "",
             "method": scope["method"],
@@ -142,8 +188,9 @@ class AccessLog(BaseStep):
             "query": redact_query(scope.get("query_string", b"")),
             "status": ex.status,
             "bytes": ex.sent,
-            "duration_ms": round((time.perf_counter() - ex.started) * 1000, 3),
+            "duration_ms": round(seconds * 1000, 3),
             "cache": ex.cache.decode("latin-1").removeprefix("cacheproxy; "),
+            "rule": ex.rule,
             "user": _user(scope),
         }
         access_log.info(orjson.dumps(line).decode())

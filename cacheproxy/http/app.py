@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -87,6 +88,7 @@ def build_transport(s: Settings, stats: Stats | None = None) -> Transport:
         connect_timeout=s.connect_timeout,
         read_timeout=s.read_timeout,
         kind=s.upstream_client,
+        ca_file=s.upstream_ca_file,
     )
     return from_settings(transport, s, stats)
 
@@ -112,6 +114,8 @@ class CacheProxyApp:
         self._store = store
         self._shared = shared_store
         self.proxy: Proxy | None = None
+        self.on_startup: list[Callable[[], None]] = []
+        """Called once the proxy is up (the serving process's SIGHUP handler)."""
         self.own = own_endpoints(AppReport(settings, self.stats, lambda: self.proxy))
         self._bare = Pipeline((), self, self.stats)
 
@@ -157,6 +161,8 @@ class CacheProxyApp:
             from cacheproxy.http.gctune import tune_gc
 
             tune_gc()
+        for hook in self.on_startup:
+            hook()
 
     async def shutdown(self) -> None:
         proxy, self.proxy = self.proxy, None

@@ -95,7 +95,12 @@ class Forwarder:
         sees while the store cannot answer (read-your-writes holds)."""
 
     async def not_cached(
-        self, scope: Scope, receive: Receive, send: Send, route: Route | None = None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: Route | None = None,
+        ex: Exchange | None = None,
     ) -> None:
         """Everything but a cacheable GET with credentials: validate, forward.
 
@@ -118,6 +123,8 @@ class Forwarder:
         method = req.method
         if match is None:
             match = self.rules.match(method, req.segments)
+        if ex is not None:
+            ex.rule = match.name
         decision = decide.uncached(method, match)
         if isinstance(decision, decide.Refuse):
             err = errors.ProxyError(decision.status, "Method not allowed", decision.reason)

@@ -23,14 +23,14 @@ separate from the proxy, so tests of the core run without them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from cacheproxy import settings as settings_mod
+from cacheproxy.core.rules import RuleError, RuleSet
 from cacheproxy.http import server, tls
 from cacheproxy.http.accesslog import AccessLog, RequestContext
 from cacheproxy.http.app import SETTINGS_ENV, CacheProxyApp
@@ -38,8 +38,14 @@ from cacheproxy.http.guard import AuthGuard, IsAccepted
 from cacheproxy.http.jwtcheck import JwtCheck, TokenVerifier, load_hs256_key, load_jwks
 from cacheproxy.http.localauth import RequireToken, refuses_uncredentialed
 from cacheproxy.http.pipeline import Pipeline, Step
-from cacheproxy.settings import Settings, trusted_proxies
+from cacheproxy.lifecycle import Loaded, Reloader, Source, load
+from cacheproxy.ops import logfmt
+from cacheproxy.settings import Settings, SettingsError, trusted_proxies
 from cacheproxy.upstream.base import Headers
+
+STARTUP_FAILURE = 3
+"""A worker's exit status when it cannot start (uvicorn's own value for a
+failed startup: its supervisor then keeps the running workers)."""
 
 
 def token_verifier(s: Settings) -> TokenVerifier | None:
@@ -70,8 +76,7 @@ def acceptance_check(app: CacheProxyApp) -> IsAccepted:
 def wrap(app: CacheProxyApp) -> Pipeline:
     """The hardened application: the pipeline of steps, ``app`` its handler."""
     s = app.settings
-    steps: list[Step] = [AccessLog()] if s.access_log else []
-    steps.append(RequestContext())
+    steps: list[Step] = [AccessLog(app.stats, s.access_log), RequestContext()]
     verifier = token_verifier(s)
     steps.append(
         AuthGuard(
@@ -117,23 +122,53 @@ def uvicorn_options(s: Settings) -> dict[str, Any]:
     }
 
 
-def configure_access_log(s: Settings) -> None:
-    """JSON lines on stdout, one per request, when ``access_log`` is on."""
+def configure_access_log() -> None:
+    """The access log's lines go to stdout, one JSON object each (whether
+    they are written is the step's ``enabled``: a reload may switch it)."""
     logger = logging.getLogger("cacheproxy.access")
     logger.propagate = False
-    if not s.access_log:
-        logger.disabled = True
-        return
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
 
 
+def serving(source: Source, loaded: Loaded) -> Pipeline:
+    """The hardened application of a serving process, which reloads on
+    SIGHUP (:mod:`cacheproxy.ops.lifecycle`) once it has started."""
+    app = CacheProxyApp(loaded.settings, rules=loaded.rules)
+    pipeline = wrap(app)
+    reloader = Reloader(source, loaded.settings, reload_into(pipeline, app))
+    app.on_startup.append(reloader.install)
+    return pipeline
+
+
+def reload_into(pipeline: Pipeline, app: CacheProxyApp) -> Callable[[Settings, RuleSet], None]:
+    """What a reload changes in a running process: the rules and the
+    :data:`~cacheproxy.ops.lifecycle.LIVE` settings."""
+
+    def apply(s: Settings, rules: RuleSet) -> None:
+        app.settings = s
+        app.rules = rules
+        if app.proxy is not None:
+            app.proxy.rules = rules
+        for step in pipeline.steps:
+            if isinstance(step, AccessLog):
+                step.enabled = s.access_log
+        logfmt.set_level(s.log_level)
+
+    return apply
+
+
 def create_app_from_env() -> Pipeline:
-    """uvicorn factory for ``--workers N``: the parent's settings, hardened."""
+    """uvicorn factory for ``--workers N``: each worker reads the parent's
+    sources again (so a rolling restart on SIGHUP picks up changed files); a
+    bad file stops this worker before it serves, with one line."""
     raw = os.environ.get(SETTINGS_ENV)
-    s = settings_mod.load() if raw is None else settings_mod.load(cli=json.loads(raw), env={})
-    app = CacheProxyApp(s)
-    configure_access_log(app.settings)
-    return wrap(app)
+    source = Source() if raw is None else Source.from_json(raw)
+    try:
+        loaded = load(source)
+    except (SettingsError, RuleError) as exc:
+        logging.getLogger("cacheproxy").error("worker not started: %s", exc)
+        raise SystemExit(STARTUP_FAILURE) from None
+    return serving(source, loaded)

@@ -80,6 +80,8 @@ class Exchange:
     status: int = 0
     cache: bytes = b""
     """The response's Cache-Status (for the access log)."""
+    rule: str = "-"
+    """The name of the rule the request matched (set by the proxy; '-': none)."""
     sent: int = 0
     started: float = 0.0
     watch_body: bool = False

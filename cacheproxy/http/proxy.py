@@ -154,14 +154,16 @@ class Proxy:
         here: the hit path pays for none; :meth:`_then` makes them.)"""
         scope = ex.scope
         if scope["method"] != "GET":
-            return self._then(self._not_cached, scope)
+            return self._not_cached_then(ex)
         plan = self._plan(scope, ex.view)
         if isinstance(plan, Route):
+            ex.rule = plan.match.name
             if plan.cacheable:  # no usable identity: slurmrestd judges the request
                 return self._then(self._forward_request, scope, plan)
             return self.forwarder.uncached_get(ex, plan)
         if plan is None:
-            return self._then(self._not_cached, scope)
+            return self._not_cached_then(ex)
+        ex.rule = plan.match.name
         lookup_now = self._lookup_now
         if lookup_now is None:
             return self._respond_later(ex, plan)
@@ -196,6 +198,11 @@ class Proxy:
         if isinstance(decision, decide.StaleWhileRevalidate):
             return self._then(self._stale_while_revalidate, ex.scope, plan, decision, generations)
         return self._then(self._fetch, ex.scope, plan, decision, generations)
+
+    def _not_cached_then(self, ex: Exchange) -> Continue:
+        """Forwarded as is (the forwarder names the rule in ``ex``)."""
+        not_cached, scope = self._not_cached, ex.scope
+        return Continue(lambda receive, send: not_cached(scope, receive, send, None, ex))
 
     @staticmethod
     def _then(step: Callable[..., Awaitable[None]], *args: Any) -> Continue:

@@ -17,6 +17,7 @@ the hot path changes it.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -24,7 +25,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from cacheproxy import __version__
 from cacheproxy.ops.admin import admin_router
+from cacheproxy.ops.describe import redact_url, tiers
 from cacheproxy.ops.metrics import Exporter
 from cacheproxy.ops.paths import OWN_PREFIX
 from cacheproxy.ops.readiness import Readiness
@@ -52,6 +55,7 @@ def status_page() -> str:
 def public_stats(report: Report) -> dict[str, Any]:
     """The JSON of ``/_cacheproxy/stats`` (and what the status page shows)."""
     snap: dict[str, Any] = report.stats.snapshot()
+    snap["about"] = about(report)
     if report.started:
         store = report.store_state()
         for name in ("entries", "bytes", "evictions"):  # top-level, as before
@@ -61,6 +65,21 @@ def public_stats(report: Report) -> dict[str, Any]:
         snap["transport"] = report.transport_state()
         snap["upstream_fetches_in_flight"] = report.fetches_in_flight()
     return snap
+
+
+def about(report: Report) -> dict[str, Any]:
+    """Which proxy this is: version, upstream, tiers, the cache's bound and
+    this worker (with ``--workers N`` each answer comes from one of them)."""
+    settings = report.settings_summary()
+    return {
+        "version": __version__,
+        "upstream": redact_url(str(settings.get("upstream", ""))),
+        "tiers": tiers(str(settings.get("redis_url", "")), bool(settings.get("local_tier"))),
+        "max_bytes": settings.get("max_bytes"),
+        "max_entry_bytes": settings.get("max_entry_bytes"),
+        "worker": os.getpid(),
+        "workers": settings.get("workers"),
+    }
 
 
 def own_endpoints(report: Report) -> FastAPI:

@@ -3,8 +3,8 @@
 Written once, and used both ways :mod:`cacheproxy.ops.metrics` exposes them:
 read at scrape time by a custom collector (one process), or copied into
 prometheus-client's metric objects (several worker processes).  The names are
-what ``config/grafana-dashboard.json`` and the alerts in docs/OPERATIONS.md
-query: renaming one breaks them.
+what ``config/grafana-dashboard.json`` and ``config/prometheus-alerts.yml``
+query (tests/ops/test_dashboard.py, test_alerts.py): renaming one breaks them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from cacheproxy import __version__
 from cacheproxy.ops.report import Report
 from cacheproxy.stats import Histogram, Stats
 
-GAUGE_MODES: dict[str, Literal["livesum", "livemax"]] = {
+GAUGE_MODES: dict[str, Literal["livesum", "livemax", "livemin"]] = {
+    "cacheproxy_ready": "livemin",
     "cacheproxy_stale_age_max_seconds": "livemax",
     "cacheproxy_upstream_circuit_open": "livemax",
     "cacheproxy_store_circuit_open": "livemax",
@@ -62,6 +63,23 @@ def stats_families(stats: Stats) -> list[Metric]:
     )
     for (route, outcome), n in stats.requests.items():
         requests.add_metric([route, outcome], n)
+    responses = CounterMetricFamily(
+        "cacheproxy_http_responses",
+        "Responses sent to clients, by rule name (route; '-': no rule, e.g. the proxy's "
+        "own endpoints or a refusal before matching) and status class (code: 2xx..5xx).",
+        labels=["route", "code"],
+    )
+    for (route, code), n in stats.responses.items():
+        responses.add_metric([route, code], n)
+    duration = HistogramMetricFamily(
+        "cacheproxy_request_duration_seconds",
+        "Seconds from a request's arrival to the end of its response, as the client "
+        "saw it, by rule name and cache outcome (as cacheproxy_requests; none: no "
+        "Cache-Status, e.g. the own endpoints or a 429).",
+        labels=["route", "cache"],
+    )
+    for (route, cache), hist in stats.request_latency.items():
+        _histogram(duration, [route, cache], hist)
     upstream = CounterMetricFamily(
         "cacheproxy_upstream_requests",
         "Requests sent to slurmrestd, by rule name.",
@@ -127,6 +145,8 @@ def stats_families(stats: Stats) -> list[Metric]:
     _histogram(stale_age, [], stats.stale_age)
     return [
         requests,
+        responses,
+        duration,
         upstream,
         too_big,
         latency,
@@ -203,6 +223,15 @@ def runtime_families(report: Report) -> list[Metric]:
     out: list[Metric] = [info]
     if not report.started:
         return out
+    if report.stats.ready is not None:
+        out.append(
+            _gauge(
+                "cacheproxy_ready",
+                "1 when the last readiness check (/_cacheproxy/ready, asked by the load "
+                "balancer) found slurmrestd answering, else 0.",
+                report.stats.ready,
+            )
+        )
     store = report.store_state()
     if "entries" in store:
         out += [

@@ -31,7 +31,7 @@ GATEWAY_FAILURES = frozenset({502, 503, 504})
 class Verdict:
     ready: bool
     upstream: str
-    """``ok (HTTP 401)`` or why not."""
+    """``ok: reachable (HTTP 401 ...)`` or why not."""
     store: str
     """``ok``, ``local`` (no shared tier) or why it does not answer."""
     store_ok: bool
@@ -47,6 +47,15 @@ class Verdict:
             "store": self.store,
             "cache": "on" if self.store_ok else "pass-through",
         }
+
+
+def probe_meaning(status: int) -> str:
+    """What the anonymous probe's answer says, in words: a real slurmrestd
+    answers it 401 (it wants a credential), which reads like an error but
+    proves it up."""
+    if status == 401:
+        return "ok: reachable (HTTP 401 to the anonymous probe is expected)"
+    return f"ok: reachable (HTTP {status} to the anonymous probe)"
 
 
 class Readiness:
@@ -88,6 +97,7 @@ class Readiness:
             return Verdict(False, "not started", "not started", False, now)
         upstream_ok, upstream = await self._upstream()
         store_ok, store = await self._store()
+        self._report.stats.ready = int(upstream_ok)  # for the metrics and alerts
         return Verdict(upstream_ok, upstream, store, store_ok, self.monotonic())
 
     async def _upstream(self) -> tuple[bool, str]:
@@ -100,7 +110,7 @@ class Readiness:
             return False, f"{type(exc).__name__}: {exc}"
         if status in GATEWAY_FAILURES:
             return False, f"HTTP {status} from a gateway"
-        return True, f"ok (HTTP {status})"
+        return True, probe_meaning(status)
 
     async def _store(self) -> tuple[bool, str]:
         try:

@@ -33,6 +33,7 @@ nothing sent) rather than sent with other bytes than the proxy decided on.
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -188,8 +189,13 @@ class AiohttpTransport:
         max_connections: int = 64,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
+        ca_file: str = "",
     ) -> None:
         self._address = address
+        self._ssl: ssl.SSLContext | bool = False
+        if address.tls:
+            # Verified always (tokens go over it): the system's CAs or ca_file's.
+            self._ssl = ssl.create_default_context(cafile=ca_file or None)
         self._max_connections = max_connections
         self._timeout = aiohttp.ClientTimeout(
             total=None,
@@ -200,7 +206,8 @@ class AiohttpTransport:
         if address.path is not None:
             self._base = "http://localhost"
         else:
-            self._base = str(URL.build(scheme="http", host=address.host, port=address.port))
+            scheme = "https" if address.tls else "http"
+            self._base = str(URL.build(scheme=scheme, host=address.host, port=address.port))
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -213,7 +220,7 @@ class AiohttpTransport:
             )
         else:
             connector = aiohttp.TCPConnector(
-                limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300
+                limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300, ssl=self._ssl
             )
         session = aiohttp.ClientSession(
             connector=connector,
@@ -266,11 +273,14 @@ def create_aiohttp_transport(
     max_connections: int = 64,
     connect_timeout: float = 5.0,
     read_timeout: float = 60.0,
+    ca_file: str = "",
 ) -> AiohttpTransport:
-    """An :class:`AiohttpTransport` to ``http://host:port`` or ``unix:/path``."""
+    """An :class:`AiohttpTransport` to ``http://host:port``, ``https://host:port``
+    (verified against ``ca_file``, else the system's CAs) or ``unix:/path``."""
     return AiohttpTransport(
         parse_upstream_url(url),
         max_connections=max_connections,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
+        ca_file=ca_file,
     )

@@ -26,8 +26,9 @@ def create_transport(
     connect_timeout: float = 5.0,
     read_timeout: float = 60.0,
     kind: str = "auto",
+    ca_file: str = "",
 ) -> Transport:
-    """A pooled transport to ``http://host:port`` or ``unix:/path``.
+    """A pooled transport to ``http://host:port``, ``https://host:port`` or ``unix:/path``.
 
     ``max_connections`` bounds the pool (requests beyond it wait for a free
     connection, at most ``connect_timeout``); ``read_timeout`` bounds each wait
@@ -47,4 +48,5 @@ def create_transport(
         max_connections=max_connections,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
+        ca_file=ca_file,
     )

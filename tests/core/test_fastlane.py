@@ -365,7 +365,7 @@ async def test_the_access_log_line_is_the_same_from_both_paths(
     async with serve(upstream) as upstream_url:
         settings = Settings(upstream=upstream_url, access_log=True)
         app = CacheProxyApp(settings)
-        hardening.configure_access_log(settings)
+        hardening.configure_access_log()
         hardened = hardening.wrap(app)
         try:
             async with (
@@ -383,7 +383,7 @@ async def test_the_access_log_line_is_the_same_from_both_paths(
                     await p.send(get(JOBS, extra=extra))  # hit: ASGI
                     rs.append(await p.response())
         finally:
-            hardening.configure_access_log(Settings())
+            logging.getLogger("cacheproxy.access").handlers.clear()
     assert [r.status for r in rs] == [200] * 5
     assert app.stats.fast_hits == 2
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
@@ -391,9 +391,21 @@ async def test_the_access_log_line_is_the_same_from_both_paths(
     for lane, asgi in (lines[1:3], lines[3:5]):
         assert lane["cache"] == asgi["cache"]
         assert lane["cache"].startswith("hit; ttl=")
-        for field in ("request_id", "client", "method", "path", "query", "status", "bytes", "user"):
+        same = (
+            "request_id",
+            "client",
+            "method",
+            "path",
+            "query",
+            "status",
+            "bytes",
+            "user",
+            "rule",
+        )
+        for field in same:
             assert lane[field] == asgi[field], field
         assert lane["request_id"] == "fixed-id"
+        assert lane["rule"] == "jobs"
     assert lines[1]["bytes"] == len(rs[1].body)
     assert lines[1]["client"] == "127.0.0.1"
     assert lines[3]["client"] == "10.1.2.3"  # uvicorn's proxy headers, on the lane too

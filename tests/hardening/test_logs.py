@@ -64,7 +64,7 @@ async def test_no_secret_in_any_log_line(stack: Stack, logs: Any) -> None:
     for line in lines:
         assert set(line) == {
             "ts", "request_id", "client", "method", "path", "query", "status", "bytes",
-            "duration_ms", "cache", "user",
+            "duration_ms", "cache", "rule", "user",
         }  # fmt: skip
         assert re.fullmatch(r"[0-9a-f]{32}", line["request_id"])
     by_query = [line for line in lines if "flags=DETAIL" in line["query"]]
@@ -102,7 +102,7 @@ async def test_safety_net_answers_503_and_logs_no_message(logs: Any) -> None:
         raise KeyError(leaked)
 
     stats = Stats()
-    app = Pipeline([AccessLog(), RequestContext()], AsgiHandler(broken), stats)
+    app = Pipeline([AccessLog(stats, True), RequestContext()], AsgiHandler(broken), stats)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://proxy.test"
     ) as c:

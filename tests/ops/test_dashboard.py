@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from cacheproxy.http import hardening
 from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from cacheproxy.upstream.protect import ProtectedTransport
@@ -34,9 +35,10 @@ async def test_dashboard_queries_exported_metrics(
     dashboard = json.loads(DASHBOARD.read_text("utf-8"))
     assert dashboard["uid"] == "cacheproxy-overview"
     app: CacheProxyApp = await make_app(settings, transport=ProtectedTransport(transport))
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://proxy.test"
+    async with httpx.AsyncClient(  # served as `cacheproxy serve` does: with every step
+        transport=httpx.ASGITransport(app=hardening.wrap(app)), base_url="http://proxy.test"
     ) as c:
+        await c.get("/_cacheproxy/ready")
         await c.get(JOBS, headers=auth("alice"))
         await c.post("/slurm/v0.0.43/job/submit", headers=auth("alice"), content=b"{}")
         text = (await c.get("/_cacheproxy/metrics")).text

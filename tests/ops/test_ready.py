@@ -34,7 +34,7 @@ async def test_ready_flips_with_the_upstream(
     # no credentials: slurmrestd answers 401, which proves it alive
     assert r.json() == {
         "status": "ready",
-        "upstream": "ok (HTTP 401)",
+        "upstream": "ok: reachable (HTTP 401 to the anonymous probe is expected)",
         "store": "local",
         "cache": "on",
     }
@@ -163,7 +163,7 @@ async def test_redis_down_is_reported_but_the_replica_stays_ready(
         assert r.status_code == 200
         assert r.json() == {
             "status": "ready",
-            "upstream": "ok (HTTP 401)",
+            "upstream": "ok: reachable (HTTP 401 to the anonymous probe is expected)",
             "store": "no answer to PING",
             "cache": "pass-through",
         }

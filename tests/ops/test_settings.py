@@ -44,7 +44,10 @@ def test_values_are_typed_and_booleans_read_as_before() -> None:
         ({"CACHEPROXY_PORT": "eighty"}, "port: invalid value 'eighty'"),
         ({"CACHEPROXY_ACCESS_LOG": "maybe"}, "access_log: invalid value 'maybe'"),
         ({"CACHEPROXY_PORT": "0"}, "port out of range: 0"),
-        ({"CACHEPROXY_UPSTREAM": "ftp://x"}, "upstream must be http://host:port or unix:/path"),
+        (
+            {"CACHEPROXY_UPSTREAM": "ftp://x"},
+            "upstream must be http://host:port, https://host:port or unix:/path",
+        ),
     ],
 )
 def test_errors_are_one_line(env: dict[str, str], message: str) -> None:

@@ -196,7 +196,17 @@ async def test_page_renders_the_stats_in_chromium(
     assert 'id="stale-served">1<' in dom
     assert 'id="max-stale-age">10.0 s<' in dom
     assert "● live" in dom
-    assert 'id="ready" class="ok">ok (HTTP 401)<' in dom
+    # which proxy: version, upstream, tiers, worker, the cache against its bound
+    about = stats["about"]
+    assert f'id="version">{about["version"]}<' in dom
+    assert 'id="upstream-url">http://upstream.test:6820<' in dom
+    assert 'id="tiers">memory<' in dom
+    assert f'id="worker">pid {os.getpid()}<' in dom
+    assert 'id="workers">1<' in dom
+    assert 'id="max-bytes">256' in dom
+    assert (
+        'id="ready" class="ok">ok: reachable (HTTP 401 to the anonymous probe is expected)<' in dom
+    )
     # recent invalidations: the submit's two bumps in one row; tags as text,
     # so markup in a tag stays inert
     assert re.search(r"<td>write</td><td>×2</td><td class=\"tags\">jobs, db\.jobs, ", dom)

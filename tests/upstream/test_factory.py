@@ -46,7 +46,9 @@ def test_parse_upstream_url(url: str, address: UpstreamAddress) -> None:
     assert parse_upstream_url(url) == address
 
 
-@pytest.mark.parametrize("url", ["https://x:1", "ftp://x", "unix:relative.sock", "http://x/api"])
+@pytest.mark.parametrize(
+    "url", ["ftp://x", "unix:relative.sock", "http://x/api", "http://x:y", "https://", "http://x:0"]
+)
 def test_parse_upstream_url_refuses(url: str) -> None:
     with pytest.raises(ValueError):  # noqa: PT011
         parse_upstream_url(url)
