@@ -24,10 +24,16 @@ async def serve(
     (:mod:`cacheproxy.http.server`), so every test over a socket also tests
     it; it believes ``X-Forwarded-For`` from loopback, as uvicorn does by
     default.  ``http="httptools"`` serves plain uvicorn (and its own
-    proxy-headers middleware)."""
+    proxy-headers middleware).  Its head limits are far above the proxy's
+    (a fake slurmrestd must not refuse what the proxy under test forwards);
+    the proxy under test passes its own ``http``."""
     if "http" not in options:
         options["http"] = http_server.protocol(
-            http_server.ServerOptions(forwarded_allow_ips=("127.0.0.1", "::1"))
+            http_server.ServerOptions(
+                forwarded_allow_ips=("127.0.0.1", "::1"),
+                max_url_bytes=1 << 20,
+                max_head_bytes=1 << 21,
+            )
         )
     if not isinstance(options["http"], str):  # ours: it rewrites the client itself
         options.setdefault("proxy_headers", False)

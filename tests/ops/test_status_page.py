@@ -203,7 +203,8 @@ async def test_page_renders_the_stats_in_chromium(
     assert 'id="tiers">memory<' in dom
     assert f'id="worker">pid {os.getpid()}<' in dom
     assert 'id="workers">1<' in dom
-    assert 'id="max-bytes">256' in dom
+    assert about["max_bytes"] == 1024**3  # the default (1 GiB)
+    assert 'id="max-bytes">1.0 GiB<' in dom
     assert (
         'id="ready" class="ok">ok: reachable (HTTP 401 to the anonymous probe is expected)<' in dom
     )
