@@ -21,11 +21,11 @@ their keys are what clients send.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cacheproxy.core import usertag
+from cacheproxy.core import scopes, usertag
 from cacheproxy.core.headers import RequestView
 from cacheproxy.core.identity import Identity, IdentityResolver
 from cacheproxy.core.keys import cache_key
@@ -42,6 +42,13 @@ from cacheproxy.core.rules import Match, RuleSet
 
 ROUTE_MEMO_BYTES = 32 * 1024 * 1024
 KEY_MEMO_BYTES = 32 * 1024 * 1024
+SHARED_USER = "*shared"
+"""The user part of a shared entry's key: no identity's user (``name:``,
+``sun:``, ``cred:``) can spell it."""
+
+
+def _never_shared(rule: str) -> bool:
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +62,9 @@ class Route:
     cacheable: bool
     """The rule caches it, the target is canonical and not a delta
     (``update_time``)."""
+    query_per_user: bool = False
+    """The query makes the answer per user whatever the route's scope
+    (:func:`cacheproxy.core.scopes.query_forces_user`)."""
 
 
 @dataclass(slots=True)
@@ -71,6 +81,8 @@ class GetPlan:
     accept_encoding: bytes
     view: RequestView
     """The headers as forwarded: what identity and key were computed from."""
+    shared: bool = False
+    """The entry is one for every accepted credential (the route's scope)."""
 
 
 class Planner:
@@ -84,9 +96,12 @@ class Planner:
         *,
         route_bytes: int = ROUTE_MEMO_BYTES,
         key_bytes: int = KEY_MEMO_BYTES,
+        shared: Callable[[str], bool] = _never_shared,
     ) -> None:
         self.rules = rules
         self.resolver = resolver
+        self.shared = shared
+        """Whether a rule's scope is shared now (:class:`cacheproxy.http.sitescope.SiteScopes`)."""
         self._routes: ByteMemo[tuple[bytes, bytes], Route] = ByteMemo(route_bytes)
         self._keys: ByteMemo[tuple[bytes, bytes, bytes | None, str], tuple[bytes, Match]] = (
             ByteMemo(key_bytes)
@@ -118,16 +133,18 @@ class Planner:
         if identity is None:
             return route
         accept = view.accept
-        key_id = (raw_path, raw_query, accept, identity.user)
+        shared = not route.query_per_user and self.shared(route.match.name)
+        user = SHARED_USER if shared else identity.user
+        key_id = (raw_path, raw_query, accept, user)
         memo = self._keys.get(key_id)
         if memo is None:
             assert route.query is not None  # a cacheable route has a canonical query
-            key = cache_key(identity.user, "GET", route.segments, route.query, accept)
-            memo = (key, self._with_user_tag(route.match, identity.user))
-            size = len(raw_path) + len(raw_query) + len(accept or b"") + 2 * len(identity.user)
+            key = cache_key(user, "GET", route.segments, route.query, accept)
+            memo = (key, route.match if shared else self._with_user_tag(route.match, user))
+            size = len(raw_path) + len(raw_query) + len(accept or b"") + 2 * len(user)
             self._keys.put(key_id, memo, size + 200)
         key, match = memo
-        return GetPlan(route, match, identity, key, view.accept_encoding, view)
+        return GetPlan(route, match, identity, key, view.accept_encoding, view, shared)
 
     def _with_user_tag(self, match: Match, user: str) -> Match:
         """``match`` with the user's tag added to the entry's tags, so one bump
@@ -150,7 +167,9 @@ class Planner:
             and path_canonical(raw_path)
             and not any(k == b"update_time" for k, _ in query)
         )
-        route = Route(segments, query, match, cacheable)
+        route = Route(
+            segments, query, match, cacheable, scopes.query_forces_user(match.name, query)
+        )
         # (the route holds the target about three times: raw, decoded, parsed)
         self._routes.put((raw_path, raw_query), route, 3 * (len(raw_path) + len(raw_query)) + 300)
         return route

@@ -18,6 +18,7 @@ from cacheproxy.core.rules import RuleSet
 from cacheproxy.http.pipeline import Answer, Continue, Exchange, Outcome, Pipeline
 from cacheproxy.http.proxy import Proxy, ProxyConfig
 from cacheproxy.http.respond import Receive, Scope, Send
+from cacheproxy.http.sitescope import SiteScopes
 from cacheproxy.ops.adapter import AppReport
 from cacheproxy.ops.endpoints import own_endpoints, start_background, stop_background
 from cacheproxy.ops.paths import OWN_PREFIX
@@ -138,6 +139,9 @@ class CacheProxyApp:
             ),
             stats=self.stats,
             shared_store=shared,
+            scopes=SiteScopes(
+                self.rules.rules, private_data=s.private_data, slurm_conf=s.slurm_conf
+            ),
         )
         shared_part = getattr(store, "shared", store)
         check_server = getattr(shared_part, "check_server", None)

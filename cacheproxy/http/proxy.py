@@ -41,6 +41,7 @@ from cacheproxy.http.fill import Filler
 from cacheproxy.http.forward import Forwarder
 from cacheproxy.http.pipeline import Answer, Continue, Exchange, Outcome
 from cacheproxy.http.respond import Receive, Scope, Send
+from cacheproxy.http.sitescope import SiteScopes
 from cacheproxy.http.stale import flight_failed, send_stale
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry, Generations, Lookup, Store, StoreError
@@ -75,8 +76,12 @@ class Proxy:
         stats: Stats | None = None,
         clock: Callable[[], float] = time.time,
         shared_store: bool = False,
+        scopes: SiteScopes | None = None,
     ) -> None:
-        self.planner = Planner(rules, resolver)
+        self.scopes = scopes or SiteScopes(rules.rules)
+        """Each route's scope (every route per user unless the site's
+        ``PrivateData`` is configured)."""
+        self.planner = Planner(rules, resolver, shared=self.scopes.shared)
         self.store = store
         self.transport = transport
         self.resolver = resolver
