@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cacheproxy.core import compress, policy
+from cacheproxy.core import compress, policy, splice
 from cacheproxy.core.identity import Identity
 from cacheproxy.core.rules import Match
 from cacheproxy.store.base import Entry, Generations, Lookup
@@ -193,11 +193,22 @@ def to_store(
     max_entry_bytes: int,
     now: float,
     origin: float,
+    shared: bool = False,
 ) -> Store | None:
-    """Whether and how an answer is stored (None: it is not)."""
+    """Whether and how an answer is stored (None: it is not).
+
+    A shared entry keeps where its ``meta.client.source`` is (found now, once)
+    and no compressed copies: each requester gets its own source spliced into
+    the plain body, which costs a copy of the body, where a compressed copy
+    would have to be compressed again per answer.  An answer whose source
+    cannot be located with certainty is not stored as a shared entry."""
     if not shareable or not policy.response_storable(status, resp_headers, body, max_entry_bytes):
         return None
-    compressible = compress.compressible(policy.header_value(resp_headers, b"content-type"))
+    content_type = policy.header_value(resp_headers, b"content-type")
+    span = splice.source_span(body, content_type) if shared else None
+    if span == splice.UNSURE:
+        return None
+    compressible = span is None and compress.compressible(content_type)
     later = compressible and len(body) >= COMPRESS_INLINE_BELOW
     entry = Entry(
         status=status,
@@ -210,6 +221,7 @@ def to_store(
         stale_for=policy.keep_after_expiry(match),
         variants=(),
         origin=origin,
+        splice=span,
     )
     return Store(entry, compressible and not later, compressible and later)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from cacheproxy.core import compress, errors, headers, policy
+from cacheproxy.core import compress, errors, headers, policy, splice
 from cacheproxy.core.rules import Match
 from cacheproxy.http.coalesce import Flight
 from cacheproxy.http.respond import Response, Send, send_error
@@ -35,15 +35,23 @@ class AbortResponse(Exception):
     so the client sees a truncated response, never a complete-looking one."""
 
 
-def hit_response(entry: Entry, now: float, accept_encoding: bytes) -> Response:
+def hit_response(
+    entry: Entry, now: float, accept_encoding: bytes, source: bytes | None = None
+) -> Response:
     """A cached entry as the response to one client: the variant its
     ``Accept-Encoding`` takes, plus ``Cache-Status`` and ``Age``.  The body
-    is the stored object itself, never a copy."""
+    is the stored object itself, never a copy, except for a shared entry
+    given the requester's ``meta.client.source`` (``source``, a JSON string):
+    then the stored body with it spliced in."""
     ttl = max(0, int(entry.stored_at + entry.ttl - now))
     age = max(0, int(now - entry.stored_at))
     body = entry.body
     variant = compress.choose(accept_encoding, entry.variants) if entry.variants else None
-    if variant is None:
+    if entry.splice is not None and source is not None:
+        body = splice.spliced(body, entry.splice, source)
+        out = [(k, v) for k, v in entry.headers if k != b"content-length"]
+        out.append((b"content-length", b"%d" % len(body)))
+    elif variant is None:
         out = [*entry.headers]
     else:
         encoding, body = variant
@@ -69,13 +77,25 @@ _HIT_STATUS = [_hit_status(ttl) for ttl in range(_MADE)]
 _AGE = [(headers.AGE, b"%d" % age) for age in range(_MADE)]
 
 
-async def send_entry(send: Send, entry: Entry, now: float, accept_encoding: bytes = b"") -> None:
-    status, out, body = hit_response(entry, now, accept_encoding)
+async def send_entry(
+    send: Send, entry: Entry, now: float, accept_encoding: bytes = b"", source: bytes | None = None
+) -> None:
+    status, out, body = hit_response(entry, now, accept_encoding, source)
     await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_flight(send: Send, flight: Flight, match: Match, outcome: str, stats: Stats) -> None:
+async def send_flight(
+    send: Send,
+    flight: Flight,
+    match: Match,
+    outcome: str,
+    stats: Stats,
+    source: bytes | None = None,
+) -> None:
+    """Relay a flight's answer; a follower of a shared flight (``source``:
+    its own ``meta.client.source``) gets it spliced in (it awaited the whole
+    body already, :func:`cacheproxy.http.coalesce.flight_refused`)."""
     length = policy.content_length(flight.headers)
     small = length is not None and length < BUFFER_BODY_BELOW
     if small or flight.done:
@@ -95,8 +115,13 @@ async def send_flight(send: Send, flight: Flight, match: Match, outcome: str, st
         elif flight.stored:
             outcome += "; stored"
         body = flight.body()
+        out = [*flight.headers]
+        if source is not None and flight.splice is not None:
+            body = splice.spliced(body, flight.splice, source)
+            out = [(k, v) for k, v in out if k != b"content-length"]
+            out.append((b"content-length", b"%d" % len(body)))
         stats.requests[(match.name, outcome.split(";", 1)[0])] += 1
-        out = [*flight.headers, headers.cache_status(outcome)]
+        out.append(headers.cache_status(outcome))
         await send({"type": "http.response.start", "status": flight.status, "headers": out})
         await send({"type": "http.response.body", "body": body})
         return

@@ -126,6 +126,8 @@ class CacheProxyApp:
             store, shared = self._store, self._shared
         else:
             store, shared = build_store(s)
+        from cacheproxy.http.hardening import token_verifier  # (it imports this module)
+
         self.proxy = Proxy(
             rules=self.rules,
             store=store,
@@ -142,6 +144,7 @@ class CacheProxyApp:
             scopes=SiteScopes(
                 self.rules.rules, private_data=s.private_data, slurm_conf=s.slurm_conf
             ),
+            verifier=token_verifier(s),
         )
         shared_part = getattr(store, "shared", store)
         check_server = getattr(shared_part, "check_server", None)

@@ -45,6 +45,11 @@ class Flight:
         """True when slurmrestd confirmed a cached copy (update_time)."""
         self.from_peer = False
         """True when another replica fetched it and this one read the entry."""
+        self.shared = False
+        """The fetch fills a shared entry (set by the fetch)."""
+        self.splice: tuple[int, int] | None = None
+        """Where the body's ``meta.client.source`` is, once stored as a
+        shared entry (its followers get their own spliced in)."""
         self._head = asyncio.Event()
         self._done = asyncio.Event()
         self._changed = asyncio.Event()

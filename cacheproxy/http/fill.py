@@ -83,13 +83,17 @@ class Filler:
         key: bytes,
         accepted: bool,
         stale: Entry | None = None,
+        *,
+        shared: bool = False,
     ) -> None:
-        """The body of a flight: fetch once, share with every consumer, store.
+        """The body of a flight: fetch once, share with every consumer, store
+        (``shared``: as the one entry of every accepted credential).
 
         ``stale`` is an expired but still valid entry of a rule that
         revalidates with ``update_time``: slurmctld then only says whether the
         list changed, instead of building and sending it again.
         """
+        flight.shared = shared
         lease = False
         if self.shared and accepted:
             lease = await self._acquire_lease(key)
@@ -141,6 +145,7 @@ class Filler:
                 stale, stored_at=self.clock(), origin=sent_at, generations=flight.generations
             )
             await self._put(flight, key, renewed)
+            flight.splice = renewed.splice
             flight.revalidated = True
             flight.set_head(renewed.status, renewed.headers)
             flight.push(renewed.body)
@@ -245,9 +250,11 @@ class Filler:
             max_entry_bytes=self.max_entry_bytes,
             now=self.clock(),
             origin=sent_at,
+            shared=flight.shared,
         )
         if store is not None:
             entry = store.entry
+            flight.splice = entry.splice
             if store.compress_now:
                 entry = dataclasses.replace(entry, variants=_variants(body))
             await self._put(flight, key, entry)
@@ -310,6 +317,7 @@ class Filler:
             ):
                 flight.from_peer = True
                 flight.stored = True
+                flight.splice = entry.splice
                 flight.set_head(entry.status, entry.headers)
                 flight.push(entry.body)
                 flight.finish()

@@ -103,6 +103,9 @@ class TokenVerifier:
 
     def valid(self, token: bytes) -> bool:
         """True when ``token`` is signed by a configured key and not expired."""
+        return self._clock() < self._exp(token) + self.leeway
+
+    def _exp(self, token: bytes) -> float:
         digest = hmac.new(self._hmac_key, b"jwt\0" + token, hashlib.sha256).digest()
         exp = self._memo.get(digest)
         if exp is None:
@@ -110,7 +113,13 @@ class TokenVerifier:
             if len(self._memo) >= _MEMO_MAX:
                 self._memo.clear()
             self._memo[digest] = exp
-        return self._clock() < exp + self.leeway
+        return exp
+
+    def expiry(self, token: bytes) -> float | None:
+        """The ``exp`` of a token whose signature verifies (no leeway: the
+        caller compares it with its clock); None when it does not verify."""
+        exp = self._exp(token)
+        return None if exp == _INVALID else exp
 
     def proves(self, headers: Headers) -> bool:
         """True when the request carries a token and every token it carries

@@ -29,8 +29,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cacheproxy.core import decide, policy
-from cacheproxy.core.identity import IdentityResolver
+from cacheproxy.core import decide, policy, splice
+from cacheproxy.core.identity import BEARER, IdentityResolver, jwt_claims
+from cacheproxy.core.memo import ByteMemo
 from cacheproxy.core.plan import GetPlan, Planner, Route
 from cacheproxy.core.request import from_scope
 from cacheproxy.core.rules import Match, RuleSet
@@ -39,6 +40,7 @@ from cacheproxy.http.coalesce import Coalescer, flight_refused
 from cacheproxy.http.credentials import Credentials
 from cacheproxy.http.fill import Filler
 from cacheproxy.http.forward import Forwarder
+from cacheproxy.http.jwtcheck import TokenVerifier
 from cacheproxy.http.pipeline import Answer, Continue, Exchange, Outcome
 from cacheproxy.http.respond import Receive, Scope, Send
 from cacheproxy.http.sitescope import SiteScopes
@@ -46,6 +48,11 @@ from cacheproxy.http.stale import flight_failed, send_stale
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry, Generations, Lookup, Store, StoreError
 from cacheproxy.upstream.base import Transport, UpstreamError
+
+VERIFIED_MAX_BYTES = 4 * 1024 * 1024
+"""Bound of the memo of credentials the local JWT check verified."""
+LEGACY_VERSIONS = frozenset({"v0.0.36", "v0.0.37", "v0.0.38"})
+"""22.05's paths: its slurmrestd requires the name header and ignores Bearer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +84,16 @@ class Proxy:
         clock: Callable[[], float] = time.time,
         shared_store: bool = False,
         scopes: SiteScopes | None = None,
+        verifier: TokenVerifier | None = None,
     ) -> None:
         self.scopes = scopes or SiteScopes(rules.rules)
         """Each route's scope (every route per user unless the site's
         ``PrivateData`` is configured)."""
         self.planner = Planner(rules, resolver, shared=self.scopes.shared)
+        self.verifier = verifier
+        """The local JWT check, when configured: a credential it verifies may
+        read shared entries without slurmrestd's acceptance."""
+        self._verified: ByteMemo[bytes, float] = ByteMemo(VERIFIED_MAX_BYTES)
         self.store = store
         self.transport = transport
         self.resolver = resolver
@@ -188,15 +200,46 @@ class Proxy:
             self.stats.store_errors += 1  # the store logs once per episode
             found = decide.store_down(self.forwarder.local_writes)
         match = plan.match
-        decision = decide.on_lookup(match, plan.identity.credential, plan.key, found, self._clock())
+        now = self._clock()
+        if plan.shared and found.accepted_until <= now and self.verifier is not None:
+            until = self._verified_until(plan)
+            if until > now:
+                found = found._replace(accepted_until=until)
+        decision = decide.on_lookup(match, plan.identity.credential, plan.key, found, now)
         if isinstance(decision, decide.FreshHit):
             self.stats.requests[(match.name, "hit")] += 1
             ex.lane = "hit"
-            return hit_response(decision.entry, decision.now, plan.accept_encoding)
+            source = splice.source_value(ex.scope.get("client")) if plan.shared else None
+            return hit_response(decision.entry, decision.now, plan.accept_encoding, source)
         generations = tuple(found.generations)
         if isinstance(decision, decide.StaleWhileRevalidate):
             return self._then(self._stale_while_revalidate, ex.scope, plan, decision, generations)
         return self._then(self._fetch, ex.scope, plan, decision, generations)
+
+    def _verified_until(self, plan: GetPlan) -> float:
+        """Until when the local JWT check vouches for this credential (0.0:
+        it does not).  Never past the token's ``exp``; only for a request
+        every release accepts alike: the name header, when sent, names the
+        token's owner (else only a root or SlurmUser token is accepted), and
+        22.05's paths need the name and ignore ``Authorization``."""
+        identity = plan.identity
+        until = self._verified.get(identity.credential)
+        if until is not None:
+            return until
+        assert self.verifier is not None
+        view = plan.view
+        legacy = len(plan.route.segments) > 1 and plan.route.segments[1] in LEGACY_VERSIONS
+        token = view.token if identity.kind == "token" else (view.auth or b"")[len(BEARER) :]
+        until = 0.0
+        if token and not (legacy and (view.name is None or identity.kind != "token")):
+            exp = self.verifier.expiry(token)
+            claims = jwt_claims(token) or {}
+            owner = claims.get("sun", claims.get("username"))
+            name_ok = view.name is None or view.name.decode("latin-1") == owner
+            if exp is not None and name_ok:
+                until = exp
+        self._verified.put(identity.credential, until, len(identity.credential) + 32)
+        return until
 
     @staticmethod
     def _then(step: Callable[..., Awaitable[None]], *args: Any) -> Continue:
@@ -232,9 +275,11 @@ class Proxy:
                 key,
                 generations,
                 identity.credential,
-                lambda f: self.fill.fetch(f, req, match, identity, key, True, revalidate),
+                lambda f: self.fill.fetch(
+                    f, req, match, identity, key, True, revalidate, shared=plan.shared
+                ),
             )
-        await self._send_stale(send, swr.entry, match, "stale-while-revalidate", plan)
+        await self._send_stale(send, swr.entry, match, "stale-while-revalidate", plan, scope)
 
     async def _fetch(
         self,
@@ -261,7 +306,9 @@ class Proxy:
                 fetch.flight_key,
                 generations,
                 identity.credential,
-                lambda f: self.fill.fetch(f, req, match, identity, key, accepted, revalidate),
+                lambda f: self.fill.fetch(
+                    f, req, match, identity, key, accepted, revalidate, shared=plan.shared
+                ),
             )
         else:
             self.stats.coalesced += 1
@@ -270,7 +317,7 @@ class Proxy:
         except UpstreamError as exc:
             instead = decide.on_flight_error(fetch)
             if isinstance(instead, decide.ServeStale):
-                await self._send_stale(send, instead.entry, match, "stale-if-error", plan)
+                await self._send_stale(send, instead.entry, match, "stale-if-error", plan, scope)
                 return
             self.stats.requests[(match.name, "error")] += 1
             await send_upstream_error(send, exc, outcome, self.stats)
@@ -283,13 +330,17 @@ class Proxy:
             req = from_scope(scope, (plan.route.segments, plan.route.query), plan.view)
             await self._forward(req, match, None, send, "fwd=miss")
         elif isinstance(then, decide.ServeStale):
-            await self._send_stale(send, then.entry, match, "stale-if-error", plan)
+            await self._send_stale(send, then.entry, match, "stale-if-error", plan, scope)
         else:
-            await send_flight(send, flight, match, outcome, self.stats)
+            source = None
+            if plan.shared and not led:
+                source = splice.source_value(scope.get("client"))
+            await send_flight(send, flight, match, outcome, self.stats, source)
 
     async def _send_stale(
-        self, send: Send, entry: Entry, match: Match, reason: str, plan: GetPlan
+        self, send: Send, entry: Entry, match: Match, reason: str, plan: GetPlan, scope: Scope
     ) -> None:
+        source = splice.source_value(scope.get("client")) if plan.shared else None
         await send_stale(
-            send, entry, match, reason, plan.accept_encoding, self._clock(), self.stats
+            send, entry, match, reason, plan.accept_encoding, self._clock(), self.stats, source
         )

@@ -46,7 +46,9 @@ def test_jobs_word_keeps_the_job_routes_per_user_and_shares_the_rest() -> None:
 
 def test_union_of_words_and_all() -> None:
     site = SiteScopes(RULES, private_data="jobs,Nodes")
-    assert not site.shared("jobs") and not site.shared("node") and site.shared("db-qos")
+    assert not site.shared("jobs")
+    assert not site.shared("node")
+    assert site.shared("db-qos")
     everything = SiteScopes(RULES, private_data="all")
     assert {n for n in CACHED if everything.shared(n)} == {
         n for n, g in scopes.GOVERNED_BY.items() if not g.words
@@ -64,7 +66,8 @@ def test_demote_turns_a_route_back_to_per_user() -> None:
     site = SiteScopes(RULES, private_data="none")
     assert site.shared("jobs")
     site.demote("jobs")
-    assert not site.shared("jobs") and site.shared("nodes")
+    assert not site.shared("jobs")
+    assert site.shared("nodes")
     assert any(d["route"] == "jobs" and "demoted" in d["why"] for d in site.describe())
 
 
@@ -73,14 +76,16 @@ def test_slurm_conf_read_at_start_and_when_it_changes(tmp_path: Path) -> None:
     conf.write_text("ClusterName=c\n# PrivateData=all\nPrivateData=jobs SlurmUser=slurm\n")
     now = [0.0]
     site = SiteScopes(RULES, slurm_conf=str(conf), clock=lambda: now[0])
-    assert not site.shared("jobs") and site.shared("nodes")
+    assert not site.shared("jobs")
+    assert site.shared("nodes")
     # slurmdbd.conf's PrivateData is unknown: the slurmdb routes stay per user.
     assert not site.shared("db-qos")
     conf.write_text("ClusterName=c\nPrivateData=nodes,partitions\n")
     os.utime(conf, ns=(10**18, 10**18))
     assert site.shared("nodes")  # (not looked at again within the second)
     now[0] = 2.0
-    assert site.shared("jobs") and not site.shared("nodes")
+    assert site.shared("jobs")
+    assert not site.shared("nodes")
     conf.unlink()
     now[0] = 4.0
     assert not site.shared("jobs")  # unreadable: unknown, per user
@@ -90,7 +95,9 @@ def test_setting_and_slurm_conf_union(tmp_path: Path) -> None:
     conf = tmp_path / "slurm.conf"
     conf.write_text("PrivateData=nodes\n")
     site = SiteScopes(RULES, private_data="jobs", slurm_conf=str(conf))
-    assert not site.shared("jobs") and not site.shared("nodes") and site.shared("db-qos")
+    assert not site.shared("jobs")
+    assert not site.shared("nodes")
+    assert site.shared("db-qos")
 
 
 def test_slurm_conf_value_parsing() -> None:
