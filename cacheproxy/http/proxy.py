@@ -36,13 +36,13 @@ from cacheproxy.core.plan import GetPlan, Planner, Route
 from cacheproxy.core.request import from_scope
 from cacheproxy.core.rules import Match, RuleSet
 from cacheproxy.http.answer import hit_response, send_flight, send_upstream_error
-from cacheproxy.http.coalesce import Coalescer, flight_refused
+from cacheproxy.http.coalesce import Coalescer, Flight, flight_refused
 from cacheproxy.http.credentials import Credentials
 from cacheproxy.http.fill import Filler
 from cacheproxy.http.forward import Forwarder
 from cacheproxy.http.jwtcheck import TokenVerifier
 from cacheproxy.http.pipeline import Answer, Continue, Exchange, Outcome
-from cacheproxy.http.respond import Receive, Scope, Send
+from cacheproxy.http.respond import Receive, Scope, Send, send_response
 from cacheproxy.http.sitescope import SiteScopes
 from cacheproxy.http.stale import flight_failed, send_stale
 from cacheproxy.stats import Stats
@@ -94,6 +94,10 @@ class Proxy:
         """The local JWT check, when configured: a credential it verifies may
         read shared entries without slurmrestd's acceptance."""
         self._verified: ByteMemo[bytes, float] = ByteMemo(VERIFIED_MAX_BYTES)
+        self._proving: dict[bytes, Flight] = {}
+        """credential hash -> the fetch of a shared route that is proving it
+        to slurmrestd (the credential's first miss): its other requests
+        wait for that verdict instead of each asking slurmrestd."""
         self.store = store
         self.transport = transport
         self.resolver = resolver
@@ -191,7 +195,9 @@ class Proxy:
             return self._decided(ex, plan, None)
         return self._decided(ex, plan, found)
 
-    def _decided(self, ex: Exchange, plan: GetPlan, found: Lookup | None) -> Answer:
+    def _decided(
+        self, ex: Exchange, plan: GetPlan, found: Lookup | None, wait_proof: bool = True
+    ) -> Answer:
         """Carries out :func:`decide.on_lookup`'s decision (``found`` None: the
         store could not answer)."""
         if found is None:
@@ -214,7 +220,32 @@ class Proxy:
         generations = tuple(found.generations)
         if isinstance(decision, decide.StaleWhileRevalidate):
             return self._then(self._stale_while_revalidate, ex.scope, plan, decision, generations)
+        if plan.shared and not decision.accepted and wait_proof:
+            proving = self._proving.get(plan.identity.credential)
+            if proving is not None and not proving.done:
+                return self._then(self._after_proof, ex, plan, proving)
         return self._then(self._fetch, ex.scope, plan, decision, generations)
+
+    async def _after_proof(
+        self, ex: Exchange, plan: GetPlan, proving: Flight, receive: Receive, send: Send
+    ) -> None:
+        """Another request with this credential is asking slurmrestd, which
+        will accept or refuse it: wait for that verdict, then decide again (a
+        shared hit once accepted; upstream as this user otherwise).  A
+        credential's first miss is its proof: no other call.  (A flight
+        always ends, within the upstream's timeouts.)"""
+        await proving.wait_done()
+        try:
+            found: Lookup | None = await self.store.lookup(
+                plan.key, plan.match.tags, plan.identity.credential
+            )
+        except StoreError:
+            found = None
+        answer = self._decided(ex, plan, found, wait_proof=False)
+        if isinstance(answer, Continue):
+            await answer.run(receive, send)
+        else:
+            await send_response(send, answer)
 
     def _verified_until(self, plan: GetPlan) -> float:
         """Until when the local JWT check vouches for this credential (0.0:
@@ -310,6 +341,9 @@ class Proxy:
                     f, req, match, identity, key, accepted, revalidate, shared=plan.shared
                 ),
             )
+            if plan.shared and not accepted:
+                self._proving[identity.credential] = flight
+                flight.on_done(lambda: self._proved(identity.credential, flight))
         else:
             self.stats.coalesced += 1
         try:
@@ -336,6 +370,10 @@ class Proxy:
             if plan.shared and not led:
                 source = splice.source_value(scope.get("client"))
             await send_flight(send, flight, match, outcome, self.stats, source)
+
+    def _proved(self, credential: bytes, flight: Flight) -> None:
+        if self._proving.get(credential) is flight:
+            del self._proving[credential]
 
     async def _send_stale(
         self, send: Send, entry: Entry, match: Match, reason: str, plan: GetPlan, scope: Scope
