@@ -24,6 +24,7 @@ quarters of the hit path's throughput.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from cacheproxy.core.plan import GetPlan, Planner, Route
 from cacheproxy.core.request import from_scope
 from cacheproxy.core.rules import Match, RuleSet
 from cacheproxy.http.answer import hit_response, send_flight, send_upstream_error
-from cacheproxy.http.coalesce import Coalescer, Flight, flight_refused
+from cacheproxy.http.coalesce import Coalescer, flight_refused
 from cacheproxy.http.credentials import Credentials
 from cacheproxy.http.fill import Filler
 from cacheproxy.http.forward import Forwarder
@@ -94,7 +95,7 @@ class Proxy:
         """The local JWT check, when configured: a credential it verifies may
         read shared entries without slurmrestd's acceptance."""
         self._verified: ByteMemo[bytes, float] = ByteMemo(VERIFIED_MAX_BYTES)
-        self._proving: dict[bytes, Flight] = {}
+        self._proving: dict[bytes, asyncio.Event] = {}
         """credential hash -> the fetch of a shared route that is proving it
         to slurmrestd (the credential's first miss): its other requests
         wait for that verdict instead of each asking slurmrestd."""
@@ -220,21 +221,24 @@ class Proxy:
         generations = tuple(found.generations)
         if isinstance(decision, decide.StaleWhileRevalidate):
             return self._then(self._stale_while_revalidate, ex.scope, plan, decision, generations)
+        proof = None
         if plan.shared and not decision.accepted and wait_proof:
-            proving = self._proving.get(plan.identity.credential)
-            if proving is not None and not proving.done:
+            credential = plan.identity.credential
+            proving = self._proving.get(credential)
+            if proving is not None:
                 return self._then(self._after_proof, ex, plan, proving)
-        return self._then(self._fetch, ex.scope, plan, decision, generations)
+            proof = self._proving[credential] = asyncio.Event()
+        return self._then(self._fetch, ex.scope, plan, decision, generations, proof)
 
     async def _after_proof(
-        self, ex: Exchange, plan: GetPlan, proving: Flight, receive: Receive, send: Send
+        self, ex: Exchange, plan: GetPlan, proving: asyncio.Event, receive: Receive, send: Send
     ) -> None:
         """Another request with this credential is asking slurmrestd, which
         will accept or refuse it: wait for that verdict, then decide again (a
         shared hit once accepted; upstream as this user otherwise).  A
         credential's first miss is its proof: no other call.  (A flight
         always ends, within the upstream's timeouts.)"""
-        await proving.wait_done()
+        await proving.wait()
         try:
             found: Lookup | None = await self.store.lookup(
                 plan.key, plan.match.tags, plan.identity.credential
@@ -318,10 +322,28 @@ class Proxy:
         plan: GetPlan,
         fetch: decide.Fetch,
         generations: Generations,
+        proof: asyncio.Event | None,
         receive: Receive,
         send: Send,
     ) -> None:
-        """Join the key's flight, or start it; then what :func:`decide.after_flight` says."""
+        """Join the key's flight, or start it; then what :func:`decide.after_flight`
+        says.  ``proof``: this request proves its credential to slurmrestd
+        (its first miss on a shared route): set once the flight is done."""
+        try:
+            await self._fetch_flight(scope, plan, fetch, generations, proof, send)
+        finally:
+            if proof is not None and not proof.is_set():
+                self._proved(plan.identity.credential, proof)
+
+    async def _fetch_flight(
+        self,
+        scope: Scope,
+        plan: GetPlan,
+        fetch: decide.Fetch,
+        generations: Generations,
+        proof: asyncio.Event | None,
+        send: Send,
+    ) -> None:
         match, identity, key = plan.match, plan.identity, plan.key
         if fetch.forget_credential:
             self.credentials.forget(identity.credential)
@@ -341,11 +363,10 @@ class Proxy:
                     f, req, match, identity, key, accepted, revalidate, shared=plan.shared
                 ),
             )
-            if plan.shared and not accepted:
-                self._proving[identity.credential] = flight
-                flight.on_done(lambda: self._proved(identity.credential, flight))
         else:
             self.stats.coalesced += 1
+        if proof is not None:
+            flight.on_done(lambda: self._proved(identity.credential, proof))
         try:
             await flight.wait_head()
         except UpstreamError as exc:
@@ -371,8 +392,10 @@ class Proxy:
                 source = splice.source_value(scope.get("client"))
             await send_flight(send, flight, match, outcome, self.stats, source)
 
-    def _proved(self, credential: bytes, flight: Flight) -> None:
-        if self._proving.get(credential) is flight:
+    def _proved(self, credential: bytes, proof: asyncio.Event) -> None:
+        """The credential's proof is in (accepted, refused, or failed)."""
+        proof.set()
+        if self._proving.get(credential) is proof:
             del self._proving[credential]
 
     async def _send_stale(
