@@ -79,6 +79,9 @@ class Fetch:
     ``update_time`` instead of the whole list (:class:`Revalidate`'s case)."""
     fallback: Entry | None
     """An expired copy that may stand in if upstream fails (stale-if-error)."""
+    refresh: bool = True
+    """Store the answer (False: a fresh, valid entry is there already and
+    this fetch, of a credential not yet accepted, only proves it)."""
 
     @property
     def forget_credential(self) -> bool:
@@ -120,7 +123,10 @@ def on_lookup(
         return StaleWhileRevalidate(fallback, stale)
     if accepted:
         return Fetch(key, key + credential, True, stale, fallback)
-    return Fetch(key + credential, None, False, stale, fallback)
+    fresh = (
+        entry is not None and entry.is_fresh(now) and entry.is_valid(match.tags, found.generations)
+    )
+    return Fetch(key + credential, None, False, stale, fallback, refresh=not fresh)
 
 
 # -- after the flight ---------------------------------------------------------

@@ -47,6 +47,9 @@ class Flight:
         """True when another replica fetched it and this one read the entry."""
         self.shared = False
         """The fetch fills a shared entry (set by the fetch)."""
+        self.refresh = True
+        """The fetch stores its answer (False: it only proves a credential
+        while a fresh entry is there; set by the fetch)."""
         self.splice: tuple[int, int] | None = None
         """Where the body's ``meta.client.source`` is, once stored as a
         shared entry (its followers get their own spliced in)."""

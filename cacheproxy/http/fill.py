@@ -85,6 +85,7 @@ class Filler:
         stale: Entry | None = None,
         *,
         shared: bool = False,
+        refresh: bool = True,
     ) -> None:
         """The body of a flight: fetch once, share with every consumer, store
         (``shared``: as the one entry of every accepted credential).
@@ -94,6 +95,7 @@ class Filler:
         list changed, instead of building and sending it again.
         """
         flight.shared = shared
+        flight.refresh = refresh
         lease = False
         if self.shared and accepted:
             lease = await self._acquire_lease(key)
@@ -240,17 +242,21 @@ class Filler:
         sent_at: float,
     ) -> None:
         """Store the flight's response as :func:`decide.to_store` says, then end the flight."""
-        store = decide.to_store(
-            status,
-            resp_headers,
-            body,
-            match,
-            flight.generations,
-            shareable=flight.shareable,
-            max_entry_bytes=self.max_entry_bytes,
-            now=self.clock(),
-            origin=sent_at,
-            shared=flight.shared,
+        store = (
+            None
+            if not flight.refresh
+            else decide.to_store(
+                status,
+                resp_headers,
+                body,
+                match,
+                flight.generations,
+                shareable=flight.shareable,
+                max_entry_bytes=self.max_entry_bytes,
+                now=self.clock(),
+                origin=sent_at,
+                shared=flight.shared,
+            )
         )
         if store is not None:
             entry = store.entry

@@ -354,13 +354,21 @@ class Proxy:
         if flight is None:
             outcome = "fwd=miss"
             req = from_scope(scope, (plan.route.segments, plan.route.query), plan.view)
-            accepted, revalidate = fetch.accepted, fetch.revalidate
+            accepted, revalidate, refresh = fetch.accepted, fetch.revalidate, fetch.refresh
             flight = self.coalescer.start(
                 fetch.flight_key,
                 generations,
                 identity.credential,
                 lambda f: self.fill.fetch(
-                    f, req, match, identity, key, accepted, revalidate, shared=plan.shared
+                    f,
+                    req,
+                    match,
+                    identity,
+                    key,
+                    accepted,
+                    revalidate,
+                    shared=plan.shared,
+                    refresh=refresh,
                 ),
             )
         else:
