@@ -104,8 +104,7 @@ def _check_hardening_files(s: Settings) -> None:
     import ssl
 
     from cacheproxy.http import tls
-    from cacheproxy.http.hardening import token_verifier
-    from cacheproxy.http.jwtcheck import JwtConfigError
+    from cacheproxy.http.jwtcheck import JwtConfigError, token_verifier
 
     if s.tls_cert:
         try:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from cacheproxy.core.identity import IdentityResolver
 from cacheproxy.core.rules import RuleSet
+from cacheproxy.http.jwtcheck import token_verifier
 from cacheproxy.http.pipeline import Answer, Continue, Exchange, Outcome, Pipeline
 from cacheproxy.http.proxy import Proxy, ProxyConfig
 from cacheproxy.http.respond import Receive, Scope, Send
@@ -126,8 +127,6 @@ class CacheProxyApp:
             store, shared = self._store, self._shared
         else:
             store, shared = build_store(s)
-        from cacheproxy.http.hardening import token_verifier  # (it imports this module)
-
         self.proxy = Proxy(
             rules=self.rules,
             store=store,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import sys
 from typing import Any
 
@@ -34,24 +33,11 @@ from cacheproxy.http import httplimits, tls
 from cacheproxy.http.accesslog import AccessLog, RequestContext
 from cacheproxy.http.app import SETTINGS_ENV, CacheProxyApp
 from cacheproxy.http.guard import AuthGuard, IsAccepted
-from cacheproxy.http.jwtcheck import JwtCheck, TokenVerifier, load_hs256_key, load_jwks
+from cacheproxy.http.jwtcheck import JwtCheck, token_verifier
 from cacheproxy.http.localauth import RequireToken, refuses_uncredentialed
 from cacheproxy.http.pipeline import Pipeline, Step
 from cacheproxy.settings import Settings, trusted_proxies
 from cacheproxy.upstream.base import Headers
-
-
-def token_verifier(s: Settings) -> TokenVerifier | None:
-    """The local JWT verifier, or None when not configured (raises
-    :class:`~cacheproxy.http.jwtcheck.JwtConfigError` on unusable files)."""
-    if not (s.jwt_key or s.jwks_file):
-        return None
-    return TokenVerifier(
-        hmac_key=secrets.token_bytes(32),
-        hs256_key=load_hs256_key(s.jwt_key) if s.jwt_key else None,
-        jwks=load_jwks(s.jwks_file) if s.jwks_file else None,
-        leeway=s.jwt_leeway,
-    )
 
 
 def acceptance_check(app: CacheProxyApp) -> IsAccepted:

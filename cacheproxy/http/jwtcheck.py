@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import secrets
 import time
 import warnings
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from cacheproxy.core.identity import AUTHORIZATION, USER_TOKEN
 from cacheproxy.http.pipeline import BaseStep, Exchange
 from cacheproxy.http.respond import Response, auth_failure
 from cacheproxy.ops.paths import OWN_PREFIX
+from cacheproxy.settings import Settings
 from cacheproxy.stats import Stats
 from cacheproxy.upstream.base import Headers
 
@@ -189,3 +191,16 @@ class JwtCheck(BaseStep):
                 self.stats.jwt_rejected += 1
                 return auth_failure("jwt-refused")
         return None
+
+
+def token_verifier(s: Settings) -> TokenVerifier | None:
+    """The local JWT verifier, or None when not configured (raises
+    :class:`~cacheproxy.http.jwtcheck.JwtConfigError` on unusable files)."""
+    if not (s.jwt_key or s.jwks_file):
+        return None
+    return TokenVerifier(
+        hmac_key=secrets.token_bytes(32),
+        hs256_key=load_hs256_key(s.jwt_key) if s.jwt_key else None,
+        jwks=load_jwks(s.jwks_file) if s.jwks_file else None,
+        leeway=s.jwt_leeway,
+    )
