@@ -118,7 +118,32 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     except RuleError as exc:
         print(f"cacheproxy: invalid rules: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps([r.describe() for r in rules.rules], indent=2))
+    from cacheproxy.http.sitescope import SiteScopes
+
+    private = args.private_data
+    if private is None:
+        private = os.environ.get(ENV_PREFIX + "PRIVATE_DATA", "")
+    conf = args.slurm_conf
+    if conf is None:
+        conf = os.environ.get(ENV_PREFIX + "SLURM_CONF", "")
+    try:
+        described = {
+            d["route"]: d
+            for d in SiteScopes(rules.rules, private_data=private, slurm_conf=conf).describe()
+        }
+    except ValueError as exc:
+        print(f"cacheproxy: private_data: {exc}", file=sys.stderr)
+        return 1
+    out = []
+    for rule in rules.rules:
+        desc = rule.describe()
+        scoped = described.get(rule.name)
+        if scoped is not None:
+            desc["scope"], desc["scope_why"] = scoped["scope"], scoped["why"]
+        out.append(desc)
+    print(json.dumps(out, indent=2))
+    for d in described.values():
+        print(f"{d['route']:<18} {d['scope']:<7} {d['why']}", file=sys.stderr)
     print(f"{args.file}: {len(rules.rules)} rules OK", file=sys.stderr)
     return 0
 
@@ -172,6 +197,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="FILE",
         help="dry run of serve's start: the settings (this file, or "
         f"{SETTINGS_FILE_ENV}, and the environment), the rules and every file they name",
+    )
+    c.add_argument(
+        "--private-data",
+        default=None,
+        help="the site's PrivateData words, to print each route's scope "
+        f"[env {ENV_PREFIX}PRIVATE_DATA]",
+    )
+    c.add_argument(
+        "--slurm-conf",
+        default=None,
+        help=f"read PrivateData from this slurm.conf [env {ENV_PREFIX}SLURM_CONF]",
     )
     sub.add_parser("simulate", help="run the slurmrestd simulator (see: simulate --help)")
     sub.add_parser("bench", help="run the benchmark (see: bench --help)")

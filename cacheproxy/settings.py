@@ -119,6 +119,16 @@ class Settings(BaseSettings):
     jwt_key: str = _opt("", "verify tokens locally with this HS256 key file (jwt_hs256.key)")
     jwks_file: str = _opt("", "verify tokens locally with the RS256 keys in this JWKS file")
     jwt_leeway: float = _opt(5.0, "seconds of clock skew allowed on a token's exp")
+    # -- shared views (docs/scopes.md) ----------------------------------------
+    private_data: str = _opt(
+        "",
+        "the site's PrivateData: the words of slurm.conf's and slurmdbd.conf's, comma-separated "
+        "(their union), or none; routes no word hides are cached once for every accepted user "
+        "(empty, with no --slurm-conf: every route per user)",
+    )
+    slurm_conf: str = _opt(
+        "", "read slurm.conf's PrivateData from this file, at start and when it changes"
+    )
     upstream_concurrency: int = _opt(
         16, "requests in flight to slurmrestd at once (below its 20 threads, 124 connections)"
     )
@@ -346,8 +356,26 @@ def validate(s: Settings) -> None:
         if getattr(s, name) < 0:
             raise SettingsError(f"{name} must be >= 0")
     trusted_proxies(s.forwarded_allow_ips)
+    _check_private_data(s)
     if s.tls_key and not s.tls_cert:
         raise SettingsError("tls_key needs tls_cert")
     if s.workers > 1 and not s.redis_url:
         # Allowed, but every worker then caches alone: see the README.
         pass
+
+
+def _check_private_data(s: Settings) -> None:
+    from cacheproxy.core import privatedata
+
+    try:
+        privatedata.parse(s.private_data)
+    except ValueError as exc:
+        raise SettingsError(f"private_data: {exc}") from None
+    if s.slurm_conf:
+        try:
+            with open(s.slurm_conf, encoding="utf-8", errors="replace") as f:
+                privatedata.parse(privatedata.slurm_conf_value(f.read()) or "")
+        except OSError as exc:
+            raise SettingsError(f"slurm_conf: {s.slurm_conf}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise SettingsError(f"slurm_conf: {s.slurm_conf}: PrivateData: {exc}") from None

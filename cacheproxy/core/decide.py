@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cacheproxy.core import compress, policy
+from cacheproxy.core import compress, policy, splice
 from cacheproxy.core.identity import Identity
 from cacheproxy.core.rules import Match
 from cacheproxy.store.base import Entry, Generations, Lookup
@@ -81,6 +81,9 @@ class Fetch:
     ``update_time`` instead of the whole list (:class:`Revalidate`'s case)."""
     fallback: Entry | None
     """An expired copy that may stand in if upstream fails (stale-if-error)."""
+    refresh: bool = True
+    """Store the answer (False: a fresh, valid entry is there already and
+    this fetch, of a credential not yet accepted, only proves it)."""
 
     @property
     def forget_credential(self) -> bool:
@@ -122,7 +125,10 @@ def on_lookup(
         return StaleWhileRevalidate(fallback, stale)
     if accepted:
         return Fetch(key, key + credential, True, stale, fallback)
-    return Fetch(key + credential, None, False, stale, fallback)
+    fresh = (
+        entry is not None and entry.is_fresh(now) and entry.is_valid(match.tags, found.generations)
+    )
+    return Fetch(key + credential, None, False, stale, fallback, refresh=not fresh)
 
 
 # -- after the flight ---------------------------------------------------------
@@ -195,11 +201,22 @@ def to_store(
     max_entry_bytes: int,
     now: float,
     origin: float,
+    shared: bool = False,
 ) -> Store | None:
-    """Whether and how an answer is stored (None: it is not)."""
+    """Whether and how an answer is stored (None: it is not).
+
+    A shared entry keeps where its ``meta.client.source`` is (found now, once)
+    and, for its compressed answers, gzip parts around it instead of whole
+    copies (:mod:`cacheproxy.core.splice`): each answer splices the
+    requester's own in, nothing is compressed again.  An answer whose source
+    cannot be located with certainty is not stored as a shared entry."""
     if not shareable or not policy.response_storable(status, resp_headers, body, max_entry_bytes):
         return None
-    compressible = compress.compressible(policy.header_value(resp_headers, b"content-type"))
+    content_type = policy.header_value(resp_headers, b"content-type")
+    span = splice.source_span(body, content_type) if shared else None
+    if span == splice.UNSURE:
+        return None
+    compressible = compress.compressible(content_type)
     later = compressible and len(body) >= COMPRESS_INLINE_BELOW
     entry = Entry(
         status=status,
@@ -212,6 +229,7 @@ def to_store(
         stale_for=policy.keep_after_expiry(match),
         variants=(),
         origin=origin,
+        splice=span,
     )
     return Store(entry, compressible and not later, compressible and later)
 

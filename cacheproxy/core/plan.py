@@ -21,7 +21,7 @@ their keys are what clients send.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,13 @@ from cacheproxy.core.rules import Match, RuleSet
 
 ROUTE_MEMO_BYTES = 32 * 1024 * 1024
 PLAN_MEMO_BYTES = 32 * 1024 * 1024
+SHARED_USER = "*shared"
+"""The user part of a shared entry's key: no identity's user (``name:``,
+``sun:``, ``cred:``) can spell it."""
+
+
+def _never_shared(rule: str) -> bool:
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,8 @@ class GetPlan:
     accept_encoding: bytes
     view: RequestView
     """The headers as forwarded: what identity and key were computed from."""
+    shared: bool = False
+    """The entry is one for every accepted credential (the route's scope)."""
 
 
 class Planner:
@@ -78,9 +87,12 @@ class Planner:
         max_url_bytes: int,
         route_bytes: int = ROUTE_MEMO_BYTES,
         plan_bytes: int = PLAN_MEMO_BYTES,
+        shared: Callable[[str], bool] = _never_shared,
     ) -> None:
         self.resolver = resolver
         self.max_url_bytes = max_url_bytes
+        self.shared = shared
+        """Whether a rule's scope is shared now (:class:`cacheproxy.http.sitescope.SiteScopes`)."""
         self._memo_bytes = (route_bytes, plan_bytes)
         self.rules = rules
 
@@ -96,9 +108,9 @@ class Planner:
         route_bytes, plan_bytes = self._memo_bytes
         self._routes: ByteMemo[tuple[bytes, bytes], Route] = ByteMemo(route_bytes)
         self._plans: ByteMemo[
-            tuple[bytes, bytes, bytes | None, bytes], tuple[Identity, bytes, Match]
+            tuple[bytes, bytes, bytes | None, bytes, bool], tuple[Identity, bytes, Match]
         ] = ByteMemo(plan_bytes)
-        """(target, Accept, credential hash) -> what a GET's plan adds to its
+        """(target, Accept, credential hash, shared now) -> what a GET's plan adds to its
         route: with the route's, two memo reads per hit (the identity memo is
         read only when this one has no entry)."""
 
@@ -132,17 +144,20 @@ class Planner:
         if credential is None:
             return route
         accept = view.accept
-        plan_id = (raw_path, raw_query, accept, credential)
+        shared = self.shared(route.match.name)
+        plan_id = (raw_path, raw_query, accept, credential, shared)
         memo = self._plans.get(plan_id)
         if memo is None:
             identity = self.resolver.identity(credential, name, token, auth)
             assert route.query is not None  # a cacheable route has a canonical query
-            key = cache_key(identity.user, "GET", route.segments, route.query, accept)
-            memo = (identity, key, self._with_user_tag(route.match, identity.user))
+            user = SHARED_USER if shared else identity.user
+            key = cache_key(user, "GET", route.segments, route.query, accept)
+            match = route.match if shared else self._with_user_tag(route.match, user)
+            memo = (identity, key, match)
             size = len(raw_path) + len(raw_query) + len(accept or b"") + 2 * len(identity.user)
             self._plans.put(plan_id, memo, size + len(credential) + 300)
         identity, key, match = memo
-        return GetPlan(route, match, identity, key, view.accept_encoding, view)
+        return GetPlan(route, match, identity, key, view.accept_encoding, view, shared)
 
     def _with_user_tag(self, match: Match, user: str) -> Match:
         """``match`` with the user's tag added to the entry's tags, so one bump

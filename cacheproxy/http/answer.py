@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from cacheproxy.core import compress, errors, headers, policy
+from cacheproxy.core import compress, errors, headers, policy, splice
 from cacheproxy.core.rules import Match
 from cacheproxy.http.coalesce import Flight
 from cacheproxy.http.respond import Response, Send, send_error
@@ -35,17 +35,32 @@ class AbortResponse(Exception):
     so the client sees a truncated response, never a complete-looking one."""
 
 
-def hit_response(entry: Entry, now: float, accept_encoding: bytes) -> Response:
+def hit_response(
+    entry: Entry, now: float, accept_encoding: bytes, source: bytes | None = None
+) -> Response:
     """A cached entry as the response to one client: the variant its
     ``Accept-Encoding`` takes, plus ``Cache-Status`` and ``Age``.  The body
-    is the stored object itself, never a copy."""
+    is the stored object itself, never a copy, except for a shared entry
+    given the requester's ``meta.client.source`` (``source``, a JSON string):
+    then the stored body with it spliced in."""
     ttl = int(entry.stored_at + entry.ttl - now)
     age = int(now - entry.stored_at)
     status = _HIT_STATUS[ttl] if 0 <= ttl < _MADE else _hit_status(max(0, ttl))
     aged = _AGE[age] if 0 <= age < _MADE else (headers.AGE, b"%d" % max(0, age))
+    body = entry.body
+    if entry.splice is not None and source is not None:
+        out = [(k, v) for k, v in entry.headers if k != b"content-length"]
+        parts = _spliced_gzip_parts(entry, accept_encoding)
+        if parts is None:
+            body = splice.spliced(body, entry.splice, source)
+        else:
+            body = splice.spliced_gzip(body, entry.splice, parts, source)
+            out += [(b"content-encoding", b"gzip"), (b"vary", b"accept-encoding")]
+        out += [(b"content-length", b"%d" % len(body)), status, aged]
+        return entry.status, out, body
     variant = compress.choose(accept_encoding, entry.variants) if entry.variants else None
     if variant is None:
-        return entry.status, [*entry.headers, status, aged], entry.body
+        return entry.status, [*entry.headers, status, aged], body
     encoding, body = variant
     out = [(k, v) for k, v in entry.headers if k != b"content-length"]
     out += [
@@ -56,6 +71,16 @@ def hit_response(entry: Entry, now: float, accept_encoding: bytes) -> Response:
         aged,
     ]
     return entry.status, out, body
+
+
+def _spliced_gzip_parts(entry: Entry, accept_encoding: bytes) -> bytes | None:
+    """A shared entry's gzip parts, when the client takes gzip."""
+    if not accept_encoding or b"gzip" not in compress.accepted(accept_encoding):
+        return None
+    for name, data in entry.variants:
+        if name == splice.SPLICED_GZIP:
+            return data
+    return None
 
 
 def _hit_status(ttl: int) -> tuple[bytes, bytes]:
@@ -69,13 +94,25 @@ _HIT_STATUS = [_hit_status(ttl) for ttl in range(_MADE)]
 _AGE = [(headers.AGE, b"%d" % age) for age in range(_MADE)]
 
 
-async def send_entry(send: Send, entry: Entry, now: float, accept_encoding: bytes = b"") -> None:
-    status, out, body = hit_response(entry, now, accept_encoding)
+async def send_entry(
+    send: Send, entry: Entry, now: float, accept_encoding: bytes = b"", source: bytes | None = None
+) -> None:
+    status, out, body = hit_response(entry, now, accept_encoding, source)
     await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_flight(send: Send, flight: Flight, match: Match, outcome: str, stats: Stats) -> None:
+async def send_flight(
+    send: Send,
+    flight: Flight,
+    match: Match,
+    outcome: str,
+    stats: Stats,
+    source: bytes | None = None,
+) -> None:
+    """Relay a flight's answer; a follower of a shared flight (``source``:
+    its own ``meta.client.source``) gets it spliced in (it awaited the whole
+    body already, :func:`cacheproxy.http.coalesce.flight_refused`)."""
     length = policy.content_length(flight.headers)
     small = length is not None and length < BUFFER_BODY_BELOW
     if small or flight.done:
@@ -95,8 +132,13 @@ async def send_flight(send: Send, flight: Flight, match: Match, outcome: str, st
         elif flight.stored:
             outcome += "; stored"
         body = flight.body()
+        out = [*flight.headers]
+        if source is not None and flight.splice is not None:
+            body = splice.spliced(body, flight.splice, source)
+            out = [(k, v) for k, v in out if k != b"content-length"]
+            out.append((b"content-length", b"%d" % len(body)))
         stats.requests[(match.name, outcome.split(";", 1)[0])] += 1
-        out = [*flight.headers, headers.cache_status(outcome)]
+        out.append(headers.cache_status(outcome))
         await send({"type": "http.response.start", "status": flight.status, "headers": out})
         await send({"type": "http.response.body", "body": body})
         return

@@ -16,9 +16,11 @@ from urllib.parse import urlsplit
 
 from cacheproxy.core.identity import IdentityResolver
 from cacheproxy.core.rules import RuleSet
+from cacheproxy.http.jwtcheck import token_verifier
 from cacheproxy.http.pipeline import Answer, Continue, Exchange, Outcome, Pipeline
 from cacheproxy.http.proxy import Proxy, ProxyConfig
 from cacheproxy.http.respond import Receive, Scope, Send
+from cacheproxy.http.sitescope import SiteScopes
 from cacheproxy.ops.adapter import AppReport
 from cacheproxy.ops.endpoints import own_endpoints, start_background, stop_background
 from cacheproxy.ops.paths import OWN_PREFIX
@@ -148,6 +150,10 @@ class CacheProxyApp:
             ),
             stats=self.stats,
             shared_store=shared,
+            scopes=SiteScopes(
+                self.rules.rules, private_data=s.private_data, slurm_conf=s.slurm_conf
+            ),
+            verifier=token_verifier(s),
         )
         shared_part = getattr(store, "shared", store)
         check_server = getattr(shared_part, "check_server", None)

@@ -48,6 +48,14 @@ class Flight:
         """True when slurmrestd confirmed a cached copy (update_time)."""
         self.from_peer = False
         """True when another replica fetched it and this one read the entry."""
+        self.shared = False
+        """The fetch fills a shared entry (set by the fetch)."""
+        self.refresh = True
+        """The fetch stores its answer (False: it only proves a credential
+        while a fresh entry is there; set by the fetch)."""
+        self.splice: tuple[int, int] | None = None
+        """Where the body's ``meta.client.source`` is, once stored as a
+        shared entry (its followers get their own spliced in)."""
         self._head = asyncio.Event()
         self._done = asyncio.Event()
         self._changed = asyncio.Event()
@@ -55,6 +63,7 @@ class Flight:
         self._dropped = 0
         """Chunks already released (only while streaming an unshareable body)."""
         self._positions: dict[object, int] = {}
+        self._on_done: list[Callable[[], None]] = []
 
     # -- producer side (the fetch task) -------------------------------------
     def set_head(self, status: int, headers: Headers) -> None:
@@ -72,6 +81,16 @@ class Flight:
         self._head.set()
         self._done.set()
         self._wake()
+        callbacks, self._on_done = self._on_done, []
+        for callback in callbacks:
+            callback()
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the flight is done (at once if it is)."""
+        if self.done:
+            callback()
+        else:
+            self._on_done.append(callback)
 
     def fail(self, error: BaseException) -> None:
         self.error = error

@@ -83,13 +83,19 @@ class Filler:
         key: bytes,
         accepted: bool,
         stale: Entry | None = None,
+        *,
+        shared: bool = False,
+        refresh: bool = True,
     ) -> None:
-        """The body of a flight: fetch once, share with every consumer, store.
+        """The body of a flight: fetch once, share with every consumer, store
+        (``shared``: as the one entry of every accepted credential).
 
         ``stale`` is an expired but still valid entry of a rule that
         revalidates with ``update_time``: slurmctld then only says whether the
         list changed, instead of building and sending it again.
         """
+        flight.shared = shared
+        flight.refresh = refresh
         lease = False
         if self.shared and accepted:
             lease = await self._acquire_lease(key)
@@ -150,6 +156,7 @@ class Filler:
                 stale, stored_at=self.clock(), origin=sent_at, generations=flight.generations
             )
             await self._put(flight, key, renewed)
+            flight.splice = renewed.splice
             flight.revalidated = True
             flight.set_head(renewed.status, renewed.headers)
             flight.push(renewed.body)
@@ -253,21 +260,27 @@ class Filler:
         sent_at: float,
     ) -> None:
         """Store the flight's response as :func:`decide.to_store` says, then end the flight."""
-        store = decide.to_store(
-            status,
-            resp_headers,
-            body,
-            match,
-            flight.generations,
-            shareable=flight.shareable,
-            max_entry_bytes=self.max_entry_bytes,
-            now=self.clock(),
-            origin=sent_at,
+        store = (
+            None
+            if not flight.refresh
+            else decide.to_store(
+                status,
+                resp_headers,
+                body,
+                match,
+                flight.generations,
+                shareable=flight.shareable,
+                max_entry_bytes=self.max_entry_bytes,
+                now=self.clock(),
+                origin=sent_at,
+                shared=flight.shared,
+            )
         )
         if store is not None:
             entry = store.entry
+            flight.splice = entry.splice
             if store.compress_now:
-                entry = dataclasses.replace(entry, variants=_variants(body))
+                entry = dataclasses.replace(entry, variants=_variants(body, entry.splice))
             await self._put(flight, key, entry)
             if store.compress_later and flight.stored:
                 # Large bodies are compressed off the response path (tens of
@@ -277,7 +290,7 @@ class Filler:
         flight.finish()
 
     async def _store_compressed(self, key: bytes, entry: Entry) -> None:
-        variants = await asyncio.to_thread(_variants, entry.body)
+        variants = await asyncio.to_thread(_variants, entry.body, entry.splice)
         if variants:
             try:
                 await self.store.put(key, dataclasses.replace(entry, variants=variants))
@@ -328,6 +341,7 @@ class Filler:
             ):
                 flight.from_peer = True
                 flight.stored = True
+                flight.splice = entry.splice
                 flight.set_head(entry.status, entry.headers)
                 flight.push(entry.body)
                 flight.finish()
@@ -335,11 +349,13 @@ class Filler:
         return False
 
 
-def _variants(body: bytes) -> tuple[tuple[bytes, bytes], ...]:
+def _variants(
+    body: bytes, splice_at: tuple[int, int] | None = None
+) -> tuple[tuple[bytes, bytes], ...]:
     """Compressed copies of ``body``; none if compression fails (it is an
     optimisation, never the reason a request fails)."""
     try:
-        return compress.make_variants(body)
+        return compress.make_variants(body, splice_at)
     except Exception:
         log.exception("compressing an entry failed; keeping it uncompressed")
         return ()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +34,7 @@ from cacheproxy.http import server, tls
 from cacheproxy.http.accesslog import AccessLog, RequestContext
 from cacheproxy.http.app import SETTINGS_ENV, CacheProxyApp
 from cacheproxy.http.guard import AuthGuard, IsAccepted
-from cacheproxy.http.jwtcheck import JwtCheck, TokenVerifier, load_hs256_key, load_jwks
+from cacheproxy.http.jwtcheck import JwtCheck, token_verifier
 from cacheproxy.http.localauth import RequireToken, refuses_uncredentialed
 from cacheproxy.http.pipeline import Pipeline, Step
 from cacheproxy.lifecycle import Loaded, Reloader, Source, load
@@ -46,19 +45,6 @@ from cacheproxy.upstream.base import Headers
 STARTUP_FAILURE = 3
 """A worker's exit status when it cannot start (uvicorn's own value for a
 failed startup: its supervisor then keeps the running workers)."""
-
-
-def token_verifier(s: Settings) -> TokenVerifier | None:
-    """The local JWT verifier, or None when not configured (raises
-    :class:`~cacheproxy.http.jwtcheck.JwtConfigError` on unusable files)."""
-    if not (s.jwt_key or s.jwks_file):
-        return None
-    return TokenVerifier(
-        hmac_key=secrets.token_bytes(32),
-        hs256_key=load_hs256_key(s.jwt_key) if s.jwt_key else None,
-        jwks=load_jwks(s.jwks_file) if s.jwks_file else None,
-        leeway=s.jwt_leeway,
-    )
 
 
 def acceptance_check(app: CacheProxyApp) -> IsAccepted:

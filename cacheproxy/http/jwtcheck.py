@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import secrets
 import time
 import warnings
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from cacheproxy.core.identity import AUTHORIZATION, USER_TOKEN
 from cacheproxy.http.pipeline import BaseStep, Exchange
 from cacheproxy.http.respond import Response, auth_failure
 from cacheproxy.ops.paths import OWN_PREFIX
+from cacheproxy.settings import Settings
 from cacheproxy.stats import Stats
 from cacheproxy.upstream.base import Headers
 
@@ -103,6 +105,9 @@ class TokenVerifier:
 
     def valid(self, token: bytes) -> bool:
         """True when ``token`` is signed by a configured key and not expired."""
+        return self._clock() < self._exp(token) + self.leeway
+
+    def _exp(self, token: bytes) -> float:
         digest = hmac.new(self._hmac_key, b"jwt\0" + token, hashlib.sha256).digest()
         exp = self._memo.get(digest)
         if exp is None:
@@ -110,7 +115,13 @@ class TokenVerifier:
             if len(self._memo) >= _MEMO_MAX:
                 self._memo.clear()
             self._memo[digest] = exp
-        return self._clock() < exp + self.leeway
+        return exp
+
+    def expiry(self, token: bytes) -> float | None:
+        """The ``exp`` of a token whose signature verifies (no leeway: the
+        caller compares it with its clock); None when it does not verify."""
+        exp = self._exp(token)
+        return None if exp == _INVALID else exp
 
     def proves(self, headers: Headers) -> bool:
         """True when the request carries a token and every token it carries
@@ -180,3 +191,16 @@ class JwtCheck(BaseStep):
                 self.stats.jwt_rejected += 1
                 return auth_failure("jwt-refused")
         return None
+
+
+def token_verifier(s: Settings) -> TokenVerifier | None:
+    """The local JWT verifier, or None when not configured (raises
+    :class:`~cacheproxy.http.jwtcheck.JwtConfigError` on unusable files)."""
+    if not (s.jwt_key or s.jwks_file):
+        return None
+    return TokenVerifier(
+        hmac_key=secrets.token_bytes(32),
+        hs256_key=load_hs256_key(s.jwt_key) if s.jwt_key else None,
+        jwks=load_jwks(s.jwks_file) if s.jwks_file else None,
+        leeway=s.jwt_leeway,
+    )

@@ -24,13 +24,15 @@ quarters of the hit path's throughput.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cacheproxy.core import decide, policy
-from cacheproxy.core.identity import IdentityResolver
+from cacheproxy.core import decide, policy, splice
+from cacheproxy.core.identity import BEARER, IdentityResolver, jwt_claims
+from cacheproxy.core.memo import ByteMemo
 from cacheproxy.core.plan import GetPlan, Planner, Route
 from cacheproxy.core.request import from_scope
 from cacheproxy.core.rules import Match, RuleSet
@@ -39,13 +41,20 @@ from cacheproxy.http.coalesce import Coalescer, flight_refused
 from cacheproxy.http.credentials import Credentials
 from cacheproxy.http.fill import Filler
 from cacheproxy.http.forward import Forwarder
+from cacheproxy.http.jwtcheck import TokenVerifier
 from cacheproxy.http.pipeline import Answer, Continue, Exchange, Outcome
-from cacheproxy.http.respond import Receive, Scope, Send
+from cacheproxy.http.respond import Receive, Scope, Send, send_response
+from cacheproxy.http.sitescope import SiteScopes
 from cacheproxy.http.stale import flight_failed, send_stale
 from cacheproxy.settings import Settings
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry, Generations, Lookup, Store, StoreError
 from cacheproxy.upstream.base import Transport, UpstreamError
+
+VERIFIED_MAX_BYTES = 4 * 1024 * 1024
+"""Bound of the memo of credentials the local JWT check verified."""
+LEGACY_VERSIONS = frozenset({"v0.0.36", "v0.0.37", "v0.0.38"})
+"""22.05's paths: its slurmrestd requires the name header and ignores Bearer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +87,24 @@ class Proxy:
         stats: Stats | None = None,
         clock: Callable[[], float] = time.time,
         shared_store: bool = False,
+        scopes: SiteScopes | None = None,
+        verifier: TokenVerifier | None = None,
     ) -> None:
+        self.scopes = scopes or SiteScopes(rules.rules)
+        """Each route's scope (every route per user unless the site's
+        ``PrivateData`` is configured)."""
         self.config = config or ProxyConfig()
-        self.planner = Planner(rules, resolver, max_url_bytes=self.config.max_url_bytes)
+        self.planner = Planner(
+            rules, resolver, max_url_bytes=self.config.max_url_bytes, shared=self.scopes.shared
+        )
+        self.verifier = verifier
+        """The local JWT check, when configured: a credential it verifies may
+        read shared entries without slurmrestd's acceptance."""
+        self._verified: ByteMemo[bytes, float] = ByteMemo(VERIFIED_MAX_BYTES)
+        self._proving: dict[bytes, asyncio.Event] = {}
+        """credential hash -> the fetch of a shared route that is proving it
+        to slurmrestd (the credential's first miss): its other requests
+        wait for that verdict instead of each asking slurmrestd."""
         self.store = store
         self.transport = transport
         self.resolver = resolver
@@ -180,7 +204,9 @@ class Proxy:
             return self._decided(ex, plan, None)
         return self._decided(ex, plan, found)
 
-    def _decided(self, ex: Exchange, plan: GetPlan, found: Lookup | None) -> Answer:
+    def _decided(
+        self, ex: Exchange, plan: GetPlan, found: Lookup | None, wait_proof: bool = True
+    ) -> Answer:
         """Carries out :func:`decide.on_lookup`'s decision (``found`` None: the
         store could not answer)."""
         if found is None:
@@ -189,15 +215,74 @@ class Proxy:
             self.stats.store_errors += 1  # the store logs once per episode
             found = decide.store_down(self.forwarder.local_writes)
         match = plan.match
-        decision = decide.on_lookup(match, plan.identity.credential, plan.key, found, self._clock())
+        now = self._clock()
+        if plan.shared and found.accepted_until <= now and self.verifier is not None:
+            until = self._verified_until(plan)
+            if until > now:
+                found = Lookup(found.entry, found.generations, until)
+        decision = decide.on_lookup(match, plan.identity.credential, plan.key, found, now)
         if isinstance(decision, decide.FreshHit):
             self.stats.requests[(match.name, "hit")] += 1
             ex.lane = "hit"
-            return hit_response(decision.entry, decision.now, plan.accept_encoding)
+            source = splice.source_value(ex.scope.get("client")) if plan.shared else None
+            return hit_response(decision.entry, decision.now, plan.accept_encoding, source)
         generations = tuple(found.generations)
         if isinstance(decision, decide.StaleWhileRevalidate):
             return self._then(self._stale_while_revalidate, ex.scope, plan, decision, generations)
-        return self._then(self._fetch, ex.scope, plan, decision, generations)
+        proof = None
+        if plan.shared and not decision.accepted and wait_proof:
+            credential = plan.identity.credential
+            proving = self._proving.get(credential)
+            if proving is not None:
+                return self._then(self._after_proof, ex, plan, proving)
+            proof = self._proving[credential] = asyncio.Event()
+        return self._then(self._fetch, ex.scope, plan, decision, generations, proof)
+
+    async def _after_proof(
+        self, ex: Exchange, plan: GetPlan, proving: asyncio.Event, receive: Receive, send: Send
+    ) -> None:
+        """Another request with this credential is asking slurmrestd, which
+        will accept or refuse it: wait for that verdict, then decide again (a
+        shared hit once accepted; upstream as this user otherwise).  A
+        credential's first miss is its proof: no other call.  (A flight
+        always ends, within the upstream's timeouts.)"""
+        await proving.wait()
+        try:
+            found: Lookup | None = await self.store.lookup(
+                plan.key, plan.match.tags, plan.identity.credential
+            )
+        except StoreError:
+            found = None
+        answer = self._decided(ex, plan, found, wait_proof=False)
+        if isinstance(answer, Continue):
+            await answer.run(receive, send)
+        else:
+            await send_response(send, answer)
+
+    def _verified_until(self, plan: GetPlan) -> float:
+        """Until when the local JWT check vouches for this credential (0.0:
+        it does not).  Never past the token's ``exp``; only for a request
+        every release accepts alike: the name header, when sent, names the
+        token's owner (else only a root or SlurmUser token is accepted), and
+        22.05's paths need the name and ignore ``Authorization``."""
+        identity = plan.identity
+        until = self._verified.get(identity.credential)
+        if until is not None:
+            return until
+        assert self.verifier is not None
+        view = plan.view
+        legacy = len(plan.route.segments) > 1 and plan.route.segments[1] in LEGACY_VERSIONS
+        token = view.token if identity.kind == "token" else (view.auth or b"")[len(BEARER) :]
+        until = 0.0
+        if token and not (legacy and (view.name is None or identity.kind != "token")):
+            exp = self.verifier.expiry(token)
+            claims = jwt_claims(token) or {}
+            owner = claims.get("sun", claims.get("username"))
+            name_ok = view.name is None or view.name.decode("latin-1") == owner
+            if exp is not None and name_ok:
+                until = exp
+        self._verified.put(identity.credential, until, len(identity.credential) + 32)
+        return until
 
     def _not_cached_then(self, ex: Exchange) -> Continue:
         """Forwarded as is (the forwarder names the rule in ``ex``)."""
@@ -238,9 +323,11 @@ class Proxy:
                 key,
                 generations,
                 identity.credential,
-                lambda f: self.fill.fetch(f, req, match, identity, key, True, revalidate),
+                lambda f: self.fill.fetch(
+                    f, req, match, identity, key, True, revalidate, shared=plan.shared
+                ),
             )
-        await self._send_stale(send, swr.entry, match, "stale-while-revalidate", plan)
+        await self._send_stale(send, swr.entry, match, "stale-while-revalidate", plan, scope)
 
     async def _fetch(
         self,
@@ -248,10 +335,28 @@ class Proxy:
         plan: GetPlan,
         fetch: decide.Fetch,
         generations: Generations,
+        proof: asyncio.Event | None,
         receive: Receive,
         send: Send,
     ) -> None:
-        """Join the key's flight, or start it; then what :func:`decide.after_flight` says."""
+        """Join the key's flight, or start it; then what :func:`decide.after_flight`
+        says.  ``proof``: this request proves its credential to slurmrestd
+        (its first miss on a shared route): set once the flight is done."""
+        try:
+            await self._fetch_flight(scope, plan, fetch, generations, proof, send)
+        finally:
+            if proof is not None and not proof.is_set():
+                self._proved(plan.identity.credential, proof)
+
+    async def _fetch_flight(
+        self,
+        scope: Scope,
+        plan: GetPlan,
+        fetch: decide.Fetch,
+        generations: Generations,
+        proof: asyncio.Event | None,
+        send: Send,
+    ) -> None:
         match, identity, key = plan.match, plan.identity, plan.key
         if fetch.forget_credential:
             self.credentials.forget(identity.credential)
@@ -262,21 +367,33 @@ class Proxy:
         if flight is None:
             outcome = "fwd=miss"
             req = from_scope(scope, (plan.route.segments, plan.route.query), plan.view)
-            accepted, revalidate = fetch.accepted, fetch.revalidate
+            accepted, revalidate, refresh = fetch.accepted, fetch.revalidate, fetch.refresh
             flight = self.coalescer.start(
                 fetch.flight_key,
                 generations,
                 identity.credential,
-                lambda f: self.fill.fetch(f, req, match, identity, key, accepted, revalidate),
+                lambda f: self.fill.fetch(
+                    f,
+                    req,
+                    match,
+                    identity,
+                    key,
+                    accepted,
+                    revalidate,
+                    shared=plan.shared,
+                    refresh=refresh,
+                ),
             )
         else:
             self.stats.coalesced += 1
+        if proof is not None:
+            flight.on_done(lambda: self._proved(identity.credential, proof))
         try:
             await flight.wait_head()
         except UpstreamError as exc:
             instead = decide.on_flight_error(fetch)
             if isinstance(instead, decide.ServeStale):
-                await self._send_stale(send, instead.entry, match, "stale-if-error", plan)
+                await self._send_stale(send, instead.entry, match, "stale-if-error", plan, scope)
                 return
             self.stats.requests[(match.name, "error")] += 1
             await send_upstream_error(send, exc, outcome, self.stats)
@@ -289,13 +406,23 @@ class Proxy:
             req = from_scope(scope, (plan.route.segments, plan.route.query), plan.view)
             await self._forward(req, match, None, send, "fwd=miss")
         elif isinstance(then, decide.ServeStale):
-            await self._send_stale(send, then.entry, match, "stale-if-error", plan)
+            await self._send_stale(send, then.entry, match, "stale-if-error", plan, scope)
         else:
-            await send_flight(send, flight, match, outcome, self.stats)
+            source = None
+            if plan.shared and not led:
+                source = splice.source_value(scope.get("client"))
+            await send_flight(send, flight, match, outcome, self.stats, source)
+
+    def _proved(self, credential: bytes, proof: asyncio.Event) -> None:
+        """The credential's proof is in (accepted, refused, or failed)."""
+        proof.set()
+        if self._proving.get(credential) is proof:
+            del self._proving[credential]
 
     async def _send_stale(
-        self, send: Send, entry: Entry, match: Match, reason: str, plan: GetPlan
+        self, send: Send, entry: Entry, match: Match, reason: str, plan: GetPlan, scope: Scope
     ) -> None:
+        source = splice.source_value(scope.get("client")) if plan.shared else None
         await send_stale(
-            send, entry, match, reason, plan.accept_encoding, self._clock(), self.stats
+            send, entry, match, reason, plan.accept_encoding, self._clock(), self.stats, source
         )

@@ -41,8 +41,10 @@ async def send_stale(
     accept_encoding: bytes,
     now: float,
     stats: Stats,
+    source: bytes | None = None,
 ) -> None:
-    """Send ``entry`` marked stale in Cache-Status (RFC 9211), with Age."""
+    """Send ``entry`` marked stale in Cache-Status (RFC 9211), with Age
+    (and, from a shared entry, the requester's ``meta.client.source``)."""
     age = now - entry.stored_at
     stats.observe_stale(match.name, age)
     stats.requests[(match.name, "stale")] += 1
@@ -57,4 +59,4 @@ async def send_stale(
             ]
         await send(message)
 
-    await send_entry(mark, entry, now, accept_encoding)
+    await send_entry(mark, entry, now, accept_encoding, source)

@@ -52,6 +52,10 @@ class Entry:
     origin: float = 0.0
     """Wall-clock seconds when the upstream request was sent: the data is at
     least this recent (what an ``update_time`` revalidation asks from)."""
+    splice: tuple[int, int] | None = None
+    """A shared entry's ``meta.client.source`` (its JSON string's byte range
+    in ``body``), replaced by each requester's own when served
+    (:mod:`cacheproxy.core.splice`); None: served as stored."""
     version: bytes = field(default=b"", compare=False)
     """Which stored copy this is in a shared store (Redis: epoch + entry id),
     so that a local tier can ask whether its copy is still *the very same*

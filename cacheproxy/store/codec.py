@@ -13,6 +13,7 @@ Layout::
     ntags     x (u16 len, utf-8 tag, i64 generation)
     nheaders  x (u16 len, name, u32 len, value)
     nvariants x (u8 len, coding, u32 len, data)
+    u32 start, u32 end      (only when flags & SPLICE: Entry.splice)
     body (the rest; absent when flags & BODY_IN_ZSTD)
 
 Size, and the CPU of a store: the proxy already keeps compressed copies of
@@ -37,6 +38,8 @@ from cacheproxy.store.base import Entry
 FORMAT = 1
 WHOLE_ZSTD = 1
 BODY_IN_ZSTD = 2
+SPLICE = 4
+_SPAN = struct.Struct("<II")
 _HEAD = struct.Struct("<BB")
 _FIXED = struct.Struct("<HddddHHB")
 _U8 = struct.Struct("<B")
@@ -84,6 +87,9 @@ def encode(entry: Entry, *, compress_min_bytes: int = 1024, level: int = 3) -> b
         parts += (_U16.pack(len(name)), name, _U32.pack(len(value)), value)
     for coding, data in entry.variants:
         parts += (_U8.pack(len(coding)), coding, _U32.pack(len(data)), data)
+    if entry.splice is not None:
+        flags |= SPLICE
+        parts.append(_SPAN.pack(*entry.splice))
     if not flags & BODY_IN_ZSTD:
         parts.append(entry.body)
     payload = b"".join(parts)
@@ -159,6 +165,7 @@ def decode(blob: bytes | memoryview) -> Entry:
         for _ in range(nvariants):
             coding = r.take(r.unpack(_U8)[0])
             variants.append((coding, r.take(r.unpack(_U32)[0])))
+        splice = r.unpack(_SPAN) if flags & SPLICE else None
         body = _decompress(dict(variants)[b"zstd"]) if flags & BODY_IN_ZSTD else r.rest()
     except (struct.error, UnicodeDecodeError, zstandard.ZstdError, KeyError) as exc:
         raise CodecError(str(exc) or type(exc).__name__) from exc
@@ -173,4 +180,5 @@ def decode(blob: bytes | memoryview) -> Entry:
         stale_for=stale_for,
         variants=tuple(variants),
         origin=origin,
+        splice=None if splice is None else (splice[0], splice[1]),
     )

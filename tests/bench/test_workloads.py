@@ -24,10 +24,10 @@ def test_default_runs_both_workloads() -> None:
     assert cli.main(["--workloads", "portal"]) == 2
 
 
-def test_private_data_configures_the_simulator_not_the_proxy_yet() -> None:
+def test_private_data_configures_the_simulator_and_the_proxy() -> None:
     sim, proxy = cli._process_args(_args("--private-data", "jobs,nodes", "--sim-arg=--seed=3"))
     assert sim == ["--seed=3", "--private-data=jobs,nodes"]
-    assert proxy == []  # cli.PROXY_PRIVATE_DATA_OPTION is None: the proxy has no such option
+    assert proxy == ["--private-data=jobs,nodes"]
     assert cli._process_args(_args()) == ([], [])
 
 
