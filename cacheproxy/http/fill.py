@@ -67,6 +67,9 @@ class Filler:
         self.lease_seconds = lease_seconds
         self.lease_wait = lease_wait
         self._background: set[asyncio.Task[None]] = set()
+        self.on_shared_fill: Callable[[str, bytes, str, Entry], None] | None = None
+        """Told of every shared entry fetched whole and stored: (rule name,
+        key, the filler's user, the entry); the audit of shared views."""
 
     async def aclose(self) -> None:
         for task in list(self._background):
@@ -227,7 +230,10 @@ class Filler:
             )
         else:
             flight.refused = policy.credential_refused(status, body if flight.shareable else head)
-        await self._complete(flight, status, resp_headers, body, match, key, sent_at)
+        stored = await self._complete(flight, status, resp_headers, body, match, key, sent_at)
+        hook = self.on_shared_fill
+        if hook is not None and stored is not None and identity is not None and flight.shared:
+            hook(match.name, key, identity.user, stored)
 
     async def _complete(
         self,
@@ -238,8 +244,9 @@ class Filler:
         match: Match,
         key: bytes,
         sent_at: float,
-    ) -> None:
-        """Store the flight's response as :func:`decide.to_store` says, then end the flight."""
+    ) -> Entry | None:
+        """Store the flight's response as :func:`decide.to_store` says, then
+        end the flight; the entry stored (None: not stored)."""
         store = decide.to_store(
             status,
             resp_headers,
@@ -264,6 +271,7 @@ class Filler:
                 # replaced by its compressed form unless a write came between.
                 self._spawn(self._store_compressed(key, entry))
         flight.finish()
+        return entry if store is not None and flight.stored else None
 
     async def _store_compressed(self, key: bytes, entry: Entry) -> None:
         variants = await asyncio.to_thread(_variants, entry.body)

@@ -27,15 +27,17 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cacheproxy.core import decide, policy, splice
+from cacheproxy.core.audit import DEFAULT_RATE, DEFAULT_WINDOW
 from cacheproxy.core.identity import BEARER, IdentityResolver, jwt_claims
 from cacheproxy.core.memo import ByteMemo
 from cacheproxy.core.plan import GetPlan, Planner, Route
 from cacheproxy.core.request import from_scope
 from cacheproxy.core.rules import Match, RuleSet
 from cacheproxy.http.answer import hit_response, send_flight, send_upstream_error
+from cacheproxy.http.audit import Auditor
 from cacheproxy.http.coalesce import Coalescer, flight_refused
 from cacheproxy.http.credentials import Credentials
 from cacheproxy.http.fill import Filler
@@ -48,6 +50,9 @@ from cacheproxy.http.stale import flight_failed, send_stale
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry, Generations, Lookup, Store, StoreError
 from cacheproxy.upstream.base import Transport, UpstreamError
+
+if TYPE_CHECKING:
+    from cacheproxy.store.demotions import DemotionBoard
 
 VERIFIED_MAX_BYTES = 4 * 1024 * 1024
 """Bound of the memo of credentials the local JWT check verified."""
@@ -67,6 +72,10 @@ class ProxyConfig:
     """How long one replica may hold the right to fetch a key."""
     lease_wait: float = 2.0
     """How long other replicas wait for that fetch before fetching themselves."""
+    audit_rate: float = DEFAULT_RATE
+    """Fraction of a shared route's fills audited (0: no audit)."""
+    audit_window: float = DEFAULT_WINDOW
+    """Seconds after a fill within which a second user's fetch pairs with it."""
 
 
 class Proxy:
@@ -85,6 +94,7 @@ class Proxy:
         shared_store: bool = False,
         scopes: SiteScopes | None = None,
         verifier: TokenVerifier | None = None,
+        demotions: DemotionBoard | None = None,
     ) -> None:
         self.scopes = scopes or SiteScopes(rules.rules)
         """Each route's scope (every route per user unless the site's
@@ -127,6 +137,19 @@ class Proxy:
             upstream_host=self.config.upstream_host,
             max_body_bytes=self.config.max_body_bytes,
         )
+        self.audit = Auditor(
+            transport=transport,
+            stats=self.stats,
+            scopes=self.scopes,
+            clock=clock,
+            upstream_host=self.config.upstream_host,
+            max_body_bytes=self.config.max_entry_bytes,
+            rate=self.config.audit_rate,
+            window=self.config.audit_window,
+            board=demotions,
+        )
+        """The audit of shared views (a safety net for a wrong ``PrivateData``)."""
+        self.fill.on_shared_fill = self.audit.filled
         # Bound once: the per-request paths call these with no lookup through
         # their owner (_plan runs for every GET).
         self._plan = self.planner.plan
@@ -146,6 +169,7 @@ class Proxy:
     @clock.setter
     def clock(self, clock: Callable[[], float]) -> None:
         self._clock = self.credentials.clock = self.fill.clock = self.forwarder.clock = clock
+        self.audit.clock = clock
 
     @property
     def rules(self) -> RuleSet:
@@ -156,6 +180,7 @@ class Proxy:
         self.planner.rules = self.forwarder.rules = rules
 
     async def aclose(self) -> None:
+        await self.audit.aclose()
         await self.coalescer.aclose()
         await self.fill.aclose()
 
@@ -209,7 +234,11 @@ class Proxy:
         if isinstance(decision, decide.FreshHit):
             self.stats.requests[(match.name, "hit")] += 1
             ex.lane = "hit"
-            source = splice.source_value(ex.scope.get("client")) if plan.shared else None
+            source = None
+            if plan.shared:
+                source = splice.source_value(ex.scope.get("client"))
+                if now >= self.audit.wake_at:
+                    self.audit.on_shared(plan, ex.scope, now)
             return hit_response(decision.entry, decision.now, plan.accept_encoding, source)
         generations = tuple(found.generations)
         if isinstance(decision, decide.StaleWhileRevalidate):
@@ -336,6 +365,10 @@ class Proxy:
             if plan.shared and not led:
                 source = splice.source_value(scope.get("client"))
             await send_flight(send, flight, match, outcome, self.stats, source)
+            if plan.shared and fetch.accepted and not led:
+                now = self._clock()  # (a follower: the fill it waited for may be armed)
+                if now >= self.audit.wake_at:
+                    self.audit.on_shared(plan, scope, now)
 
     async def _send_stale(
         self, send: Send, entry: Entry, match: Match, reason: str, plan: GetPlan, scope: Scope
