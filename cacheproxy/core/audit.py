@@ -59,6 +59,7 @@ seconds of that route's requests.  :func:`windows_bound` says it in code.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -70,6 +71,9 @@ DEFAULT_WINDOW = 1.0
 """Seconds within which a second user's fetch counts as the same moment."""
 IGNORED_MEMBERS = ("meta", "last_update")
 """Top-level members that differ per request or per second, not per user."""
+MAX_OWNERS = 4096
+"""Shared keys whose last whole fetch's user is remembered (a revalidated
+entry's body is still that user's view)."""
 NOT_A_VIEW = frozenset({401, 403, 408, 429, 502, 503, 504})
 """Statuses that say something of the credential or of slurmrestd's load,
 nothing of what this user may see: inconclusive."""
@@ -101,7 +105,8 @@ class Pairing:
     route: str
     key: bytes
     filler: str
-    """The filler's user (:attr:`cacheproxy.core.identity.Identity.user`)."""
+    """The user whose view the body is (:attr:`cacheproxy.core.identity.Identity.user`;
+    empty: not known, any user pairs)."""
     origin: float
     """When the filler's request was sent."""
     stored_at: float
@@ -158,6 +163,8 @@ class AuditBook:
     """Routes whose last comparison differed: the next fill re-checks."""
     armed: dict[str, Pairing] = field(default_factory=dict)
     """route -> the sampled fill waiting for a second user."""
+    owners: OrderedDict[bytes, str] = field(default_factory=OrderedDict)
+    """key -> the user of its last whole fetch (bounded: :data:`MAX_OWNERS`)."""
 
     @property
     def enabled(self) -> bool:
@@ -167,16 +174,26 @@ class AuditBook:
         self,
         route: str,
         key: bytes,
-        filler: str,
+        filler: str | None,
         origin: float,
         stored_at: float,
         status: int,
         body: bytes,
     ) -> bool:
-        """A shared entry of ``route`` was filled; True when it is armed."""
+        """A shared entry of ``route`` was filled from an answer of this
+        moment (``filler`` None: revalidated, the body is its last whole
+        fetch's user's view); True when it is armed."""
         n = every(self.rate)
         if n == 0:
             return False
+        owners = self.owners
+        if filler is None:
+            filler = owners.get(key, "")
+        else:
+            owners[key] = filler
+            owners.move_to_end(key)
+            if len(owners) > MAX_OWNERS:
+                owners.popitem(last=False)
         count = self.fills.get(route, n - 1) + 1
         self.fills[route] = count
         if count < n and route not in self.suspect:

@@ -30,10 +30,11 @@ import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from cacheproxy.core import audit, privatedata
+from cacheproxy.core import audit, policy, privatedata
 from cacheproxy.core.audit import AuditBook, Pairing, Verdict
 from cacheproxy.core.plan import GetPlan
 from cacheproxy.core.request import BadRequest, ProxyRequest, from_scope
+from cacheproxy.http.fill import UPDATE_TIME_MARGIN
 from cacheproxy.http.forward import upstream_headers
 from cacheproxy.http.respond import Scope
 from cacheproxy.http.sitescope import SiteScopes
@@ -87,9 +88,11 @@ class Auditor:
         nothing to do)."""
 
     # -- hooks -------------------------------------------------------------------
-    def filled(self, route: str, key: bytes, filler: str, entry: Entry) -> None:
-        """A shared entry was fetched whole and stored (not revalidated, not
-        read from a peer: its body is of this moment)."""
+    def filled(self, route: str, key: bytes, filler: str | None, entry: Entry) -> None:
+        """A shared entry was stored from upstream's answer of this moment:
+        fetched whole by ``filler`` (a user), or revalidated (None: slurmctld
+        said the list is unchanged, so the stored body is current).  Not one
+        read from a peer replica: when it was fetched is not known here."""
         if route in self.scopes.demoted:
             return
         if self.book.filled(
@@ -114,7 +117,9 @@ class Auditor:
                 except BadRequest:  # (planned already: not expected)
                     req = None
                 if req is not None:
-                    self._spawn(self._audit(pairing, req))
+                    rule = plan.match.rule
+                    revalidates = rule is not None and rule.revalidate is not None
+                    self._spawn(self._audit(pairing, req, revalidates))
             book.expire(now)
         self.wake_at = -math.inf if book.armed else self._next_sync if self.board else math.inf
 
@@ -129,13 +134,36 @@ class Auditor:
         await self.idle()
 
     # -- the audit ----------------------------------------------------------------
-    async def _audit(self, pairing: Pairing, req: ProxyRequest) -> None:
-        route = pairing.route
+    async def _audit(self, pairing: Pairing, req: ProxyRequest, revalidates: bool) -> None:
+        """Fetch ``req`` as its own user, compare with the pairing's fill;
+        a difference on a list slurmctld can say is unchanged
+        (``update_time``) counts only if it says so: then no job, node or
+        reservation changed between the two fetches, and the difference is
+        the view's (one more cheap request, only when answers differ)."""
         verdict = Verdict.INCONCLUSIVE
+        got = await self._get(req, pairing.route, req.raw_target)
+        if got is not None and pairing.same_moment(got[2]):
+            verdict = await self._compare(pairing, got[0], got[1])
+        if verdict is Verdict.DIFFERENT and revalidates:
+            since = int(pairing.origin) - UPDATE_TIME_MARGIN
+            sep = "&" if "?" in req.raw_target else "?"
+            check = await self._get(req, pairing.route, f"{req.raw_target}{sep}update_time={since}")
+            unchanged = check is not None and (
+                check[0] == 304 or (check[1] is not None and policy.no_changes(check[1]))
+            )
+            if not unchanged:
+                verdict = Verdict.INCONCLUSIVE
+        self._decided(pairing, req, verdict)
+
+    async def _get(
+        self, req: ProxyRequest, route: str, target: str
+    ) -> tuple[int, bytes | None, float] | None:
+        """GET ``target`` upstream as ``req``'s user: status, body (None:
+        too big) and when the head came; None on an upstream failure."""
         self.stats.upstream_requests[route] += 1
         up = UpstreamRequest(
             method="GET",
-            target=req.raw_target,
+            target=target,
             headers=upstream_headers(req, self.upstream_host, None),
             retry_on_stale_connection=True,
         )
@@ -147,11 +175,8 @@ class Auditor:
             finally:
                 await resp.aclose()
         except UpstreamError:
-            pass
-        else:
-            if pairing.same_moment(answered_at):
-                verdict = await self._compare(pairing, resp.status, body)
-        self._decided(pairing, req, verdict)
+            return None
+        return resp.status, body, answered_at
 
     @staticmethod
     async def _compare(pairing: Pairing, status: int, body: bytes | None) -> Verdict:
