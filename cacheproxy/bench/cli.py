@@ -32,7 +32,7 @@ DEFAULT_BUDGET = 20.0
 """Upstream requests/s a site is willing to let REST clients put on slurmctld."""
 WORKLOADS = ("service", "user")
 """``service``: dashboards behind one portal service account; ``user``: per-user clients."""
-PROXY_PRIVATE_DATA_OPTION: str | None = None
+PROXY_PRIVATE_DATA_OPTION: str | None = "--private-data"
 """The ``cacheproxy serve`` option that takes PrivateData words, once the proxy has one
 (issue 17, item 1): ``--private-data`` is then passed to the proxy too."""
 

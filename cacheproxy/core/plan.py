@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cacheproxy.core import scopes, usertag
+from cacheproxy.core import usertag
 from cacheproxy.core.headers import RequestView
 from cacheproxy.core.identity import Identity, IdentityResolver
 from cacheproxy.core.keys import cache_key
@@ -62,9 +62,6 @@ class Route:
     cacheable: bool
     """The rule caches it, the target is canonical and not a delta
     (``update_time``)."""
-    query_per_user: bool = False
-    """The query makes the answer per user whatever the route's scope
-    (:func:`cacheproxy.core.scopes.query_forces_user`)."""
 
 
 @dataclass(slots=True)
@@ -133,7 +130,7 @@ class Planner:
         if identity is None:
             return route
         accept = view.accept
-        shared = not route.query_per_user and self.shared(route.match.name)
+        shared = self.shared(route.match.name)
         user = SHARED_USER if shared else identity.user
         key_id = (raw_path, raw_query, accept, user)
         memo = self._keys.get(key_id)
@@ -167,9 +164,7 @@ class Planner:
             and path_canonical(raw_path)
             and not any(k == b"update_time" for k, _ in query)
         )
-        route = Route(
-            segments, query, match, cacheable, scopes.query_forces_user(match.name, query)
-        )
+        route = Route(segments, query, match, cacheable)
         # (the route holds the target about three times: raw, decoded, parsed)
         self._routes.put((raw_path, raw_query), route, 3 * (len(raw_path) + len(raw_query)) + 300)
         return route

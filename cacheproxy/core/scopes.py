@@ -15,11 +15,13 @@ for every API version, v0.0.38 to v0.0.44, of the same route):
   ``_slurm_rpc_dump_nodes``/``_slurm_rpc_dump_partitions`` in proc_req.c,
   ``show_resv`` in reservation.c, ``assoc_mgr_get_shares``
   in assoc_mgr.c).  ``pack_job`` takes the caller's uid but does not use it.
-* slurmdbd: as_mysql_jobacct_process.c (jobs: also per user, whatever
-  ``PrivateData`` says, when the batch script or environment is asked for),
-  as_mysql_acct.c (accounts), as_mysql_assoc.c and as_mysql_user.c (users,
-  and usage when asked with usage), as_mysql_wckey.c (users),
-  as_mysql_cluster.c (``as_mysql_get_instances``: events).
+* slurmdbd: as_mysql_acct.c (accounts), as_mysql_assoc.c and as_mysql_user.c
+  (users, and usage when asked with usage), as_mysql_cluster.c
+  (``as_mysql_get_instances``: events).  Some answers depend on the user
+  whatever ``PrivateData`` says (:data:`ALWAYS_USER`): wckeys (operators
+  only, proc_req.c ``_get_wckeys``), the config dump that holds them, and the
+  accounting jobs (``_get_jobs_cond`` refuses wide or runaway queries to
+  non-operators only; the script and environment are per user).
 * ``cloud`` shows powered-down cloud nodes to everyone alike (22.05; gone in
   later releases): it governs no per-user difference.
 * A route not in the table (or one an audit demoted) stays per user: sharing
@@ -33,8 +35,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cacheproxy.core.request import Query
-
 USER = "user"
 SHARED = "shared"
 
@@ -47,13 +47,10 @@ class Governed:
     """The ``PrivateData`` words that do (empty: none; shared whenever known)."""
     where: str
     """Where Slurm applies them."""
-    per_user_query: tuple[bytes, ...] = ()
-    """Query keys or values (substrings) that make the answer per user whatever
-    ``PrivateData`` says."""
 
 
-def _g(words: str, where: str, per_user_query: tuple[bytes, ...] = ()) -> Governed:
-    return Governed(frozenset(w for w in words.split(",") if w), where, per_user_query)
+def _g(words: str, where: str) -> Governed:
+    return Governed(frozenset(w for w in words.split(",") if w), where)
 
 
 _JOBS = _g("jobs", "slurmctld job_mgr.c _hide_job_user_rec")
@@ -64,15 +61,9 @@ _NODES = _g(
 )
 _PARTS = _g("partitions", "slurmctld proc_req.c _slurm_rpc_dump_partitions")
 _RESV = _g("reservations", "slurmctld reservation.c show_resv")
-_DB_JOBS = _g(
-    "jobs",
-    "slurmdbd as_mysql_jobacct_process.c (script or environment: per user always)",
-    (b"script", b"env"),
-)
 _DB_USERS = _g("users,usage", "slurmdbd as_mysql_user.c as_mysql_get_users")
 _DB_ACCTS = _g("accounts,users,usage", "slurmdbd as_mysql_acct.c (with associations: users)")
 _DB_ASSOCS = _g("users,usage", "slurmdbd as_mysql_assoc.c as_mysql_get_assocs")
-_DB_WCKEYS = _g("users", "slurmdbd as_mysql_wckey.c as_mysql_get_wckeys")
 _DB_INSTANCES = _g("events", "slurmdbd as_mysql_cluster.c as_mysql_get_instances")
 _NONE_CTLD = _g("", "slurmctld: no PrivateData check")
 _NONE_DBD = _g("", "slurmdbd: no PrivateData check")
@@ -90,16 +81,12 @@ GOVERNED_BY: dict[str, Governed] = {
     "reservation": _RESV,
     "licenses": _NONE_CTLD,
     "shares": _g("usage,users", "slurmctld assoc_mgr.c assoc_mgr_get_shares"),
-    "db-jobs": _DB_JOBS,
-    "db-job": _DB_JOBS,
     "db-users": _DB_USERS,
     "db-user": _DB_USERS,
     "db-accounts": _DB_ACCTS,
     "db-account": _DB_ACCTS,
     "db-associations": _DB_ASSOCS,
     "db-association": _DB_ASSOCS,
-    "db-wckeys": _DB_WCKEYS,
-    "db-wckey": _DB_WCKEYS,
     "db-instances": _DB_INSTANCES,
     "db-instance": _DB_INSTANCES,
     "db-qos": _NONE_DBD,
@@ -107,10 +94,20 @@ GOVERNED_BY: dict[str, Governed] = {
     "db-tres": _NONE_DBD,
     "db-clusters": _NONE_DBD,
     "db-cluster": _NONE_DBD,
-    "db-config": _g("accounts,events,users,usage", "slurmdbd: the union of what the dump holds"),
 }
 """Rule name -> what makes its answer per user.  Rules not named here stay
-per user (``conf``, ``db-conf``, the OpenAPI documents, a site's own rules)."""
+per user (``conf``, ``db-conf``, the OpenAPI documents, a site's own rules,
+and :data:`ALWAYS_USER`)."""
+
+ALWAYS_USER: dict[str, str] = {
+    "db-wckeys": "slurmdbd proc_req.c _get_wckeys: operators only",
+    "db-wckey": "slurmdbd proc_req.c _get_wckeys: operators only",
+    "db-config": "the dump holds the wckeys (operators only)",
+    "db-jobs": "slurmdbd proc_req.c _get_jobs_cond: MaxQueryTimeRange and runaway "
+    "queries refused to non-operators only; PrivateData=jobs, script, environment",
+    "db-job": "slurmdbd proc_req.c _get_jobs_cond (as db-jobs)",
+}
+"""Rules whose answer depends on who asks whatever ``PrivateData`` says."""
 
 
 def scope_of(
@@ -122,6 +119,8 @@ def scope_of(
         return USER, "PrivateData not configured (--private-data, --slurm-conf): per user"
     if rule in demoted:
         return USER, "demoted at run time: answers were seen to differ by user"
+    if rule in ALWAYS_USER:
+        return USER, f"per user whatever PrivateData says: {ALWAYS_USER[rule]}"
     governed = GOVERNED_BY.get(rule)
     if governed is None:
         return USER, "not in the PrivateData table: per user"
@@ -132,11 +131,7 @@ def scope_of(
         why = f"shared unless PrivateData has {' or '.join(sorted(governed.words))}"
     else:
         why = "shared: no PrivateData word governs it"
-    extra = ""
-    if governed.per_user_query:
-        words = ", ".join(w.decode() for w in governed.per_user_query)
-        extra = f"; per user when the query names {words}"
-    return SHARED, f"{why} ({governed.where}){extra}"
+    return SHARED, f"{why} ({governed.where})"
 
 
 def shared_rules(
@@ -145,18 +140,3 @@ def shared_rules(
     """The names among ``rules`` whose scope is shared."""
     demoted = frozenset(demoted)
     return frozenset(r for r in rules if scope_of(r, private, demoted)[0] == SHARED)
-
-
-def query_forces_user(rule: str, query: Query | None) -> bool:
-    """Whether this request's query makes a shared rule's answer per user."""
-    governed = GOVERNED_BY.get(rule)
-    if governed is None or not governed.per_user_query:
-        return False
-    if query is None:
-        return True
-    for key, values in query:
-        for part in (key, *values):
-            low = part.lower()
-            if any(word in low for word in governed.per_user_query):
-                return True
-    return False

@@ -138,6 +138,8 @@ def site(tmp_path: Path) -> Iterator[Callable[..., Site]]:
         cost_model: str = "realistic",
         jobs: int = 60,
         redis_timeout: float | None = None,
+        sim_args: tuple[str, ...] = (),
+        proxy_args: tuple[str, ...] = (),
     ) -> Site:
         """``redis_timeout``: for tests that count upstream requests exactly.
         On a loaded test machine a Redis reply can look late because the
@@ -154,6 +156,7 @@ def site(tmp_path: Path) -> Iterator[Callable[..., Site]]:
                 sys.executable, "-m", "cacheproxy", "simulate",
                 "--port", str(sim_port), "--jobs", str(jobs), "--nodes", "20",
                 "--cost-model", cost_model, "--job-speed", "0", "--seed", "7",
+                *sim_args,
             ],
             logs / "simulator.log",
             sim_port,
@@ -174,6 +177,7 @@ def site(tmp_path: Path) -> Iterator[Callable[..., Site]]:
                     # the client's address, as config/*.env.example says
                     "--forwarded-allow-ips", "127.0.0.1",
                     *(["--redis-timeout", str(redis_timeout)] if redis_timeout else []),
+                    *proxy_args,
                 ],
                 logs / f"replica{i}.log",
                 port,

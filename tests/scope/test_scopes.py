@@ -55,13 +55,6 @@ def test_union_of_words_and_all() -> None:
     }
 
 
-def test_query_naming_the_script_forces_per_user() -> None:
-    assert scopes.query_forces_user("db-jobs", ((b"flags", (b"show_batch_script",)),))
-    assert scopes.query_forces_user("db-job", ((b"show_job_environment", (b"",)),))
-    assert not scopes.query_forces_user("db-jobs", ((b"users", (b"alice",)),))
-    assert not scopes.query_forces_user("jobs", ((b"env", (b"x",)),))
-
-
 def test_demote_turns_a_route_back_to_per_user() -> None:
     site = SiteScopes(RULES, private_data="none")
     assert site.shared("jobs")
