@@ -21,7 +21,13 @@ fetches really were that close (:meth:`Pairing.same_moment`: the audit's
 answer came within the filler's own fetch time plus ``window`` of the fill);
 otherwise it is inconclusive and the next window tries again.  A fetch a
 long time after the fill would compare a list with a later version of
-itself: a timing difference, not a view difference.
+itself: a timing difference, not a view difference.  The second user's
+token is used only by that background fetch, started by its own request,
+and dropped when it ends (as a stale-while-revalidate refresh does); the
+pairing keeps the filler's user *name*, never a credential.  The
+alternatives were worse: storing the filler's token (never: tokens are not
+stored in clear), or holding the first user's request until a second user
+comes (it would delay an answer, and keep a token beyond its request).
 
 **Compared without** ``meta`` (``meta.client`` names the requester) **nor
 the top-level** ``last_update`` (slurmctld's ``time(NULL)`` when it packed
@@ -30,6 +36,13 @@ same for every user, different a second later).  Everything else must be
 equal, statuses included (``PrivateData=nodes`` refuses a non-operator with
 500).  An answer that says nothing about the view (the credential refused,
 slurmrestd busy or failing, not JSON, too big) is inconclusive.
+
+**Jobs change between any two fetches on a busy cluster**: a difference
+on a list slurmctld can revalidate (``update_time``: jobs, nodes,
+partitions, reservations) counts only if slurmctld, asked once more with
+``update_time`` set to just before the fill, says nothing changed since
+(the mechanism asks; :attr:`Verdict.INCONCLUSIVE` otherwise).  Then no
+record changed between the two fetches, and the difference is the view's.
 
 **A difference is re-checked before anything is demoted**: the route turns
 *suspect*, the very next fill of it is audited (whatever the sampling says)
