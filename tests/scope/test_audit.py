@@ -10,6 +10,7 @@ with a clock the test moves.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from cacheproxy.store.base import Store
 from cacheproxy.store.memory import MemoryStore
 from cacheproxy.store.redis import RedisStore
 from cacheproxy.store.tiered import TieredStore
+from cacheproxy.upstream.base import UpstreamBusy, UpstreamRequest, UpstreamResponse
 from tests.clock import Clock
 from tests.core.asgi_transport import ASGITransport
 from tests.store.servers import RedisServer
@@ -51,12 +53,17 @@ def sim(**config: Any) -> Simulator:
 
 @asynccontextmanager
 async def proxy_app(
-    upstream: Simulator, clock: Clock, *, store: Store | None = None, **settings: Any
+    upstream: Simulator,
+    clock: Clock,
+    *,
+    store: Store | None = None,
+    transport: Any = None,
+    **settings: Any,
 ) -> AsyncIterator[tuple[CacheProxyApp, httpx.AsyncClient]]:
     s = Settings(upstream="http://upstream.test:6820", private_data="none", **settings)
     app = CacheProxyApp(
         s,
-        transport=ASGITransport(upstream),
+        transport=transport or ASGITransport(upstream),
         store=store or MemoryStore(clock=clock),
         shared_store=store is not None,
     )
@@ -264,6 +271,64 @@ async def test_a_late_second_user_is_not_compared() -> None:
         await proxy.audit.idle()
         assert app.stats.upstream_requests["jobs"] == before + 1  # the fill only
         assert not app.stats.shared_audits
+
+
+class Gate:
+    """A transport in front of the simulator that, once shut, holds every
+    request (``busy``: refuses it as the proxy's upstream limit would)."""
+
+    def __init__(self, inner: ASGITransport) -> None:
+        self.inner = inner
+        self.open = asyncio.Event()
+        self.open.set()
+        self.busy = False
+        self.held = 0
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        if self.busy:
+            raise UpstreamBusy("too many requests in flight to slurmrestd")
+        if not self.open.is_set():
+            self.held += 1
+            await self.open.wait()
+        return await self.inner.send(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_the_audit_never_delays_an_answer_and_yields_to_upstream_limits() -> None:
+    clock = Clock(time.time())
+    upstream = sim(private_data="jobs")
+    gate = Gate(ASGITransport(upstream))
+    async with proxy_app(upstream, clock, transport=gate, shared_audit_rate=1.0) as (app, client):
+        proxy = proxy_of(app)
+        await _round(client, clock, USERS[:3])  # (credentials accepted; user003's view stored)
+        await proxy.audit.idle()
+        clock.advance(JOBS_TTL + 1)
+        await client.get(JOBS, headers=auth(USERS[0]))  # the fill (revalidated), armed
+        gate.open.clear()
+        r = await client.get(JOBS, headers=auth(USERS[1]))  # answered...
+        assert "hit" in r.headers["cache-status"]
+        for _ in range(100):
+            if gate.held:
+                break
+            await asyncio.sleep(0)
+        assert gate.held == 1  # ...while the audit's own fetch is still held
+        assert not app.stats.shared_audits
+        gate.open.set()
+        await proxy.audit.idle()
+        assert app.stats.shared_audits[("jobs", "different")] == 1
+        # The upstream limit refuses the audit's fetch: inconclusive, nothing else.
+        clock.advance(JOBS_TTL + 1)
+        await client.get(JOBS, headers=auth(USERS[0]))
+        gate.busy = True
+        r = await client.get(JOBS, headers=auth(USERS[1]))
+        assert r.status_code == 200
+        assert "hit" in r.headers["cache-status"]
+        await proxy.audit.idle()
+        gate.busy = False
+        assert app.stats.shared_audits[("jobs", "inconclusive")] == 1
+        assert proxy.scopes.shared("jobs")  # (suspect still: the next fill re-checks)
 
 
 async def test_audit_off() -> None:
