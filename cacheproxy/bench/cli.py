@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import shlex
 import sys
 import time
@@ -196,6 +197,12 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_ACCEPT_ENCODING,
         help=f"the clients' Accept-Encoding (identity: no compression) [{DEFAULT_ACCEPT_ENCODING}]",
     )
+    s.add_argument(
+        "--jwt-verify",
+        action="store_true",
+        help="simulator mode: the clients' tokens are HS256 JWTs and the proxy verifies "
+        "them locally (--jwt-key)",
+    )
     s.add_argument("--no-plots", action="store_true")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
@@ -332,6 +339,16 @@ def _notes(
     return notes
 
 
+def _jwt_setup(outdir: Path, users: int, proxy_args: list[str]) -> dict[str, str]:
+    """``--jwt-verify``: a key file the proxy verifies with, and a JWT per user."""
+    key = secrets.token_bytes(32)
+    outdir.mkdir(parents=True, exist_ok=True)
+    key_file = outdir / "jwt_hs256.key"
+    key_file.write_bytes(key)
+    proxy_args += ["--jwt-key", str(key_file)]
+    return identities.jwt_tokens(identities.sim_names(users), key)
+
+
 async def _bench(
     args: argparse.Namespace, progress: Progress, outdir: Path, argv: list[str]
 ) -> dict[str, Any]:
@@ -340,6 +357,9 @@ async def _bench(
     targets = runner.ordered_targets(["direct", "proxy", *args.compare])
     kinds = workloads(args)
     sim_args, proxy_args = _process_args(args)
+    sim_tokens = None
+    if args.jwt_verify and args.upstream is None:
+        sim_tokens = _jwt_setup(outdir, max(user_counts), proxy_args)
     opts = runner.SessionOptions(
         outdir=outdir,
         spec=spec,
@@ -347,6 +367,7 @@ async def _bench(
         upstream=args.upstream,
         identities=_identities(args),
         max_users=max(user_counts),
+        sim_tokens=sim_tokens,
         sim_jobs=args.sim_jobs,
         sim_nodes=args.sim_nodes,
         sim_args=sim_args,

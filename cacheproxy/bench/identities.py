@@ -49,15 +49,34 @@ class Identities:
         return len({c.user for c in self.clients} | {self.service.user})
 
 
-def for_simulator(users: int) -> Identities:
-    clients = tuple(Credential(sim_user(i), sim_token(sim_user(i))) for i in range(users))
-    return Identities(clients, Credential(SERVICE_USER, sim_token(SERVICE_USER)))
+def sim_names(users: int) -> list[str]:
+    """Every user the simulator knows: root, the service account, the clients."""
+    return ["root", SERVICE_USER, *(sim_user(i) for i in range(max(users, SIM_DEFAULT_USERS)))]
 
 
-def simulator_users_file(users: int, path: Path) -> Path:
+def jwt_tokens(names: list[str], key: bytes, lifetime: float = 86400.0) -> dict[str, str]:
+    """An HS256 JWT per user (``sun`` the user), as ``scontrol token`` makes
+    them: what a proxy with ``--jwt-key`` verifies locally."""
+    import time
+
+    import jwt
+
+    exp = int(time.time() + lifetime)
+    return {n: jwt.encode({"sun": n, "exp": exp}, key, algorithm="HS256") for n in names}
+
+
+def for_simulator(users: int, tokens: dict[str, str] | None = None) -> Identities:
+    def token(user: str) -> str:
+        return tokens[user] if tokens is not None else sim_token(user)
+
+    clients = tuple(Credential(sim_user(i), token(sim_user(i))) for i in range(users))
+    return Identities(clients, Credential(SERVICE_USER, token(SERVICE_USER)))
+
+
+def simulator_users_file(users: int, path: Path, tokens: dict[str, str] | None = None) -> Path:
     """Write the simulator's ``--users-file``: root, the clients and the service account."""
-    names = ["root", SERVICE_USER, *(sim_user(i) for i in range(max(users, SIM_DEFAULT_USERS)))]
-    path.write_text(json.dumps({n: sim_token(n) for n in names}, indent=1))
+    names = sim_names(users)
+    path.write_text(json.dumps({n: tokens[n] if tokens else sim_token(n) for n in names}, indent=1))
     return path
 
 

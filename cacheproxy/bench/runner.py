@@ -49,6 +49,8 @@ class SessionOptions:
     identities: Identities | None = None
     """Real upstream mode: who the clients are."""
     max_users: int = 100
+    sim_tokens: dict[str, str] | None = None
+    """Simulator mode: each user's token (None: ``sim-token-<user>``)."""
     sim_jobs: int = 2000
     sim_nodes: int = 500
     sim_args: list[str] = field(default_factory=list)
@@ -74,7 +76,9 @@ class Session:
         self.proxy: procs.Service | None = None
         self.nginx: procs.Service | None = None
         self.upstream_url = opts.upstream or ""
-        self.ids: Identities = opts.identities or identities.for_simulator(opts.max_users)
+        self.ids: Identities = opts.identities or identities.for_simulator(
+            opts.max_users, opts.sim_tokens
+        )
         self.jobs = JobPool()
         self.spec = opts.spec
         """The workload as run: paths the upstream does not serve are dropped."""
@@ -110,7 +114,9 @@ class Session:
         o = self.opts
         o.outdir.mkdir(parents=True, exist_ok=True)
         if self.simulated:
-            users_file = identities.simulator_users_file(o.max_users, o.outdir / "sim-users.json")
+            users_file = identities.simulator_users_file(
+                o.max_users, o.outdir / "sim-users.json", o.sim_tokens
+            )
             o.log(f"starting the simulator ({o.sim_jobs} jobs, {o.sim_nodes} nodes)...")
             self.sim = await procs.start_simulator(
                 o.outdir,

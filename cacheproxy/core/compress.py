@@ -29,13 +29,21 @@ def compressible(content_type: bytes | None) -> bool:
     return any(marker in ct for marker in _COMPRESSIBLE)
 
 
-def make_variants(body: bytes) -> tuple[tuple[bytes, bytes], ...]:
+def make_variants(
+    body: bytes, splice_at: tuple[int, int] | None = None
+) -> tuple[tuple[bytes, bytes], ...]:
     """Compressed copies of ``body`` worth keeping (CPU-bound: call it in a
-    worker thread for large bodies)."""
+    worker thread for large bodies).  A shared entry (``splice_at``: where
+    each requester's ``meta.client.source`` goes) keeps only the gzip parts
+    its answers are made of (:mod:`cacheproxy.core.splice`)."""
     if len(body) < MIN_BYTES:
         return ()
     # A large body gets a faster gzip level: 50 MB at level 6 costs seconds.
     level = 6 if len(body) < 4 * 1024 * 1024 else 1
+    if splice_at is not None:
+        from cacheproxy.core import splice
+
+        return ((splice.SPLICED_GZIP, splice.gzip_parts(body, splice_at, level)),)
     out = []
     for name, data in (
         # A compressor per call: a shared ZstdCompressor is not thread-safe,

@@ -198,9 +198,9 @@ def to_store(
     """Whether and how an answer is stored (None: it is not).
 
     A shared entry keeps where its ``meta.client.source`` is (found now, once)
-    and no compressed copies: each requester gets its own source spliced into
-    the plain body, which costs a copy of the body, where a compressed copy
-    would have to be compressed again per answer.  An answer whose source
+    and, for its compressed answers, gzip parts around it instead of whole
+    copies (:mod:`cacheproxy.core.splice`): each answer splices the
+    requester's own in, nothing is compressed again.  An answer whose source
     cannot be located with certainty is not stored as a shared entry."""
     if not shareable or not policy.response_storable(status, resp_headers, body, max_entry_bytes):
         return None
@@ -208,7 +208,7 @@ def to_store(
     span = splice.source_span(body, content_type) if shared else None
     if span == splice.UNSURE:
         return None
-    compressible = span is None and compress.compressible(content_type)
+    compressible = compress.compressible(content_type)
     later = compressible and len(body) >= COMPRESS_INLINE_BELOW
     entry = Entry(
         status=status,

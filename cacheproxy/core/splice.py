@@ -18,11 +18,23 @@ a brace unmatched).  The value is then found with a pattern anchored at that
 key's ``"client"`` object and checked against the parsed value.  Whatever
 cannot be proved this way (YAML, an unusual layout) is :data:`UNSURE`: such
 an answer is not stored as a shared entry.
+
+Compressed answers: a gzip member's deflate stream may be any sequence of
+blocks, so the part before the value and the part after it are compressed
+once, when stored, each on its own (the first ending on a byte-aligned sync
+flush, so blocks can follow it; neither refers back into another part), and
+each answer is the header, those two parts around the requester's value
+(a few bytes, compressed per answer), and the CRC-32 and length of the
+whole.  The CRC runs over the value and the part after it, which
+v0.0.40 and later keep short (``meta`` is last).  No zstd copy: a zstd
+answer would be several frames, which not every client decodes.
 """
 
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 from typing import Final
 
 import orjson
@@ -97,3 +109,37 @@ def spliced(body: bytes, span: tuple[int, int], value: bytes) -> bytes:
     """``body`` with the bytes of ``span`` replaced by ``value``."""
     start, end = span
     return b"".join((body[:start], value, body[end:]))
+
+
+SPLICED_GZIP = b"gzip-spliced"
+"""The variant name of a shared entry's gzip parts (never an encoding a
+client names, so never chosen as a whole)."""
+_GZIP_HEAD = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+_PARTS = struct.Struct("<II")
+
+
+def _deflate(data: bytes, level: int, mode: int) -> bytes:
+    c = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return c.compress(data) + c.flush(mode)
+
+
+def gzip_parts(body: bytes, span: tuple[int, int], level: int = 6) -> bytes:
+    """What :func:`spliced_gzip` needs, made once when stored: the deflated
+    part before ``span`` (sync-flushed), its CRC-32, and the deflated part
+    after it (finished), packed as one variant."""
+    start, end = span
+    head = _deflate(body[:start], level, zlib.Z_SYNC_FLUSH)
+    tail = _deflate(body[end:], level, zlib.Z_FINISH)
+    return _PARTS.pack(len(head), zlib.crc32(body[:start])) + head + tail
+
+
+def spliced_gzip(body: bytes, span: tuple[int, int], parts: bytes, value: bytes) -> bytes:
+    """The gzip encoding of ``spliced(body, span, value)``, from ``parts``."""
+    start, end = span
+    head_len, crc = _PARTS.unpack_from(parts)
+    head = memoryview(parts)[_PARTS.size : _PARTS.size + head_len]
+    tail = memoryview(parts)[_PARTS.size + head_len :]
+    crc = zlib.crc32(body[end:], zlib.crc32(value, crc))
+    size = (start + len(value) + len(body) - end) & 0xFFFFFFFF
+    middle = _deflate(value, 1, zlib.Z_SYNC_FLUSH)
+    return b"".join((_GZIP_HEAD, head, middle, tail, struct.pack("<II", crc, size)))

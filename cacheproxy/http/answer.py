@@ -48,8 +48,13 @@ def hit_response(
     body = entry.body
     variant = compress.choose(accept_encoding, entry.variants) if entry.variants else None
     if entry.splice is not None and source is not None:
-        body = splice.spliced(body, entry.splice, source)
         out = [(k, v) for k, v in entry.headers if k != b"content-length"]
+        parts = _spliced_gzip_parts(entry, accept_encoding)
+        if parts is None:
+            body = splice.spliced(body, entry.splice, source)
+        else:
+            body = splice.spliced_gzip(body, entry.splice, parts, source)
+            out += [(b"content-encoding", b"gzip"), (b"vary", b"accept-encoding")]
         out.append((b"content-length", b"%d" % len(body)))
     elif variant is None:
         out = [*entry.headers]
@@ -64,6 +69,16 @@ def hit_response(
     out.append(_HIT_STATUS[ttl] if ttl < _MADE else _hit_status(ttl))
     out.append(_AGE[age] if age < _MADE else (headers.AGE, b"%d" % age))
     return entry.status, out, body
+
+
+def _spliced_gzip_parts(entry: Entry, accept_encoding: bytes) -> bytes | None:
+    """A shared entry's gzip parts, when the client takes gzip."""
+    if not accept_encoding or b"gzip" not in compress.accepted(accept_encoding):
+        return None
+    for name, data in entry.variants:
+        if name == splice.SPLICED_GZIP:
+            return data
+    return None
 
 
 def _hit_status(ttl: int) -> tuple[bytes, bytes]:

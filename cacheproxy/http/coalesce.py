@@ -57,6 +57,7 @@ class Flight:
         self._dropped = 0
         """Chunks already released (only while streaming an unshareable body)."""
         self._positions: dict[object, int] = {}
+        self._on_done: list[Callable[[], None]] = []
 
     # -- producer side (the fetch task) -------------------------------------
     def set_head(self, status: int, headers: Headers) -> None:
@@ -74,6 +75,16 @@ class Flight:
         self._head.set()
         self._done.set()
         self._wake()
+        callbacks, self._on_done = self._on_done, []
+        for callback in callbacks:
+            callback()
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the flight is done (at once if it is)."""
+        if self.done:
+            callback()
+        else:
+            self._on_done.append(callback)
 
     def fail(self, error: BaseException) -> None:
         self.error = error

@@ -274,7 +274,7 @@ class Filler:
             entry = store.entry
             flight.splice = entry.splice
             if store.compress_now:
-                entry = dataclasses.replace(entry, variants=_variants(body))
+                entry = dataclasses.replace(entry, variants=_variants(body, entry.splice))
             await self._put(flight, key, entry)
             if store.compress_later and flight.stored:
                 # Large bodies are compressed off the response path (tens of
@@ -285,7 +285,7 @@ class Filler:
         return entry if store is not None and flight.stored else None
 
     async def _store_compressed(self, key: bytes, entry: Entry) -> None:
-        variants = await asyncio.to_thread(_variants, entry.body)
+        variants = await asyncio.to_thread(_variants, entry.body, entry.splice)
         if variants:
             try:
                 await self.store.put(key, dataclasses.replace(entry, variants=variants))
@@ -344,11 +344,13 @@ class Filler:
         return False
 
 
-def _variants(body: bytes) -> tuple[tuple[bytes, bytes], ...]:
+def _variants(
+    body: bytes, splice_at: tuple[int, int] | None = None
+) -> tuple[tuple[bytes, bytes], ...]:
     """Compressed copies of ``body``; none if compression fails (it is an
     optimisation, never the reason a request fails)."""
     try:
-        return compress.make_variants(body)
+        return compress.make_variants(body, splice_at)
     except Exception:
         log.exception("compressing an entry failed; keeping it uncompressed")
         return ()

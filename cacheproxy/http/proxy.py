@@ -24,6 +24,7 @@ quarters of the hit path's throughput.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from cacheproxy.http.fill import Filler
 from cacheproxy.http.forward import Forwarder
 from cacheproxy.http.jwtcheck import TokenVerifier
 from cacheproxy.http.pipeline import Answer, Continue, Exchange, Outcome
-from cacheproxy.http.respond import Receive, Scope, Send
+from cacheproxy.http.respond import Receive, Scope, Send, send_response
 from cacheproxy.http.sitescope import SiteScopes
 from cacheproxy.http.stale import flight_failed, send_stale
 from cacheproxy.stats import Stats
@@ -104,6 +105,10 @@ class Proxy:
         """The local JWT check, when configured: a credential it verifies may
         read shared entries without slurmrestd's acceptance."""
         self._verified: ByteMemo[bytes, float] = ByteMemo(VERIFIED_MAX_BYTES)
+        self._proving: dict[bytes, asyncio.Event] = {}
+        """credential hash -> the fetch of a shared route that is proving it
+        to slurmrestd (the credential's first miss): its other requests
+        wait for that verdict instead of each asking slurmrestd."""
         self.store = store
         self.transport = transport
         self.resolver = resolver
@@ -216,7 +221,9 @@ class Proxy:
             return self._decided(ex, plan, None)
         return self._decided(ex, plan, found)
 
-    def _decided(self, ex: Exchange, plan: GetPlan, found: Lookup | None) -> Answer:
+    def _decided(
+        self, ex: Exchange, plan: GetPlan, found: Lookup | None, wait_proof: bool = True
+    ) -> Answer:
         """Carries out :func:`decide.on_lookup`'s decision (``found`` None: the
         store could not answer)."""
         if found is None:
@@ -243,7 +250,35 @@ class Proxy:
         generations = tuple(found.generations)
         if isinstance(decision, decide.StaleWhileRevalidate):
             return self._then(self._stale_while_revalidate, ex.scope, plan, decision, generations)
-        return self._then(self._fetch, ex.scope, plan, decision, generations)
+        proof = None
+        if plan.shared and not decision.accepted and wait_proof:
+            credential = plan.identity.credential
+            proving = self._proving.get(credential)
+            if proving is not None:
+                return self._then(self._after_proof, ex, plan, proving)
+            proof = self._proving[credential] = asyncio.Event()
+        return self._then(self._fetch, ex.scope, plan, decision, generations, proof)
+
+    async def _after_proof(
+        self, ex: Exchange, plan: GetPlan, proving: asyncio.Event, receive: Receive, send: Send
+    ) -> None:
+        """Another request with this credential is asking slurmrestd, which
+        will accept or refuse it: wait for that verdict, then decide again (a
+        shared hit once accepted; upstream as this user otherwise).  A
+        credential's first miss is its proof: no other call.  (A flight
+        always ends, within the upstream's timeouts.)"""
+        await proving.wait()
+        try:
+            found: Lookup | None = await self.store.lookup(
+                plan.key, plan.match.tags, plan.identity.credential
+            )
+        except StoreError:
+            found = None
+        answer = self._decided(ex, plan, found, wait_proof=False)
+        if isinstance(answer, Continue):
+            await answer.run(receive, send)
+        else:
+            await send_response(send, answer)
 
     def _verified_until(self, plan: GetPlan) -> float:
         """Until when the local JWT check vouches for this credential (0.0:
@@ -316,10 +351,28 @@ class Proxy:
         plan: GetPlan,
         fetch: decide.Fetch,
         generations: Generations,
+        proof: asyncio.Event | None,
         receive: Receive,
         send: Send,
     ) -> None:
-        """Join the key's flight, or start it; then what :func:`decide.after_flight` says."""
+        """Join the key's flight, or start it; then what :func:`decide.after_flight`
+        says.  ``proof``: this request proves its credential to slurmrestd
+        (its first miss on a shared route): set once the flight is done."""
+        try:
+            await self._fetch_flight(scope, plan, fetch, generations, proof, send)
+        finally:
+            if proof is not None and not proof.is_set():
+                self._proved(plan.identity.credential, proof)
+
+    async def _fetch_flight(
+        self,
+        scope: Scope,
+        plan: GetPlan,
+        fetch: decide.Fetch,
+        generations: Generations,
+        proof: asyncio.Event | None,
+        send: Send,
+    ) -> None:
         match, identity, key = plan.match, plan.identity, plan.key
         if fetch.forget_credential:
             self.credentials.forget(identity.credential)
@@ -341,6 +394,8 @@ class Proxy:
             )
         else:
             self.stats.coalesced += 1
+        if proof is not None:
+            flight.on_done(lambda: self._proved(identity.credential, proof))
         try:
             await flight.wait_head()
         except UpstreamError as exc:
@@ -369,6 +424,12 @@ class Proxy:
                 now = self._clock()  # (a follower: the fill it waited for may be armed)
                 if now >= self.audit.wake_at:
                     self.audit.on_shared(plan, scope, now)
+
+    def _proved(self, credential: bytes, proof: asyncio.Event) -> None:
+        """The credential's proof is in (accepted, refused, or failed)."""
+        proof.set()
+        if self._proving.get(credential) is proof:
+            del self._proving[credential]
 
     async def _send_stale(
         self, send: Send, entry: Entry, match: Match, reason: str, plan: GetPlan, scope: Scope
