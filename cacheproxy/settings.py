@@ -129,6 +129,14 @@ class Settings(BaseSettings):
     slurm_conf: str = _opt(
         "", "read slurm.conf's PrivateData from this file, at start and when it changes"
     )
+    shared_audit_rate: float = _opt(
+        0.1,
+        "fraction of a shared route's fills audited: another user's view fetched too and "
+        "compared; a difference seen twice turns the route per user (0: no audit)",
+    )
+    shared_audit_window: float = _opt(
+        1.0, "seconds after a fill within which another user's fetch pairs with it (audit)"
+    )
     upstream_concurrency: int = _opt(
         16, "requests in flight to slurmrestd at once (below its 20 threads, 124 connections)"
     )
@@ -352,9 +360,12 @@ def validate(s: Settings) -> None:
         "breaker_cooldown",
         "header_timeout",
         "max_connections",
+        "shared_audit_window",
     ):
         if getattr(s, name) < 0:
             raise SettingsError(f"{name} must be >= 0")
+    if not 0 <= s.shared_audit_rate <= 1:
+        raise SettingsError("shared_audit_rate must be between 0 and 1")
     trusted_proxies(s.forwarded_allow_ips)
     _check_private_data(s)
     if s.tls_key and not s.tls_cert:

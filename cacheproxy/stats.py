@@ -138,6 +138,13 @@ class Histogram:
 _STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
+def _by_route(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (route, what), n in counts.items():
+        out.setdefault(route, {})[what] = n
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Invalidation:
     """Consecutive bumps of the same tags for the same reason (``write`` or
@@ -195,6 +202,11 @@ class Stats:
     """Tokens refused by local JWT verification (never sent upstream)."""
     internal_errors: int = 0
     """Unexpected exceptions caught by the outermost middleware (a bug)."""
+    # -- the audit of shared views (http/audit.py)
+    shared_audits: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(rule name, verdict: same, different, inconclusive) -> comparisons."""
+    demoted_routes: dict[str, str] = field(default_factory=dict)
+    """rule name -> why the audit turned it back to per user (this process's life)."""
     # -- operations (metrics, status page)
     responses: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(rule name, status class ``2xx``..``5xx``) -> responses sent to clients."""
@@ -327,6 +339,8 @@ class Stats:
             "rate_limited": self.rate_limited,
             "jwt_rejected": self.jwt_rejected,
             "internal_errors": self.internal_errors,
+            "shared_audits": _by_route(self.shared_audits),
+            "demoted_routes": dict(self.demoted_routes),
             "started_at": self.started_at,
             "uptime_seconds": max(0.0, time.time() - self.started_at),
         }

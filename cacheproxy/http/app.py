@@ -136,6 +136,12 @@ class CacheProxyApp:
             store, shared = self._store, self._shared
         else:
             store, shared = build_store(s)
+        board = None
+        if shared:
+            from cacheproxy.store.demotions import board_for
+
+            board = board_for(store)  # (the audit's demotions, read by every replica)
+
         self.proxy = Proxy(
             rules=self.rules,
             store=store,
@@ -147,6 +153,8 @@ class CacheProxyApp:
                 max_entry_bytes=s.max_entry_bytes,
                 max_body_bytes=s.max_body_bytes,
                 max_url_bytes=s.max_url_bytes,
+                audit_rate=s.shared_audit_rate,
+                audit_window=s.shared_audit_window,
             ),
             stats=self.stats,
             shared_store=shared,
@@ -154,6 +162,7 @@ class CacheProxyApp:
                 self.rules.rules, private_data=s.private_data, slurm_conf=s.slurm_conf
             ),
             verifier=token_verifier(s),
+            demotions=board,
         )
         shared_part = getattr(store, "shared", store)
         check_server = getattr(shared_part, "check_server", None)

@@ -67,6 +67,10 @@ class Filler:
         self.lease_seconds = lease_seconds
         self.lease_wait = lease_wait
         self._background: set[asyncio.Task[None]] = set()
+        self.on_shared_fill: Callable[[str, bytes, str | None, Entry], None] | None = None
+        """Told of every shared entry stored from upstream's answer of this
+        moment (fetched whole or revalidated): (rule name, key, the filler's
+        user or None for a revalidation, the entry); the audit of shared views."""
 
     async def aclose(self) -> None:
         for task in list(self._background):
@@ -156,6 +160,7 @@ class Filler:
                 stale, stored_at=self.clock(), origin=sent_at, generations=flight.generations
             )
             await self._put(flight, key, renewed)
+            self._tell_shared(flight, match, key, None, renewed)
             flight.splice = renewed.splice
             flight.revalidated = True
             flight.set_head(renewed.status, renewed.headers)
@@ -166,7 +171,8 @@ class Filler:
         flight.set_head(status, resp_headers)
         flight.push(body)
         flight.refused = policy.credential_refused(status, body)
-        await self._complete(flight, status, resp_headers, body, match, key, sent_at)
+        stored = await self._complete(flight, status, resp_headers, body, match, key, sent_at)
+        self._tell_shared(flight, match, key, None, stored)
         return True
 
     async def _fetch_upstream(
@@ -247,7 +253,18 @@ class Filler:
             )
         else:
             flight.refused = policy.credential_refused(status, body if flight.shareable else head)
-        await self._complete(flight, status, resp_headers, body, match, key, sent_at)
+        stored = await self._complete(flight, status, resp_headers, body, match, key, sent_at)
+        self._tell_shared(flight, match, key, identity, stored)
+
+    def _tell_shared(
+        self, flight: Flight, match: Match, key: bytes, filler: Identity | None, entry: Entry | None
+    ) -> None:
+        """Tell :attr:`on_shared_fill` of a shared entry stored from this
+        moment's answer (``filler`` None: a revalidation, whose body is the
+        earlier filler's, confirmed current by slurmctld)."""
+        hook = self.on_shared_fill
+        if hook is not None and entry is not None and flight.shared and flight.stored:
+            hook(match.name, key, None if filler is None else filler.user, entry)
 
     async def _complete(
         self,
@@ -258,8 +275,9 @@ class Filler:
         match: Match,
         key: bytes,
         sent_at: float,
-    ) -> None:
-        """Store the flight's response as :func:`decide.to_store` says, then end the flight."""
+    ) -> Entry | None:
+        """Store the flight's response as :func:`decide.to_store` says, then
+        end the flight; the entry stored (None: not stored)."""
         store = (
             None
             if not flight.refresh
@@ -288,6 +306,7 @@ class Filler:
                 # replaced by its compressed form unless a write came between.
                 self._spawn(self._store_compressed(key, entry))
         flight.finish()
+        return entry if store is not None and flight.stored else None
 
     async def _store_compressed(self, key: bytes, entry: Entry) -> None:
         variants = await asyncio.to_thread(_variants, entry.body, entry.splice)

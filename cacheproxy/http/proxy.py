@@ -28,15 +28,17 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cacheproxy.core import decide, policy, splice
+from cacheproxy.core.audit import DEFAULT_RATE, DEFAULT_WINDOW
 from cacheproxy.core.identity import BEARER, IdentityResolver, jwt_claims
 from cacheproxy.core.memo import ByteMemo
 from cacheproxy.core.plan import GetPlan, Planner, Route
 from cacheproxy.core.request import from_scope
 from cacheproxy.core.rules import Match, RuleSet
 from cacheproxy.http.answer import hit_response, send_flight, send_upstream_error
+from cacheproxy.http.audit import Auditor
 from cacheproxy.http.coalesce import Coalescer, flight_refused
 from cacheproxy.http.credentials import Credentials
 from cacheproxy.http.fill import Filler
@@ -50,6 +52,9 @@ from cacheproxy.settings import Settings
 from cacheproxy.stats import Stats
 from cacheproxy.store.base import Entry, Generations, Lookup, Store, StoreError
 from cacheproxy.upstream.base import Transport, UpstreamError
+
+if TYPE_CHECKING:
+    from cacheproxy.store.demotions import DemotionBoard
 
 VERIFIED_MAX_BYTES = 4 * 1024 * 1024
 """Bound of the memo of credentials the local JWT check verified."""
@@ -71,6 +76,10 @@ class ProxyConfig:
     """How long one replica may hold the right to fetch a key."""
     lease_wait: float = 2.0
     """How long other replicas wait for that fetch before fetching themselves."""
+    audit_rate: float = DEFAULT_RATE
+    """Fraction of a shared route's fills audited (0: no audit)."""
+    audit_window: float = DEFAULT_WINDOW
+    """Seconds after a fill within which a second user's fetch pairs with it."""
 
 
 class Proxy:
@@ -89,6 +98,7 @@ class Proxy:
         shared_store: bool = False,
         scopes: SiteScopes | None = None,
         verifier: TokenVerifier | None = None,
+        demotions: DemotionBoard | None = None,
     ) -> None:
         self.scopes = scopes or SiteScopes(rules.rules)
         """Each route's scope (every route per user unless the site's
@@ -138,6 +148,19 @@ class Proxy:
             max_body_bytes=self.config.max_body_bytes,
             max_url_bytes=self.config.max_url_bytes,
         )
+        self.audit = Auditor(
+            transport=transport,
+            stats=self.stats,
+            scopes=self.scopes,
+            clock=clock,
+            upstream_host=self.config.upstream_host,
+            max_body_bytes=self.config.max_entry_bytes,
+            rate=self.config.audit_rate,
+            window=self.config.audit_window,
+            board=demotions,
+        )
+        """The audit of shared views (a safety net for a wrong ``PrivateData``)."""
+        self.fill.on_shared_fill = self.audit.filled
         # Bound once: the per-request paths call these with no lookup through
         # their owner (_plan runs for every GET).
         self._plan = self.planner.plan
@@ -157,6 +180,7 @@ class Proxy:
     @clock.setter
     def clock(self, clock: Callable[[], float]) -> None:
         self._clock = self.credentials.clock = self.fill.clock = self.forwarder.clock = clock
+        self.audit.clock = clock
 
     @property
     def rules(self) -> RuleSet:
@@ -167,6 +191,7 @@ class Proxy:
         self.planner.rules = self.forwarder.rules = rules
 
     async def aclose(self) -> None:
+        await self.audit.aclose()
         await self.coalescer.aclose()
         await self.fill.aclose()
 
@@ -224,7 +249,11 @@ class Proxy:
         if isinstance(decision, decide.FreshHit):
             self.stats.requests[(match.name, "hit")] += 1
             ex.lane = "hit"
-            source = splice.source_value(ex.scope.get("client")) if plan.shared else None
+            source = None
+            if plan.shared:
+                source = splice.source_value(ex.scope.get("client"))
+                if now >= self.audit.wake_at:
+                    self.audit.on_shared(plan, ex.scope, now)
             return hit_response(decision.entry, decision.now, plan.accept_encoding, source)
         generations = tuple(found.generations)
         if isinstance(decision, decide.StaleWhileRevalidate):
@@ -412,6 +441,10 @@ class Proxy:
             if plan.shared and not led:
                 source = splice.source_value(scope.get("client"))
             await send_flight(send, flight, match, outcome, self.stats, source)
+            if plan.shared and fetch.accepted and not led:
+                now = self._clock()  # (a follower: the fill it waited for may be armed)
+                if now >= self.audit.wake_at:
+                    self.audit.on_shared(plan, scope, now)
 
     def _proved(self, credential: bytes, proof: asyncio.Event) -> None:
         """The credential's proof is in (accepted, refused, or failed)."""

@@ -28,6 +28,7 @@ GAUGE_MODES: dict[str, Literal["livesum", "livemax", "livemin"]] = {
     "cacheproxy_upstream_circuit_open": "livemax",
     "cacheproxy_store_circuit_open": "livemax",
     "cacheproxy_build_info": "livemax",
+    "cacheproxy_shared_routes_demoted": "livemax",
 }
 """How a gauge of several workers merges (prometheus-client's
 ``multiprocess_mode``); the others are ``livesum``.  Live: a worker's gauges
@@ -143,6 +144,15 @@ def stats_families(stats: Stats) -> list[Metric]:
         "Age (seconds since stored) of entries served stale.",
     )
     _histogram(stale_age, [], stats.stale_age)
+    audits = CounterMetricFamily(
+        "cacheproxy_shared_audits",
+        "Comparisons of a shared entry with another user's answer at the same moment, "
+        "by rule name and result (same, different, inconclusive); upstream requests "
+        "they cost are in cacheproxy_upstream_requests_total.",
+        labels=["route", "result"],
+    )
+    for (route, result), n in stats.shared_audits.items():
+        audits.add_metric([route, result], n)
     return [
         requests,
         responses,
@@ -201,6 +211,13 @@ def stats_families(stats: Stats) -> list[Metric]:
             "cacheproxy_rate_limited",
             "Requests refused by the per-user rate limit (429).",
             stats.rate_limited,
+        ),
+        audits,
+        GaugeMetricFamily(
+            "cacheproxy_shared_routes_demoted",
+            "Shared routes the audit turned back to per user (PrivateData is wrong: "
+            "see docs/OPERATIONS.md); alert on > 0.",
+            value=len(stats.demoted_routes),
         ),
         _counter(
             "cacheproxy_internal_errors",

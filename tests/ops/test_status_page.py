@@ -222,3 +222,18 @@ async def test_page_renders_the_stats_in_chromium(
     keep = os.environ.get("CACHEPROXY_SCREENSHOT")
     if keep:
         shutil.copyfile(shot, keep)
+
+
+@pytest.mark.browser
+async def test_page_shows_routes_the_audit_demoted(
+    app: CacheProxyApp, served: str, client: httpx.AsyncClient
+) -> None:
+    """A wrong PrivateData, as the audit of shared views found it (issue 17)."""
+    app.stats.shared_audits[("jobs", "different")] += 2
+    app.stats.shared_audits[("nodes", "same")] += 1
+    app.stats.demoted_routes["jobs"] = "two users got different answers to /slurm/v0.0.40/jobs"
+    dom = await run_chromium("--dump-dom", served + PAGE)
+    assert 'id="demoted">1<' in dom
+    assert 'id="demoted-routes">jobs<' in dom
+    assert 'id="audits">3<' in dom
+    assert re.search(r'class="card bad" id="audit-card"|id="audit-card"[^>]*class="card bad"', dom)

@@ -66,7 +66,13 @@ async def _env(tmp_path: Path, users: dict[str, str], **settings: Any) -> AsyncI
     sim = Simulator(SimConfig(cost_model="none", jobs=30, nodes=8, job_speed=0, users=users))
     transport = ASGITransport(sim)
     app = CacheProxyApp(
-        Settings(upstream="http://upstream.test:6820", private_data="none", **settings),
+        # (no audit of shared views: these tests count upstream requests;
+        # tests/scope/test_audit.py counts the audit's)
+        Settings(
+            upstream="http://upstream.test:6820",
+            private_data="none",
+            **{"shared_audit_rate": 0.0, **settings},
+        ),
         transport=transport,
         store=MemoryStore(clock=clock),
     )
