@@ -177,3 +177,18 @@ def test_the_credential_hash_of_long_values_has_the_same_text() -> None:
     assert identity is not None
     text = b"cred-2,+4095:" + b"u" * 4095 + b"+5000:" + token + b"-"
     assert identity.credential == hashlib.blake2b(text, key=key, digest_size=32).digest()
+
+
+def test_jwt_claims_read_an_expired_token_signed_with_any_key() -> None:
+    """The unverified read (PyJWT with verification off) still gives an
+    expired token's ``exp`` and owner: trust is shortened by it, so a PyJWT
+    that started checking ``exp`` or the key there would lengthen trust."""
+    import jwt
+
+    token = jwt.encode(
+        {"sun": "alice", "exp": 1000}, "some-key-nobody-has-32-bytes-long!!", "HS256"
+    )
+    assert jwt_claims(token.encode()) == {"sun": "alice", "exp": 1000}
+    # a header that does not decode: no claims (slurmrestd refuses it too)
+    _, payload, sig = token.split(".")
+    assert jwt_claims(f"!!!.{payload}.{sig}".encode()) is None
