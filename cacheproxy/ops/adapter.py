@@ -38,6 +38,12 @@ class _Rules(Protocol):
     def rules(self) -> Sequence[Rule]: ...
 
 
+class _Scopes(Protocol):
+    def summary(self) -> dict[str, object]: ...
+
+    def describe(self) -> list[dict[str, str]]: ...
+
+
 class ProxyView(Protocol):
     """What the adapter reads of the running proxy."""
 
@@ -55,6 +61,9 @@ class ProxyView(Protocol):
 
     @property
     def rules(self) -> _Rules: ...
+
+    @property
+    def scopes(self) -> _Scopes: ...
 
     def user_tag(self, name: str) -> str: ...
 
@@ -185,6 +194,12 @@ class AppReport:
     def rules(self) -> Sequence[RuleSummary]:
         proxy = self._proxy()
         return [summary(r) for r in proxy.rules.rules] if proxy is not None else []
+
+    def scopes(self) -> Mapping[str, object]:
+        proxy = self._proxy()
+        if proxy is None:
+            return {}
+        return {**proxy.scopes.summary(), "routes": proxy.scopes.describe()}
 
     @property
     def shared_store(self) -> bool:
