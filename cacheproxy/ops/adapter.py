@@ -156,11 +156,12 @@ class AppReport:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Callable[[], Settings],
         stats: Stats,
         proxy: Callable[[], ProxyView | None],
     ) -> None:
         self._settings = settings
+        """The settings now (a reload replaces the live ones)."""
         self._stats = stats
         self._proxy = proxy
 
@@ -174,10 +175,10 @@ class AppReport:
 
     @property
     def admin_token(self) -> str:
-        return self._settings.admin_token
+        return self._settings().admin_token
 
     def settings_summary(self) -> Mapping[str, object]:
-        return self._settings.public()
+        return self._settings().public()
 
     def store_state(self) -> StoreState:
         proxy = self._proxy()
