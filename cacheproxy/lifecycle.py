@@ -40,9 +40,10 @@ from cacheproxy.settings import ENV_PREFIX, Settings, SettingsError
 
 log = logging.getLogger("cacheproxy")
 
-LIVE = ("config", "log_level", "access_log")
+LIVE = ("config", "log_level", "access_log", "private_data", "slurm_conf")
 """Settings a reload applies to the running process: the rules file, the log
-level and the access log."""
+level, the access log, and the site's ``PrivateData`` (what an admin
+corrects after the audit's alarm, docs/scopes.md)."""
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,21 @@ def startup_fields(loaded: Loaded) -> dict[str, Any]:
         "workers": s.workers,
         "jwt_check": "hs256" if s.jwt_key else "jwks" if s.jwks_file else "off",
     }
-    # private-data scopes (the private_data setting) belong here when present
+    fields["scopes"] = scope_summary(loaded)
     return fields
+
+
+def scope_summary(loaded: Loaded) -> dict[str, object]:
+    """The routes' scopes under the site's ``PrivateData`` (docs/scopes.md):
+    how many cached routes are shared and per user, and the words from the
+    ``private_data`` setting and from slurm.conf (None: not given)."""
+    from cacheproxy.http.sitescope import SiteScopes
+
+    s = loaded.settings
+    scopes = SiteScopes(loaded.rules.rules, private_data=s.private_data, slurm_conf=s.slurm_conf)
+    summary = scopes.summary()
+    del summary["demoted"]  # (none at start)
+    return summary
 
 
 def check_files(s: Settings) -> None:

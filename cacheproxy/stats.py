@@ -202,6 +202,16 @@ class Stats:
     """Tokens refused by local JWT verification (never sent upstream)."""
     internal_errors: int = 0
     """Unexpected exceptions caught by the outermost middleware (a bug)."""
+    # -- shared views (http/proxy.py: counted where it decides them)
+    shared_hits: Counter[str] = field(default_factory=Counter)
+    """rule name -> fresh hits answered from a shared entry (one entry for
+    every accepted credential; a subset of the ``hit`` outcomes)."""
+    shared_proofs: Counter[str] = field(default_factory=Counter)
+    """rule name -> requests of a credential not (yet) accepted on a shared
+    route, sent upstream as its own user to prove it (its first miss)."""
+    shared_withheld: Counter[str] = field(default_factory=Counter)
+    """rule name -> requests not answered from a fresh shared entry because
+    their credential was not accepted (they went upstream as their user)."""
     # -- the audit of shared views (http/audit.py)
     shared_audits: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(rule name, verdict: same, different, inconclusive) -> comparisons."""
@@ -339,6 +349,9 @@ class Stats:
             "rate_limited": self.rate_limited,
             "jwt_rejected": self.jwt_rejected,
             "internal_errors": self.internal_errors,
+            "shared_hits": dict(self.shared_hits),
+            "shared_proofs": dict(self.shared_proofs),
+            "shared_withheld": dict(self.shared_withheld),
             "shared_audits": _by_route(self.shared_audits),
             "demoted_routes": dict(self.demoted_routes),
             "started_at": self.started_at,

@@ -118,7 +118,7 @@ class CacheProxyApp:
         self.proxy: Proxy | None = None
         self.on_startup: list[Callable[[], None]] = []
         """Called once the proxy is up (the serving process's SIGHUP handler)."""
-        self.own = own_endpoints(AppReport(settings, self.stats, lambda: self.proxy))
+        self.own = own_endpoints(AppReport(lambda: self.settings, self.stats, lambda: self.proxy))
         self._bare = Pipeline((), self, self.stats)
 
     async def startup(self) -> None:

@@ -131,13 +131,18 @@ def serving(source: Source, loaded: Loaded) -> Pipeline:
 
 def reload_into(pipeline: Pipeline, app: CacheProxyApp) -> Callable[[Settings, RuleSet], None]:
     """What a reload changes in a running process: the rules and the
-    :data:`~cacheproxy.ops.lifecycle.LIVE` settings."""
+    :data:`~cacheproxy.ops.lifecycle.LIVE` settings, the routes' scopes
+    with them (new rules, ``private_data`` or ``slurm_conf``; routes the
+    audit demoted stay demoted)."""
 
     def apply(s: Settings, rules: RuleSet) -> None:
         app.settings = s
         app.rules = rules
         if app.proxy is not None:
             app.proxy.rules = rules
+            app.proxy.scopes.reconfigure(
+                rules.rules, private_data=s.private_data, slurm_conf=s.slurm_conf
+            )
         for step in pipeline.steps:
             if isinstance(step, AccessLog):
                 step.enabled = s.access_log

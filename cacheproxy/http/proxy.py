@@ -120,6 +120,7 @@ class Proxy:
         self.resolver = resolver
         self.stats = stats or Stats()
         self._clock = clock
+        self._shared_hits = self.stats.shared_hits  # (bound once: counted on every shared hit)
         self.coalescer = Coalescer()
         self.credentials = Credentials(
             store=store, stats=self.stats, clock=clock, auth_ttl=self.config.auth_ttl
@@ -251,6 +252,7 @@ class Proxy:
             ex.lane = "hit"
             source = None
             if plan.shared:
+                self._shared_hits[match.name] += 1
                 source = splice.source_value(ex.scope.get("client"))
                 if now >= self.audit.wake_at:
                     self.audit.on_shared(plan, ex.scope, now)
@@ -260,10 +262,13 @@ class Proxy:
             return self._then(self._stale_while_revalidate, ex.scope, plan, decision, generations)
         proof = None
         if plan.shared and not decision.accepted and wait_proof:
+            if not decision.refresh:  # a fresh shared entry is there, not for this credential
+                self.stats.shared_withheld[match.name] += 1
             credential = plan.identity.credential
             proving = self._proving.get(credential)
             if proving is not None:
                 return self._then(self._after_proof, ex, plan, proving)
+            self.stats.shared_proofs[match.name] += 1
             proof = self._proving[credential] = asyncio.Event()
         return self._then(self._fetch, ex.scope, plan, decision, generations, proof)
 

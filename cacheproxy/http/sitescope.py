@@ -12,6 +12,12 @@ logged and counts as unknown (per user) until it is readable again.
 A runtime set of demoted routes (:meth:`SiteScopes.demote`) turns a route
 back to per user, whatever the table says: the hook an audit of shared
 answers uses when it sees them differ by user.
+
+A reload (SIGHUP) hands new rules, ``private_data`` and ``slurm_conf`` to
+:meth:`SiteScopes.reconfigure`, in place (the planner and the audit hold
+this object): the scopes follow them from the next request, and the demoted
+routes stay demoted (the audit saw those answers differ; only a restart
+forgets it).
 """
 
 from __future__ import annotations
@@ -41,15 +47,22 @@ class SiteScopes:
         slurm_conf: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._families = {r.name: r.segments[0].literal or "" for r in rules if r.cache}
-        self._setting = privatedata.parse(private_data) if private_data.strip() else None
-        self._conf_path = slurm_conf
         self._clock = clock
+        self.demoted: set[str] = set()
+        self._shared: frozenset[str] = frozenset()
+        self.reconfigure(rules, private_data=private_data, slurm_conf=slurm_conf)
+
+    def reconfigure(self, rules: Iterable[Rule], *, private_data: str, slurm_conf: str) -> None:
+        """New rules or ``PrivateData`` sources (start, and a reload): every
+        scope follows them; the demoted routes stay.  Raises ``ValueError``
+        on a word Slurm would not recognise, before anything changes."""
+        setting = privatedata.parse(private_data) if private_data.strip() else None
+        self._families = {r.name: r.segments[0].literal or "" for r in rules if r.cache}
+        self._setting = setting
+        self._conf_path = slurm_conf
         self._conf_words: frozenset[str] | None = None
         self._conf_stamp: tuple[int, int, int] | None = None
         self._next_check = 0.0
-        self.demoted: set[str] = set()
-        self._shared: frozenset[str] = frozenset()
         if slurm_conf:
             self._reload(force=True)
         self._recompute()
@@ -79,6 +92,24 @@ class SiteScopes:
         if self._setting is None and self._conf_words is None:
             return None
         return (self._setting or frozenset()) | (self._conf_words or frozenset())
+
+    def summary(self) -> dict[str, object]:
+        """How many cached routes are shared and per user, and the
+        ``PrivateData`` words from each source (the startup line, the status
+        page): ``setting`` None when not set, ``slurm_conf`` None without
+        ``--slurm-conf`` (its ``words`` None while unreadable)."""
+        routes = self.describe()
+        conf = None
+        if self._conf_path:
+            words = None if self._conf_words is None else privatedata.spell(self._conf_words)
+            conf = {"path": self._conf_path, "words": words}
+        return {
+            "shared": sum(1 for d in routes if d["scope"] == scopes.SHARED),
+            "user": sum(1 for d in routes if d["scope"] != scopes.SHARED),
+            "demoted": sorted(self.demoted),
+            "setting": None if self._setting is None else privatedata.spell(self._setting),
+            "slurm_conf": conf,
+        }
 
     def describe(self) -> list[dict[str, str]]:
         """Each cached route's scope and why (``check-config``, the status page)."""

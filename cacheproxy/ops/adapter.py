@@ -38,6 +38,12 @@ class _Rules(Protocol):
     def rules(self) -> Sequence[Rule]: ...
 
 
+class _Scopes(Protocol):
+    def summary(self) -> dict[str, object]: ...
+
+    def describe(self) -> list[dict[str, str]]: ...
+
+
 class ProxyView(Protocol):
     """What the adapter reads of the running proxy."""
 
@@ -55,6 +61,9 @@ class ProxyView(Protocol):
 
     @property
     def rules(self) -> _Rules: ...
+
+    @property
+    def scopes(self) -> _Scopes: ...
 
     def user_tag(self, name: str) -> str: ...
 
@@ -147,11 +156,12 @@ class AppReport:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Callable[[], Settings],
         stats: Stats,
         proxy: Callable[[], ProxyView | None],
     ) -> None:
         self._settings = settings
+        """The settings now (a reload replaces the live ones)."""
         self._stats = stats
         self._proxy = proxy
 
@@ -165,10 +175,10 @@ class AppReport:
 
     @property
     def admin_token(self) -> str:
-        return self._settings.admin_token
+        return self._settings().admin_token
 
     def settings_summary(self) -> Mapping[str, object]:
-        return self._settings.public()
+        return self._settings().public()
 
     def store_state(self) -> StoreState:
         proxy = self._proxy()
@@ -185,6 +195,12 @@ class AppReport:
     def rules(self) -> Sequence[RuleSummary]:
         proxy = self._proxy()
         return [summary(r) for r in proxy.rules.rules] if proxy is not None else []
+
+    def scopes(self) -> Mapping[str, object]:
+        proxy = self._proxy()
+        if proxy is None:
+            return {}
+        return {**proxy.scopes.summary(), "routes": proxy.scopes.describe()}
 
     @property
     def shared_store(self) -> bool:

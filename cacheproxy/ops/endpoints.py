@@ -64,6 +64,7 @@ def public_stats(report: Report) -> dict[str, Any]:
         snap["store"] = store
         snap["transport"] = report.transport_state()
         snap["upstream_fetches_in_flight"] = report.fetches_in_flight()
+        snap["scopes"] = report.scopes()
     return snap
 
 

@@ -9,6 +9,7 @@ query (tests/ops/test_dashboard.py, test_alerts.py): renaming one breaks them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from prometheus_client.core import (
@@ -51,6 +52,40 @@ def _histogram(family: HistogramMetricFamily, labels: list[str], hist: Histogram
         buckets=[(_le(bound), n) for bound, n in hist.cumulative()],
         sum_value=hist.sum,
     )
+
+
+def _by_route(name: str, doc: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+    """A counter by rule name, exported (and graphed) before its first count."""
+    family = CounterMetricFamily(name, doc, labels=["route"])
+    for route, n in counts.items():
+        family.add_metric([route], n)
+    if not counts:
+        family.add_metric(["-"], 0)
+    return family
+
+
+def sharing_families(stats: Stats) -> list[Metric]:
+    """Shared views (docs/scopes.md): what sharing saves, and what it withholds."""
+    return [
+        _by_route(
+            "cacheproxy_shared_hits",
+            "Fresh hits answered from a shared entry (one entry for every accepted "
+            'credential), by rule name; included in cacheproxy_requests_total{cache="hit"}.',
+            stats.shared_hits,
+        ),
+        _by_route(
+            "cacheproxy_shared_proofs",
+            "Requests of a credential slurmrestd had not accepted yet, on a shared route, "
+            "sent upstream as its own user to prove it (its first miss), by rule name.",
+            stats.shared_proofs,
+        ),
+        _by_route(
+            "cacheproxy_shared_withheld",
+            "Requests not answered from a fresh shared entry because their credential was "
+            "not accepted (they went upstream as their user), by rule name.",
+            stats.shared_withheld,
+        ),
+    ]
 
 
 def stats_families(stats: Stats) -> list[Metric]:
@@ -212,6 +247,7 @@ def stats_families(stats: Stats) -> list[Metric]:
             "Requests refused by the per-user rate limit (429).",
             stats.rate_limited,
         ),
+        *sharing_families(stats),
         audits,
         GaugeMetricFamily(
             "cacheproxy_shared_routes_demoted",

@@ -104,6 +104,13 @@ class Report(Protocol):
 
     def rules(self) -> Sequence[RuleSummary]: ...
 
+    def scopes(self) -> Mapping[str, object]:
+        """The cached routes' scopes now (docs/scopes.md): ``shared`` and
+        ``user`` counts, ``demoted`` routes, the ``PrivateData`` words of the
+        ``setting`` and of ``slurm_conf``, and ``routes`` (each one's
+        ``route``, ``scope`` and ``why``); empty before the proxy starts."""
+        ...
+
     @property
     def shared_store(self) -> bool:
         """A shared tier exists: a purge reaches every replica."""

@@ -9,6 +9,7 @@ import pytest
 from cacheproxy.core.usertag import user_name, user_tag
 from cacheproxy.http import hardening
 from cacheproxy.http.app import CacheProxyApp
+from cacheproxy.ops import logfmt
 from cacheproxy.settings import Settings
 from tests.ops.conftest import ADMIN_TOKEN, JOBS, PARTITIONS, AppFactory, admin, auth
 
@@ -222,3 +223,20 @@ async def test_admin_token_guessing_is_blocked_after_the_limit(make_app: AppFact
         assert (await operator.get(STATS, headers=admin())).status_code == 200
     assert app.stats.auth_blocked == 2
     assert not app.stats.recent_invalidations  # no purge went through
+
+
+async def test_admin_stats_show_the_settings_a_reload_applied(
+    make_app: AppFactory, settings: Settings
+) -> None:
+    """The live settings as they are now, not as the process started."""
+    app: CacheProxyApp = await make_app(settings)
+    apply = hardening.reload_into(hardening.wrap(app), app)
+    apply(app.settings.model_copy(update={"private_data": "jobs", "log_level": "debug"}), app.rules)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://proxy.test"
+    ) as c:
+        r = await c.get("/_cacheproxy/admin/stats", headers=admin())
+    assert r.status_code == 200
+    assert r.json()["settings"]["private_data"] == "jobs"
+    assert r.json()["settings"]["log_level"] == "debug"
+    logfmt.set_level(settings.log_level)

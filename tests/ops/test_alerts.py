@@ -63,6 +63,7 @@ def test_every_alert_has_a_unit_test() -> None:
         "CacheproxyDown",
         "CacheproxyRedisDown",
         "CacheproxyAuthBlocks",
+        "CacheproxySharedRouteDemoted",
     }
     assert alerts == expected
     tests = yaml.safe_load(UNIT_TESTS.read_text())

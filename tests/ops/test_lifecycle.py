@@ -156,3 +156,83 @@ def test_sighup_reloads_rules_and_refuses_a_broken_file(tmp_path: Path, workers:
         # drained, then uvicorn ends by the signal it got (systemd: a clean stop)
         assert proc.returncode in (0, -signal.SIGTERM), proxy_log.read_text()
         assert "Finished server process" in proxy_log.read_text()
+
+
+def user(n: int) -> dict[str, str]:
+    return {"X-SLURM-USER-NAME": f"user00{n}", "X-SLURM-USER-TOKEN": f"sim-token-user00{n}"}
+
+
+def cache_status(base: str, who: dict[str, str]) -> str:
+    with httpx.Client(base_url=base) as c:
+        r = c.get(PARTITIONS, headers=who)
+        assert r.status_code == 200, r.text
+        return r.headers["cache-status"]
+
+
+def partitions_scope(base: str) -> str:
+    routes = httpx.get(base + "/_cacheproxy/stats").json()["scopes"]["routes"]
+    return next(str(d["scope"]) for d in routes if d["route"] == "partitions")
+
+
+@pytest.mark.slow
+def test_sighup_changes_private_data_live(tmp_path: Path) -> None:
+    """The site's PrivateData is reloaded with SIGHUP: the partitions route
+    turns shared (another accepted user hits the first one's entry), a bad
+    word keeps the running scopes with one line, and PrivateData=partitions
+    turns it back to per user."""
+    settings = tmp_path / "settings.toml"
+    settings.write_text("")  # PrivateData not configured: every route per user
+    proxy_log = tmp_path / "proxy.log"
+    with simulator(tmp_path) as upstream:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        serve = ["serve", "--upstream", upstream, "--port", str(port)]
+        with started([*serve, "--settings", str(settings)], proxy_log) as proc:
+            logs = [proxy_log]
+
+            def reload(text: str) -> list[dict[str, Any]]:
+                settings.write_text(text)
+                mark = len(json_lines(proxy_log))
+                os.kill(proc.pid, signal.SIGHUP)
+                eventually(
+                    lambda: any(
+                        x.get("event") == "reload" or "refused" in str(x.get("message"))
+                        for x in json_lines(proxy_log)[mark:]
+                    ),
+                    "the reload was not logged",
+                    logs,
+                )
+                return json_lines(proxy_log)[mark:]
+
+            eventually(
+                lambda: httpx.get(base + "/_cacheproxy/health").status_code == 200,
+                "the proxy did not start",
+                logs,
+            )
+            (start,) = [x for x in json_lines(proxy_log) if x.get("event") == "start"]
+            assert start["scopes"]["shared"] == 0
+            assert start["scopes"]["setting"] is None
+            assert partitions_scope(base) == "user"
+            assert "fwd=miss" in cache_status(base, user(1))
+            assert "fwd=miss" in cache_status(base, user(2))  # per user (and accepted)
+
+            reload('private_data = "none"\n')
+            assert partitions_scope(base) == "shared"
+            assert "fwd=miss" in cache_status(base, user(1))  # the shared entry's fill
+            assert "hit" in cache_status(base, user(2))  # another accepted user: shared
+            assert "fwd=miss" in cache_status(base, user(3))  # proves user003
+
+            lines = reload('private_data = "bogus"\n')
+            errors = [x for x in lines if x["level"] == "error"]
+            assert len(errors) == 1, lines
+            assert "private_data" in errors[0]["message"], errors
+            assert "refused" in errors[0]["message"], errors
+            assert partitions_scope(base) == "shared"
+            assert "hit" in cache_status(base, user(2))
+
+            lines = reload('private_data = "partitions"\n')
+            assert not [x for x in lines if x["level"] == "error"], lines
+            assert partitions_scope(base) == "user"
+            # user003 is accepted and never asked per user: a miss of its own
+            assert "fwd=miss" in cache_status(base, user(3))
+            assert proc.poll() is None

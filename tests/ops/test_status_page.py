@@ -20,9 +20,10 @@ import pytest
 import uvicorn
 
 from cacheproxy.http.app import CacheProxyApp
+from cacheproxy.settings import Settings
 from tests.clock import Clock
 from tests.core.fake_slurmrestd import FakeSlurmrestd
-from tests.ops.conftest import JOBS, PARTITIONS, admin, auth
+from tests.ops.conftest import ADMIN_TOKEN, JOBS, PARTITIONS, admin, auth
 
 PAGE = "/_cacheproxy/"
 HOSTILE_TAG = "<img src=x onerror=alert(1)>"
@@ -237,3 +238,31 @@ async def test_page_shows_routes_the_audit_demoted(
     assert 'id="demoted-routes">jobs<' in dom
     assert 'id="audits">3<' in dom
     assert re.search(r'class="card bad" id="audit-card"|id="audit-card"[^>]*class="card bad"', dom)
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(
+    "settings",
+    [Settings(upstream="http://upstream.test:6820", admin_token=ADMIN_TOKEN, private_data="none")],
+)
+async def test_page_shows_each_routes_scope_and_the_sharing_counters(
+    app: CacheProxyApp, served: str, client: httpx.AsyncClient
+) -> None:
+    """Shared, per user or demoted, and why; shared hits, proofs, withheld."""
+    for user in ("alice", "bob", "bob"):
+        assert (await client.get(PARTITIONS, headers=auth(user))).status_code == 200
+    assert app.proxy is not None
+    app.proxy.audit.demote("jobs", "two users got different answers", publish=False)
+    dom = await run_chromium("--dump-dom", served + PAGE)
+    scoped = {
+        m.group(1): [re.sub(r"<[^>]+>", "", c) for c in m.group(2).split("</td>")][:-1]
+        for m in re.finditer(r'<tr data-scope="([^"]+)">(.*?)</tr>', dom)
+    }
+    # route, scope, shared hits, proofs, withheld, why
+    assert scoped["partitions"][:5] == ["partitions", "shared", "1", "2", "1"]
+    assert "shared unless PrivateData has partitions" in scoped["partitions"][5]
+    assert scoped["jobs"][:2] == ["jobs", "demoted"]
+    assert "two users got different answers" in scoped["jobs"][5]
+    assert scoped["db-wckeys"][1] == "per user"
+    assert 'class="scope-demoted"' in dom
+    assert re.search(r'id="private-data">PrivateData: setting: none · \d+ routes shared, ', dom)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -98,3 +99,45 @@ def test_slurm_conf_value_parsing() -> None:
     assert v("PrivateData=jobs\nprivatedata=usage # later wins\n") == "usage"
     assert v('Foo=1 PRIVATEDATA="jobs,users"') == "jobs,users"
     assert v("#PrivateData=jobs\n") is None
+
+
+def test_reconfigure_follows_new_sources_and_keeps_the_demoted(tmp_path: Path) -> None:
+    """A reload: new PrivateData and slurm.conf take effect in place; a
+    route the audit demoted stays per user; a bad word changes nothing."""
+    site = SiteScopes(RULES, private_data="none")
+    site.demote("nodes")
+    site.reconfigure(RULES, private_data="jobs", slurm_conf="")
+    assert not site.shared("jobs")
+    assert not site.shared("nodes")  # demoted: for the process's life
+    assert site.shared("partitions")
+    with pytest.raises(ValueError, match="unknown PrivateData word 'bogus'"):
+        site.reconfigure(RULES, private_data="bogus", slurm_conf="")
+    assert not site.shared("jobs")
+    assert site.shared("partitions")
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("PrivateData=partitions\n")
+    site.reconfigure(RULES, private_data="", slurm_conf=str(conf))
+    assert site.shared("jobs")
+    assert not site.shared("partitions")
+    assert not site.shared("nodes")
+    # new rules: a route by another name is judged by the table again
+    renamed = [dataclasses.replace(r, name="mine") if r.name == "jobs" else r for r in RULES]
+    site.reconfigure(renamed, private_data="none", slurm_conf="")
+    assert "jobs" not in {d["route"] for d in site.describe()}
+    assert not site.shared("mine")  # not in the table: per user
+
+
+def test_summary_counts_scopes_and_names_each_source(tmp_path: Path) -> None:
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("PrivateData=jobs\n")
+    site = SiteScopes(RULES, private_data="reservations", slurm_conf=str(conf))
+    summary = site.summary()
+    described = site.describe()
+    shared = sum(d["scope"] == "shared" for d in described)
+    assert 0 < shared < len(described)
+    assert (summary["shared"], summary["user"]) == (shared, len(described) - shared)
+    assert summary["setting"] == "reservations"
+    assert summary["slurm_conf"] == {"path": str(conf), "words": "jobs"}
+    assert SiteScopes(RULES).summary()["setting"] is None
+    assert SiteScopes(RULES).summary()["slurm_conf"] is None
+    assert SiteScopes(RULES).summary()["shared"] == 0

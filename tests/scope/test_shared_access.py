@@ -21,6 +21,7 @@ import jwt
 import orjson
 import pytest
 
+from cacheproxy.http import hardening
 from cacheproxy.http.app import CacheProxyApp
 from cacheproxy.settings import Settings
 from cacheproxy.simulator import SimConfig, Simulator
@@ -195,3 +196,50 @@ async def test_meta_client_source_is_the_requesters_and_the_rest_byte_for_byte(e
         # user and group are slurmrestd's constants, kept as stored
         client = orjson.loads(a.content)["meta"]["client"]
         assert (client["user"], client["group"]) == ("root", "root")
+
+
+async def test_sharing_counters_reach_the_metrics(env: Env) -> None:
+    """Shared hits, credential proofs and entries withheld from a credential
+    not accepted yet: counted by route, exported to Prometheus."""
+    stats = env.app.stats
+    async with env.client() as c:
+        assert not _hit(await c.get(NODES, headers=auth("user001")))  # fill, and proof
+        assert _hit(await c.get(NODES, headers=auth("user001")))
+        wrong = await c.get(NODES, headers=auth("user002", "sim-token-wrong"))
+        assert not _hit(wrong)  # withheld: never accepted (then refused)
+        assert not _hit(await c.get(NODES, headers=auth("user002")))  # withheld, proof
+        assert _hit(await c.get(NODES, headers=auth("user002")))
+        metrics = (await c.get("/_cacheproxy/metrics")).text
+    assert stats.shared_hits == {"nodes": 2}
+    assert stats.shared_proofs == {"nodes": 3}
+    assert stats.shared_withheld == {"nodes": 2}
+    assert 'cacheproxy_shared_hits_total{route="nodes"} 2.0' in metrics
+    assert 'cacheproxy_shared_proofs_total{route="nodes"} 3.0' in metrics
+    assert 'cacheproxy_shared_withheld_total{route="nodes"} 2.0' in metrics
+
+
+async def test_a_reload_keeps_the_routes_the_audit_demoted(env: Env) -> None:
+    """New PrivateData by SIGHUP: the scopes follow it, and a route the audit
+    turned per user stays per user (for the process's life)."""
+    app, proxy = env.app, env.app.proxy
+    assert proxy is not None
+    proxy.audit.demote("nodes", "two users got different answers", publish=False)
+    apply = hardening.reload_into(hardening.wrap(app), app)
+    apply(app.settings.model_copy(update={"private_data": "jobs"}), app.rules)
+    async with env.client() as c:
+        assert (await c.get(NODES, headers=auth("user001"))).status_code == 200
+        parts = "/slurm/v0.0.43/partitions"
+        assert (await c.get(parts, headers=auth("user002"))).status_code == 200  # accepted
+        assert _hit(await c.get(parts, headers=auth("user001")))  # (partitions: shared)
+        before = env.upstream
+        assert not _hit(await c.get(NODES, headers=auth("user002")))  # nodes: per user still
+        assert env.upstream == before + 1
+        scopes = (await c.get("/_cacheproxy/stats")).json()["scopes"]
+    why = {d["route"]: (d["scope"], d["why"]) for d in scopes["routes"]}
+    assert why["nodes"][0] == "user"
+    assert "demoted" in why["nodes"][1]
+    assert why["jobs"] == ("user", why["jobs"][1])
+    assert "PrivateData=jobs" in why["jobs"][1]
+    assert why["partitions"][0] == "shared"
+    assert scopes["demoted"] == ["nodes"]
+    assert scopes["setting"] == "jobs"
