@@ -218,11 +218,12 @@ class Stats:
     demoted_routes: dict[str, str] = field(default_factory=dict)
     """rule name -> why the audit turned it back to per user (this process's life)."""
     # -- operations (metrics, status page)
-    responses: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """(rule name, status class ``2xx``..``5xx``) -> responses sent to clients."""
-    request_latency: dict[tuple[str, str], Histogram] = field(default_factory=dict)
-    """(rule name, cache outcome) -> seconds from the request's arrival to
-    the end of its response, as the client saw it."""
+    answered: dict[tuple[str, int, str], Histogram] = field(default_factory=dict)
+    """(rule name, status, cache outcome) -> seconds from the request's
+    arrival to the end of its response, as the client saw it.  One entry per
+    distinct triple, made once: a response is one dict read and one
+    observation (:attr:`responses` and :attr:`request_latency` are summed
+    from it when read)."""
     upstream_latency: dict[str, Histogram] = field(default_factory=dict)
     """rule name -> seconds until slurmrestd's response head arrived."""
     ready: int | None = None
@@ -247,13 +248,33 @@ class Stats:
 
     def observe_response(self, route: str, status: int, cache: str, seconds: float) -> None:
         """Record one answered request as its client saw it."""
-        self.responses[(route, _STATUS_CLASS.get(status // 100, "other"))] += 1
-        key = (route, cache)
-        hist = self.request_latency.get(key)
+        key = (route, status, cache)
+        hist = self.answered.get(key)
         if hist is None:
-            hist = self.request_latency[key] = Histogram(REQUEST_BUCKETS)
+            hist = self.answered[key] = Histogram(REQUEST_BUCKETS)
         hist.counts[bisect_left(REQUEST_BUCKETS, seconds)] += 1  # (observe(), inlined)
         hist.sum += seconds
+
+    @property
+    def responses(self) -> Counter[tuple[str, str]]:
+        """(rule name, status class ``2xx``..``5xx``) -> responses sent to clients."""
+        out: Counter[tuple[str, str]] = Counter()
+        for (route, status, _), hist in self.answered.items():
+            out[(route, _STATUS_CLASS.get(status // 100, "other"))] += hist.count
+        return out
+
+    @property
+    def request_latency(self) -> dict[tuple[str, str], Histogram]:
+        """(rule name, cache outcome) -> the durations of :attr:`answered`,
+        whatever the status."""
+        out: dict[tuple[str, str], Histogram] = {}
+        for (route, _, cache), hist in self.answered.items():
+            merged = out.get((route, cache))
+            if merged is None:
+                merged = out[(route, cache)] = Histogram(REQUEST_BUCKETS)
+            merged.counts = [a + b for a, b in zip(merged.counts, hist.counts, strict=True)]
+            merged.sum += hist.sum
+        return out
 
     def observe_stale(self, route: str, age: float) -> None:
         """Record one expired entry served stale, ``age`` seconds after it was stored."""

@@ -214,10 +214,12 @@ class Match:
     """Tags an entry for this request carries (implicit ones included)."""
     invalidates: tuple[str, ...]
     params: Mapping[str, str] = field(default_factory=dict)
+    name: str = field(init=False, compare=False, repr=False)
+    """The rule's name ('-': none matched).  A field, not a property: a hit
+    reads it three times."""
 
-    @property
-    def name(self) -> str:
-        return self.rule.name if self.rule is not None else "-"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", self.rule.name if self.rule is not None else "-")
 
 
 def _compile_template(path: str, where: str) -> tuple[_Segment, ...]:

@@ -158,6 +158,8 @@ class AccessLog(BaseStep):
         ex.started = time.perf_counter()
 
     def leave(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if ex.outcome is not None and not self.enabled:
+            return  # (a hit: the metrics know the outcome, no line needs the header)
         for k, v in headers:  # (inlined: this runs for every request)
             if k == b"cache-status":
                 ex.cache = v
@@ -165,12 +167,14 @@ class AccessLog(BaseStep):
 
     def done(self, ex: Exchange) -> None:
         seconds = time.perf_counter() - ex.started
-        cache = ex.cache
-        found = _OUTCOMES.get(cache)
+        found = ex.outcome
         if found is None:
-            if len(_OUTCOMES) >= _MAX_OUTCOMES:
-                _OUTCOMES.clear()
-            found = _OUTCOMES[cache] = outcome(cache)
+            cache = ex.cache
+            found = _OUTCOMES.get(cache)
+            if found is None:
+                if len(_OUTCOMES) >= _MAX_OUTCOMES:
+                    _OUTCOMES.clear()
+                found = _OUTCOMES[cache] = outcome(cache)
         self.stats.observe_response(ex.rule, ex.status, found, seconds)
         if self.enabled:
             self.write(ex, seconds)

@@ -58,7 +58,11 @@ def hit_response(
             out += [(b"content-encoding", b"gzip"), (b"vary", b"accept-encoding")]
         out += [(b"content-length", b"%d" % len(body)), status, aged]
         return entry.status, out, body
-    variant = compress.choose(accept_encoding, entry.variants) if entry.variants else None
+    variant = (
+        compress.choose(accept_encoding, entry.variants)
+        if accept_encoding and entry.variants  # (no call for a client that takes none)
+        else None
+    )
     if variant is None:
         return entry.status, [*entry.headers, status, aged], body
     encoding, body = variant

@@ -80,6 +80,9 @@ class Exchange:
     status: int = 0
     cache: bytes = b""
     """The response's Cache-Status (for the access log)."""
+    outcome: str | None = None
+    """The metrics' cache outcome, when the handler knows it already (a
+    fresh hit: ``hit``); None: the access log reads it from Cache-Status."""
     rule: str = "-"
     """The name of the rule the request matched (set by the proxy; '-': none)."""
     sent: int = 0

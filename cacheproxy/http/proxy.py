@@ -249,7 +249,7 @@ class Proxy:
         decision = decide.on_lookup(match, plan.identity.credential, plan.key, found, now)
         if isinstance(decision, decide.FreshHit):
             self.stats.requests[(match.name, "hit")] += 1
-            ex.lane = "hit"
+            ex.lane = ex.outcome = "hit"
             source = None
             if plan.shared:
                 self._shared_hits[match.name] += 1

@@ -22,9 +22,9 @@ not complete ``head_timeout`` seconds after the connection opened or the
 previous response ended 408 (a silent close if not a byte came, like
 uvicorn's keep-alive expiry, which is kept: an idle connection closes
 ``timeout_keep_alive`` seconds after its last response).  One timer per
-connection serves both deadlines (one timer per request cost a tenth of the
-hit path).  Over uvicorn's ``limit_concurrency`` a request is answered 503
-with ``Retry-After``, and a request llhttp cannot parse 400, each in
+connection serves both deadlines (:mod:`cacheproxy.http.deadlines`).
+Over uvicorn's ``limit_concurrency`` a request is answered 503 with
+``Retry-After``, and a request llhttp cannot parse 400, each in
 slurmrestd's JSON error shape and in its turn, and the connection closes.
 A request asking to switch protocols (``Upgrade``, ``CONNECT``) is answered
 as a plain request (slurmrestd has no other protocol), or 400 when it
@@ -68,13 +68,13 @@ import httptools
 
 from cacheproxy.core import errors
 from cacheproxy.http.cycle import STATUS_LINES, Cycle, status_lines
+from cacheproxy.http.deadlines import NEVER as _NEVER
+from cacheproxy.http.deadlines import Deadlines
 from cacheproxy.http.forwarded import TrustedProxies
 from cacheproxy.http.pipeline import Answer, Continue, Exchange, Pipeline
 from cacheproxy.http.respond import Response
 
 log = logging.getLogger("cacheproxy")
-
-_NEVER = float("inf")
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class _HeadLimit(Exception):
     """Raised in a parser callback to stop parsing an oversized head."""
 
 
-class HttpServer(asyncio.Protocol):
+class HttpServer(Deadlines, asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
     def __init__(
@@ -137,7 +137,6 @@ class HttpServer(asyncio.Protocol):
         self.status_lines: Mapping[int, bytes] = _status_lines_of(options.reason_phrases)
         self.max_url = options.max_url_bytes
         self.max_head = options.max_head_bytes
-        self.head_timeout = options.head_timeout
         self.trusted = (
             TrustedProxies(options.forwarded_allow_ips) if options.forwarded_allow_ips else None
         )
@@ -168,11 +167,8 @@ class HttpServer(asyncio.Protocol):
         self.in_head = False
         self.expect = False
         self.refusal: errors.ProxyError | None = None
-        # the deadlines (see _ensure_timer)
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = _NEVER
-        self.head_deadline = _NEVER
-        self.idle_deadline = _NEVER
+        self.head_timeout = options.head_timeout
+        self.init_deadlines()
 
     # -- the connection -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -183,16 +179,18 @@ class HttpServer(asyncio.Protocol):
         self.client = _address(transport, "peername")  # type: ignore[assignment]
         if transport.get_extra_info("sslcontext"):
             self.scheme = "https"
-        self._arm_head_deadline()
+        self.arm_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.stop_timer()
         if self.active is not None:
             self.active.lost()
         self.resume_writing()  # nobody waits to write any more
+
+    def head_timed_out(self) -> None:
+        self.transport.write(raw_error(errors.HEAD_TIMEOUT))
+        self.transport.close()
 
     def eof_received(self) -> bool | None:
         return None  # the client is done sending: the transport closes (as uvicorn)
@@ -287,7 +285,7 @@ class HttpServer(asyncio.Protocol):
         self.expect = False
         self.idle_deadline = _NEVER
         if self.head_deadline == _NEVER:
-            self._arm_head_deadline()
+            self.arm_head_deadline()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -457,47 +455,12 @@ class HttpServer(asyncio.Protocol):
             finally:
                 self.starting = False
             if self.active is not None or transport.is_closing():
-                self._ensure_timer()
+                self.ensure_timer()
                 return
         if self.read_paused:
             self.resume_reading()
         self.idle_deadline = now + self.keep_alive_timeout
-        self._ensure_timer()
-
-    # -- deadlines --------------------------------------------------------------------
-    def _arm_head_deadline(self) -> None:
-        if self.head_timeout > 0:
-            self.head_deadline = self.loop.time() + self.head_timeout
-            self._ensure_timer()
-
-    def _ensure_timer(self) -> None:
-        """One timer per connection, at the earliest deadline; it re-arms
-        itself for the next.  Moving deadlines is setting floats: the timer
-        is moved only when a deadline comes nearer."""
-        deadline = min(self.head_deadline, self.idle_deadline)
-        if deadline == _NEVER:
-            return
-        if self.timer is not None:
-            if self.timer_at <= deadline:
-                return
-            self.timer.cancel()
-        self.timer_at = deadline
-        self.timer = self.loop.call_at(deadline, self._on_deadline)
-
-    def _on_deadline(self) -> None:
-        self.timer = None
-        if self.transport.is_closing() or self.active is not None:
-            return  # a request is being answered: response_done re-arms
-        now = self.loop.time()
-        if self.in_head:
-            if self.head_deadline <= now:
-                self.transport.write(raw_error(errors.HEAD_TIMEOUT))
-                self.transport.close()
-                return
-        elif min(self.head_deadline, self.idle_deadline) <= now:
-            self.transport.close()  # idle: a silent close, as a keep-alive expiry
-            return
-        self._ensure_timer()
+        self.ensure_timer()
 
 
 @functools.lru_cache(maxsize=4)

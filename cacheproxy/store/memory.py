@@ -107,6 +107,9 @@ class MemoryStore:
         (:class:`~cacheproxy.store.tiered.TieredStore`): no generations or
         acceptance are looked up, and no coroutine is made.
         """
+        return self._get(key, self._clock())
+
+    def _get(self, key: bytes, now: float) -> Entry | None:
         entries = self._entries
         try:
             entry = entries[key]
@@ -115,7 +118,7 @@ class MemoryStore:
         life = entry.ttl + entry.stale_for  # (no min(): a builtin call per hit)
         if life > self.max_lifetime:
             life = self.max_lifetime
-        if self._clock() >= entry.stored_at + life:
+        if now >= entry.stored_at + life:
             del entries[key]
             return None
         return entry
@@ -137,9 +140,10 @@ class MemoryStore:
     def lookup_now(self, key: bytes, tags: Sequence[str], credential: bytes) -> Lookup:
         """:meth:`lookup` without a coroutine: nothing here waits, and the
         server's fast lane answers hits from a parser callback."""
-        entry = self.get(key)
+        now = self._clock()  # (read once: a clock read per use was a hit's 0.4k)
+        entry = self._get(key, now)
         accepted = self._accepted.get(credential, 0.0)
-        if accepted and accepted <= self._clock():
+        if accepted and accepted <= now:
             del self._accepted[credential]
             accepted = 0.0
         return Lookup(entry, self._generations(tags), accepted)
