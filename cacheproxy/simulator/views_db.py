@@ -14,19 +14,22 @@ import orjson
 from cacheproxy.simulator import model as m
 from cacheproxy.simulator import render4x
 from cacheproxy.simulator import render38 as r38
+from cacheproxy.simulator import view_errors as errors
 from cacheproxy.simulator.envelope import Body, error_entry
-from cacheproxy.simulator.views import Ctx, RenderCache, json_body, list_member, parse_job_id
+from cacheproxy.simulator.viewctx import (
+    Ctx,
+    ViewBase,
+    json_body,
+    list_member,
+    parse_job_id,
+)
 
 #: Operations a non-administrator may not call (22.05: 500, Access/permission denied).
 ADMIN_ONLY = frozenset({"db_config", "db_diag", "db_wckeys"})
 
 
-class DbViews:
+class DbViews(ViewBase):
     """``/slurmdb/{v}/...`` operations."""
-
-    def __init__(self, cluster: m.Cluster, cache: RenderCache) -> None:
-        self.c = cluster
-        self.cache = cache
 
     def denied(self, ctx: Ctx, source: str) -> Body:
         return Body(
@@ -113,11 +116,6 @@ class DbViews:
         )
 
     # ------------------------------------------------------------- entities
-    def _hidden(self, ctx: Ctx, word: str) -> bool:
-        """slurmdbd's PrivateData test: the word is set and the requester is
-        below AdminLevel Operator (``is_user_min_admin_level``)."""
-        return self.c.config.private(word) and not self.c.privileged(ctx.user)
-
     def _visible_users(self, ctx: Ctx) -> list[m.User]:
         """PrivateData=users: a non-operator lists only themselves, coordinator
         or not (``as_mysql_get_users``, as_mysql_user.c, 22.05.8 to 25.11.0)."""
@@ -289,28 +287,17 @@ class DbViews:
         try:
             req = json_body(ctx)
         except orjson.JSONDecodeError:
-            return Body(
-                errors=[error_entry(ctx.version, 9001, "Unable to parse query", "parse")],
-                status=400,
-            )
+            return errors.unparsable(ctx)
         items = req.get(key) if isinstance(req, dict) else None
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-            return Body(
-                errors=[error_entry(ctx.version, 9001, f"Expected a list of {key}", "_parse")],
-                status=400,
-            )
+            return errors.malformed(ctx, 9001, f"Expected a list of {key}", "_parse")
         return items
 
     def _apply(self, ctx: Ctx, source: str, fn: Callable[[], object]) -> Body:
         try:
             fn()
         except m.SimError as e:
-            return Body(
-                errors=[
-                    error_entry(ctx.version, e.errno, e.message, source, e.description or None)
-                ],
-                status=500,
-            )
+            return errors.failed(ctx, e, source)
         return Body()
 
     def db_accounts_add(self, ctx: Ctx) -> Body:
