@@ -18,8 +18,9 @@ Read in SchedMD/slurm (tags slurm-22-05-8-1 and slurm-25-11-0-1):
   which no REST route the simulator serves returns.
 
 The simulator applies the per-route rules in ``simulator/views*.py``
-(``views.py``, ``views_nodes.py``, ``views_db.py``), each citing the Slurm function it follows; the proxy's table of
-which word governs which route is :mod:`cacheproxy.core.scopes`.
+(``views.py``, ``views_nodes.py``, ``views_db.py``), each citing the Slurm
+function it follows; the proxy's table of which word governs which route is
+:mod:`cacheproxy.core.scopes`.
 """
 
 from __future__ import annotations
