@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from cacheproxy.simulator import model as m
+from cacheproxy.simulator.entities import ACCESS_DENIED, INVALID_JOB_ID, INVALID_QUERY, SimError
 from cacheproxy.simulator.envelope import Body, error_entry
 from cacheproxy.simulator.viewctx import Ctx, no_jobs_payload
 
 
-def failed(ctx: Ctx, e: m.SimError, source: str, status: int = 500) -> Body:
+def failed(ctx: Ctx, e: SimError, source: str, status: int = 500) -> Body:
     """A call into slurmctld that failed with ``e``."""
     return Body(
         errors=[error_entry(ctx.version, e.errno, e.message, source, e.description or None)],
@@ -42,7 +42,7 @@ def unparsable(ctx: Ctx) -> Body:
     return malformed(ctx, 9001, "Unable to parse query", "parse")
 
 
-def denied(ctx: Ctx, key: str, source: str, errno: int = m.ACCESS_DENIED[0]) -> Body:
+def denied(ctx: Ctx, key: str, source: str, errno: int = ACCESS_DENIED[0]) -> Body:
     """A read slurmctld refuses with ESLURM_ACCESS_DENIED (slurmrestd: 500).
 
     PrivateData=nodes/partitions: ``_slurm_rpc_dump_nodes``,
@@ -52,7 +52,7 @@ def denied(ctx: Ctx, key: str, source: str, errno: int = m.ACCESS_DENIED[0]) -> 
     ``{"error", "errno"}``; the data_parser plugins an error entry, and
     ``http_status_from_error`` (src/common/http.c) maps it to 500.
     """
-    text = "Access/permission denied" if errno == m.ACCESS_DENIED[0] else "Unspecified error"
+    text = "Access/permission denied" if errno == ACCESS_DENIED[0] else "Unspecified error"
     if ctx.legacy:
         return _v38_failure(key, text, errno)
     return Body(
@@ -82,9 +82,7 @@ def unknown_name(ctx: Ctx, key: str, name: str) -> Body:
         source, payload = f"op_handler_{what}", []
     return Body(
         payload=payload,
-        errors=[
-            error_entry(ctx.version, *m.INVALID_QUERY, source, f"Unable to find {what} {name}")
-        ],
+        errors=[error_entry(ctx.version, *INVALID_QUERY, source, f"Unable to find {what} {name}")],
         status=ctx.invalid_query_status,
     )
 
@@ -97,7 +95,7 @@ def job_not_found(ctx: Ctx, raw: str, warnings: list[dict[str, Any]]) -> Body:
             errors=[
                 error_entry(
                     ctx.version,
-                    *m.INVALID_JOB_ID,
+                    *INVALID_JOB_ID,
                     "slurm_load_job",
                     f"Unable to find JobId={raw}",
                 )
@@ -109,7 +107,7 @@ def job_not_found(ctx: Ctx, raw: str, warnings: list[dict[str, Any]]) -> Body:
         errors=[
             error_entry(
                 ctx.version,
-                *m.INVALID_JOB_ID,
+                *INVALID_JOB_ID,
                 "_handle_job_get",
                 f"Unable to query JobId={raw}",
             )

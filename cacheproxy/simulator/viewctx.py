@@ -17,6 +17,7 @@ import orjson
 
 from cacheproxy.simulator import jsonfmt, render4x
 from cacheproxy.simulator import model as m
+from cacheproxy.simulator.entities import Job
 from cacheproxy.simulator.envelope import Pre
 from cacheproxy.simulator.routes import LEGACY
 
@@ -76,7 +77,7 @@ class RenderCache:
         return pre, n
 
     def job_fragment(
-        self, job: m.Job, version: str, kind: str, build: Callable[[m.Job], dict[str, Any]]
+        self, job: Job, version: str, kind: str, build: Callable[[Job], dict[str, Any]]
     ) -> bytes:
         """One job, pretty-printed at list depth 2, cached per job version."""
         key = (job.job_id, version, kind)

@@ -14,10 +14,10 @@ whose method names are the operations of ``routes.py``.
 
 from __future__ import annotations
 
-from cacheproxy.simulator import model as m
 from cacheproxy.simulator import render4x
 from cacheproxy.simulator import render38 as r38
 from cacheproxy.simulator import view_errors as errors
+from cacheproxy.simulator.entities import LICENSES, SimError
 from cacheproxy.simulator.envelope import Body
 from cacheproxy.simulator.viewctx import Ctx
 from cacheproxy.simulator.views_jobs import JobViews
@@ -41,9 +41,9 @@ class SlurmViews(JobViews, NodeViews):
     def licenses(self, ctx: Ctx) -> Body:
         used = self.c.licenses_in_use()
         if ctx.legacy:
-            items = [r38.license_(n, t, used[n]) for n, t in m.LICENSES.items()]
+            items = [r38.license_(n, t, used[n]) for n, t in LICENSES.items()]
         else:
-            items = [render4x.license_(n, t, used[n], ctx.version) for n, t in m.LICENSES.items()]
+            items = [render4x.license_(n, t, used[n], ctx.version) for n, t in LICENSES.items()]
         return Body(payload=[("licenses", items), *self._times(ctx, "licenses")], items=len(items))
 
     def shares(self, ctx: Ctx) -> Body:
@@ -63,6 +63,6 @@ class SlurmViews(JobViews, NodeViews):
     def reconfigure(self, ctx: Ctx) -> Body:
         try:
             self.c.reconfigure(ctx.user)
-        except m.SimError as e:
+        except SimError as e:
             return errors.failed(ctx, e, "slurm_reconfigure()")
         return Body()

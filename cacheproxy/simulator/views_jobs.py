@@ -12,10 +12,10 @@ from typing import Any
 
 import orjson
 
-from cacheproxy.simulator import model as m
 from cacheproxy.simulator import render4x
 from cacheproxy.simulator import render38 as r38
 from cacheproxy.simulator import view_errors as errors
+from cacheproxy.simulator.entities import INVALID_JOB_ID, Job, SimError
 from cacheproxy.simulator.envelope import Body, Pre, Response, error_entry, not_modified
 from cacheproxy.simulator.routes import LEGACY
 from cacheproxy.simulator.viewctx import (
@@ -35,10 +35,10 @@ from cacheproxy.simulator.viewctx import (
 class JobViews(ViewBase):
     """``/slurm/{v}/job...`` operations."""
 
-    def _job_dict(self, j: m.Job, version: str) -> dict[str, Any]:
+    def _job_dict(self, j: Job, version: str) -> dict[str, Any]:
         return r38.job(j, self.c) if version == LEGACY else render4x.job(j, self.c, version)
 
-    def _job_fragments(self, jobs: list[m.Job], version: str) -> list[bytes]:
+    def _job_fragments(self, jobs: list[Job], version: str) -> list[bytes]:
         return [
             self.cache.job_fragment(j, version, "slurm", lambda x: self._job_dict(x, version))
             for j in jobs
@@ -89,7 +89,7 @@ class JobViews(ViewBase):
     def job(self, ctx: Ctx) -> Body:
         raw = ctx.params["job_id"]
         parsed = parse_job_id(raw)
-        jobs: list[m.Job] = []
+        jobs: list[Job] = []
         warnings: list[dict[str, Any]] = []
         if parsed is not None:
             job_id, task = parsed
@@ -172,7 +172,7 @@ class JobViews(ViewBase):
                 account=job.get("account") if isinstance(job.get("account"), str) else None,
                 qos=job.get("qos") if isinstance(job.get("qos"), str) else None,
             )
-        except m.SimError as e:
+        except SimError as e:
             return errors.failed(ctx, e, "slurm_submit_batch_job()")
         return Body(
             payload=[
@@ -192,11 +192,11 @@ class JobViews(ViewBase):
             req = req["job"]
         if parsed is None or not isinstance(req, dict):
             return errors.malformed(
-                ctx, *m.INVALID_JOB_ID, "_job_post_update", status=500 if ctx.legacy else 404
+                ctx, *INVALID_JOB_ID, "_job_post_update", status=500 if ctx.legacy else 404
             )
         try:
             job = self.c.update_job(parsed[0], ctx.user, req)
-        except m.SimError as e:
+        except SimError as e:
             return errors.failed(
                 ctx, e, "slurm_update_job2()", 404 if (e.errno == 2017 and not ctx.legacy) else 500
             )
@@ -223,13 +223,13 @@ class JobViews(ViewBase):
         parsed = parse_job_id(ctx.params["job_id"])
         try:
             if parsed is None:
-                raise m.SimError(*m.INVALID_JOB_ID)
+                raise SimError(*INVALID_JOB_ID)
             if ctx.viewer is not None and not [
                 j for j in self.c.find_jobs(*parsed) if self.c.job_visible(ctx.viewer, j)
             ]:
-                raise m.SimError(*m.INVALID_JOB_ID)
+                raise SimError(*INVALID_JOB_ID)
             jobs = self.c.cancel(parsed[0], ctx.user, parsed[1])
-        except m.SimError as e:
+        except SimError as e:
             if ctx.legacy:
                 return errors.failed(ctx, e, "slurm_kill_job2()")
             return Body(
@@ -261,7 +261,7 @@ class JobViews(ViewBase):
         return Body(payload=[("status", [_kill_status(j) for j in jobs])])
 
 
-def _kill_status(j: m.Job) -> dict[str, Any]:
+def _kill_status(j: Job) -> dict[str, Any]:
     return {
         "error": {"string": "", "code": 0, "message": ""},
         "step_id": "",

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from cacheproxy.simulator import jsonfmt, render4x
-from cacheproxy.simulator import model as m
 from cacheproxy.simulator import render38 as r38
 from cacheproxy.simulator import view_errors as errors
+from cacheproxy.simulator.entities import Node, Partition, Reservation, SimError
 from cacheproxy.simulator.envelope import Body, Pre, Response, not_modified
 from cacheproxy.simulator.viewctx import (
     Ctx,
@@ -37,7 +37,7 @@ class NodeViews(ViewBase):
         gens = (self.c.gen["nodes"], self.c.gen["reservations"])
         return self.cache.member(("nodes", ctx.version), gens, build)
 
-    def _node(self, n: m.Node, ctx: Ctx) -> dict[str, Any]:
+    def _node(self, n: Node, ctx: Ctx) -> dict[str, Any]:
         return r38.node(n, self.c) if ctx.legacy else render4x.node(n, self.c, ctx.version)
 
     def _nodes_hidden(self, ctx: Ctx) -> Body | None:
@@ -89,12 +89,12 @@ class NodeViews(ViewBase):
                 state if isinstance(state, str) else None,
                 reason if isinstance(reason, str) else None,
             )
-        except m.SimError as e:
+        except SimError as e:
             return errors.failed(ctx, e, "slurm_update_node()")
         return Body()
 
     # ------------------------------------------------------------ partitions
-    def _partition(self, p: m.Partition, ctx: Ctx) -> dict[str, Any]:
+    def _partition(self, p: Partition, ctx: Ctx) -> dict[str, Any]:
         return (
             r38.partition(p, self.c) if ctx.legacy else render4x.partition(p, self.c, ctx.version)
         )
@@ -123,12 +123,12 @@ class NodeViews(ViewBase):
         )
 
     # ---------------------------------------------------------- reservations
-    def _reservation(self, r: m.Reservation, ctx: Ctx) -> dict[str, Any]:
+    def _reservation(self, r: Reservation, ctx: Ctx) -> dict[str, Any]:
         if ctx.legacy:
             return r38.reservation(r, self.c)
         return render4x.reservation(r, self.c, ctx.version)
 
-    def _usable(self, ctx: Ctx) -> list[m.Reservation]:
+    def _usable(self, ctx: Ctx) -> list[Reservation]:
         """PrivateData=reservations: a non-operator sees the reservations they
         may use (``show_resv`` and ``_validate_user_access``,
         src/slurmctld/reservation.c, 22.05.8 to 25.11.0): by account when the
@@ -179,12 +179,12 @@ class NodeViews(ViewBase):
         try:
             for item in items:
                 if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                    raise m.SimError(2050, "Requested reservation is invalid")
+                    raise SimError(2050, "Requested reservation is invalid")
                 nodes = item.get("node_list") or []
                 if isinstance(nodes, str):
                     nodes = [n for n in nodes.split(",") if n]
                 now = self.c.now()
-                res = m.Reservation(
+                res = Reservation(
                     name=item["name"],
                     nodes=[n for n in nodes if n in self.c.nodes],
                     start_time=as_int(number(item.get("start_time")), now),
@@ -195,14 +195,14 @@ class NodeViews(ViewBase):
                     partition=str(item.get("partition") or ""),
                 )
                 created.append(self.c.create_reservation(ctx.user, res))
-        except m.SimError as e:
+        except SimError as e:
             return errors.failed(ctx, e, "slurm_create_reservation()")
         return Body(payload=[("reservations", [self._reservation(r, ctx) for r in created])])
 
     def reservation_delete(self, ctx: Ctx) -> Body:
         try:
             self.c.delete_reservation(ctx.user, ctx.params["reservation_name"])
-        except m.SimError as e:
+        except SimError as e:
             return errors.failed(
                 ctx, e, "slurm_delete_reservation()", 404 if e.errno == 2050 else 500
             )
