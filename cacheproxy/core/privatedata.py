@@ -17,9 +17,10 @@ Read in SchedMD/slurm (tags slurm-22-05-8-1 and slurm-25-11-0-1):
 * ``events``: only slurmdbd's cluster events (``as_mysql_get_cluster_events``),
   which no REST route the simulator serves returns.
 
-The simulator applies the per-route rules in ``simulator/views.py`` and
-``views_db.py``, each citing the Slurm function it follows; the proxy's table of
-which word governs which route is :mod:`cacheproxy.core.scopes`.
+The simulator applies the per-route rules in ``simulator/views*.py``
+(``views.py``, ``views_nodes.py``, ``views_db.py``), each citing the Slurm
+function it follows; the proxy's table of which word governs which route is
+:mod:`cacheproxy.core.scopes`.
 """
 
 from __future__ import annotations

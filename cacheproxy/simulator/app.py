@@ -32,7 +32,8 @@ from cacheproxy.simulator.ratelimit import RateLimiter
 from cacheproxy.simulator.releases import LEGACY_VERSIONS, Release, base_version
 from cacheproxy.simulator.routes import OPENAPI_PATHS, Match, match, split_path
 from cacheproxy.simulator.stats import Stats
-from cacheproxy.simulator.views import Ctx, RenderCache, SlurmViews
+from cacheproxy.simulator.viewctx import Ctx, RenderCache
+from cacheproxy.simulator.views import SlurmViews
 from cacheproxy.simulator.views_db import ADMIN_ONLY, DbViews
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,9 @@
 """The simulated cluster: jobs, nodes, partitions, reservations and accounting.
 
-Version-neutral state only; ``render_*`` modules turn it into each API
-version's shapes.  Every change bumps a per-collection generation (for the
-render caches) and a per-collection change time (for ``update_time``).
+Version-neutral state only (its records are defined in ``entities.py``, its
+starting population in ``seed.py``); ``render_*`` modules turn it into each
+API version's shapes.  Every change bumps a per-collection generation (for
+the render caches) and a per-collection change time (for ``update_time``).
 
 Jobs live like real ones: they start PENDING, the "scheduler" starts them when
 nodes have room, they end COMPLETED (sometimes FAILED or TIMEOUT), and a
@@ -16,187 +17,29 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
+from cacheproxy.simulator import seed
 from cacheproxy.simulator.config import SimConfig
-
-CORES_PER_SOCKET = 32
-SOCKETS = 2
-NODE_CPUS = CORES_PER_SOCKET * SOCKETS
-NODE_MEMORY_MB = 131072
-FINISHED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
-JOB_NAMES = ("wrap", "train", "simulate", "analysis", "preprocess", "mpi_run", "bench", "align")
-LICENSES = {"matlab": 50, "ansys": 20}
-COLLECTIONS = ("jobs", "nodes", "partitions", "reservations", "licenses", "db")
-
-
-class SimError(Exception):
-    """A Slurm error: ``errno`` is Slurm's error number, ``message`` its text."""
-
-    def __init__(self, errno: int, message: str, description: str = "") -> None:
-        super().__init__(message)
-        self.errno = errno
-        self.message = message
-        self.description = description
-
-
-INVALID_JOB_ID = (2017, "Invalid job id specified")
-ACCESS_DENIED = (2002, "Access/permission denied")
-INVALID_PARTITION = (2000, "Invalid partition name specified")
-INVALID_NODE = (2018, "Invalid node name specified")
-#: ESLURM_REST_INVALID_QUERY: slurmrestd maps it to 400 in 22.05, 422 from 23.02.
-INVALID_QUERY = (9000, "Query empty or not RFC7320 compliant")
-ALREADY_DONE = (2021, "Job/step already completing or completed")
-
-
-@dataclass
-class Job:
-    job_id: int
-    name: str
-    user: str
-    uid: int
-    account: str
-    partition: str
-    qos: str
-    state: str
-    submit_time: int
-    time_limit: int  # minutes
-    cpus: int
-    node_count: int
-    start_time: int = 0
-    end_time: int = 0
-    nodes: list[str] = field(default_factory=list)
-    reason: str = "None"
-    priority: int = 1
-    exit_code: int = 0
-    array_job_id: int = 0
-    array_task_id: int | None = None
-    comment: str = ""
-    licenses: str = ""
-    cwd: str = "/tmp"
-    std_out: str = ""
-    script: str = ""
-    #: Bumped on every change: keys the per-job render cache.
-    version: int = 0
-    #: Planned run length in seconds (set when the job is created).
-    run_seconds: int = 600
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINISHED
-
-
-@dataclass
-class Node:
-    name: str
-    partitions: list[str]
-    alloc_cpus: int = 0
-    alloc_memory: int = 0
-    admin_state: str = ""  # "", "DRAIN", "DOWN"
-    reason: str = ""
-    reason_time: int = 0
-    reason_user: str = ""
-    boot_time: int = 0
-    cpu_load: int = 0
-    version: int = 0
-
-    @property
-    def base_state(self) -> str:
-        if self.admin_state == "DOWN":
-            return "DOWN"
-        if self.alloc_cpus >= NODE_CPUS:
-            return "ALLOCATED"
-        if self.alloc_cpus > 0:
-            return "MIXED"
-        return "IDLE"
-
-    @property
-    def usable(self) -> bool:
-        return self.admin_state == ""
-
-
-@dataclass
-class Partition:
-    name: str
-    nodes: list[str]
-    default: bool = False
-    max_time: int = 2880  # minutes
-    state: str = "UP"
-
-
-@dataclass
-class Reservation:
-    name: str
-    nodes: list[str]
-    start_time: int
-    end_time: int
-    users: str = ""
-    accounts: str = ""
-    flags: list[str] = field(default_factory=list)
-    partition: str = ""
-
-
-@dataclass
-class Account:
-    name: str
-    description: str
-    organization: str
-    parent: str = "root"
-
-
-@dataclass
-class User:
-    name: str
-    uid: int
-    default_account: str
-    admin_level: str = "None"
-    #: Accounts this user coordinates (``sacctmgr add coordinator``).
-    coord_accounts: tuple[str, ...] = ()
-
-
-@dataclass
-class Association:
-    id: int
-    account: str
-    user: str
-    partition: str = ""
-    parent: str = ""
-    qos: list[str] = field(default_factory=lambda: ["normal"])
-    shares: int = 1
-
-
-@dataclass
-class Qos:
-    id: int
-    name: str
-    description: str
-    priority: int = 0
-
-
-def hostlist(names: Iterable[str]) -> str:
-    """Compress ``cn001,cn002,cn003,cn007`` into ``cn[001-003,007]`` like Slurm."""
-    names = list(names)
-    if not names:
-        return ""
-    if len(names) == 1:
-        return names[0]
-    prefix = names[0].rstrip("0123456789")
-    width = len(names[0]) - len(prefix)
-    nums = sorted(int(n[len(prefix) :]) for n in names)
-    ranges: list[str] = []
-    start = prev = nums[0]
-    for n in [*nums[1:], None]:
-        if n is not None and n == prev + 1:
-            prev = n
-            continue
-        if start == prev:
-            ranges.append(f"{start:0{width}d}")
-        else:
-            ranges.append(f"{start:0{width}d}-{prev:0{width}d}")
-        if n is not None:
-            start = prev = n
-    return f"{prefix}[{','.join(ranges)}]"
+from cacheproxy.simulator.entities import (
+    ACCESS_DENIED,
+    COLLECTIONS,
+    INVALID_JOB_ID,
+    INVALID_NODE,
+    INVALID_PARTITION,
+    JOB_NAMES,
+    LICENSES,
+    NODE_CPUS,
+    Account,
+    Association,
+    Job,
+    Node,
+    Partition,
+    Qos,
+    Reservation,
+    SimError,
+    User,
+)
 
 
 class Cluster:
@@ -229,10 +72,7 @@ class Cluster:
         self.jobs_failed = 0
         self._events: list[tuple[float, int, int, str]] = []
         self._event_seq = 0
-        self._build_accounting()
-        self._build_nodes(now)
-        self._build_jobs(now)
-        self._build_reservations(now)
+        seed.populate(self, now)
 
     # ------------------------------------------------------------------ time
     def now(self) -> int:
@@ -264,7 +104,8 @@ class Cluster:
             self.last_backfill = self.now()
             self.touch("jobs", "nodes", "licenses", "db")
 
-    def _schedule(self, job: Job, kind: str, delay_s: float) -> None:
+    def schedule(self, job: Job, kind: str, delay_s: float) -> None:
+        """Queue a job event ("start"/"end") ``delay_s`` of job time from now."""
         if self.config.job_speed <= 0:
             return
         self._event_seq += 1
@@ -275,73 +116,21 @@ class Cluster:
         r = self.rng.random()
         return "FAILED" if r < 0.05 else "TIMEOUT" if r < 0.08 else "COMPLETED"
 
-    # ------------------------------------------------------------ building
-    def _build_accounting(self) -> None:
-        for i, (name, desc) in enumerate(
-            [("normal", "Normal QOS default"), ("high", "High priority"), ("low", "Scavenger")],
-            start=1,
-        ):
-            self.qos[name] = Qos(id=i, name=name, description=desc, priority=[0, 100, 0][i - 1])
-        self.accounts["root"] = Account("root", "default root account", "root", parent="")
-        for i in range(1, 11):
-            name = f"acct{i:02d}"
-            self.accounts[name] = Account(name, f"project {name}", f"org{(i - 1) // 3 + 1}")
-        self._add_assoc("root", "")
-        self._add_assoc("root", "root")
-        for a in self.accounts:
-            if a != "root":
-                self._add_assoc(a, "", parent="root")
-        names = sorted(self.config.users)
-        for idx, name in enumerate(names):
-            if name == "root":
-                self.users[name] = User("root", 0, "root", admin_level="Administrator")
-                continue
-            uid = (
-                1000 + int(name[4:])
-                if name.startswith("user") and name[4:].isdigit()
-                else 2000 + idx
-            )
-            account = f"acct{(uid % 10) + 1:02d}"
-            level = "Operator" if name in self.config.operators else "None"
-            coords = tuple(self.config.coordinators.get(name, ()))
-            self.users[name] = User(name, uid, account, admin_level=level, coord_accounts=coords)
-            self._add_assoc(account, name)
-
-    def _add_assoc(self, account: str, user: str, parent: str = "") -> Association:
+    # ---------------------------------- new records (seed.py and the writes)
+    def add_assoc(self, account: str, user: str, parent: str = "") -> Association:
+        """A new association with the next id (sacctmgr add account/user)."""
         a = Association(id=self.next_assoc_id, account=account, user=user, parent=parent)
         self.next_assoc_id += 1
         self.associations.append(a)
         return a
 
-    def _build_nodes(self, now: int) -> None:
-        n = max(1, self.config.nodes)
-        names = [f"cn{i:03d}" for i in range(1, n + 1)]
-        gpu_count = max(1, n // 10) if n >= 4 else 0
-        compute = names[: n - gpu_count] if gpu_count else names
-        gpu = names[n - gpu_count :] if gpu_count else []
-        self.partitions["normal"] = Partition("normal", compute, default=True, max_time=2880)
-        self.partitions["long"] = Partition(
-            "long", compute[: max(1, len(compute) // 4)], max_time=10080
-        )
-        if gpu:
-            self.partitions["gpu"] = Partition("gpu", gpu, max_time=1440)
-        self.partitions["debug"] = Partition("debug", names[: min(4, n)], max_time=30)
-        for name in names:
-            parts = [p.name for p in self.partitions.values() if name in set(p.nodes)]
-            self.nodes[name] = Node(name, parts, boot_time=now - 86400 * 7)
-        # A few nodes out of service, as on any real cluster.
-        for name in self.rng.sample(names, k=min(len(names), max(0, n // 100))):
-            node = self.nodes[name]
-            node.admin_state = self.rng.choice(["DRAIN", "DOWN"])
-            node.reason = "hardware check" if node.admin_state == "DRAIN" else "Not responding"
-            node.reason_time = now - 3600
-            node.reason_user = "root"
-
-    def _pick_user(self) -> User:
+    def pick_user(self) -> User:
+        """A random non-root user: the owner of a made-up job."""
         names = [u for u in self.users if u != "root"] or ["root"]
         return self.users[self.rng.choice(names)]
 
-    def _new_job(self, now: int, user: User, state: str, partition: str | None = None) -> Job:
+    def new_job(self, now: int, user: User, state: str, partition: str | None = None) -> Job:
+        """A job with the next id and a random shape, recorded in the queue and history."""
         rng = self.rng
         part = (
             partition
@@ -379,78 +168,9 @@ class Cluster:
         self.history[job.job_id] = job
         return job
 
-    def _build_jobs(self, now: int) -> None:
-        rng = self.rng
-        states = ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"]
-        weights = [20, 35, 35, 4, 3, 3]
-        created = 0
-        while created < self.config.jobs:
-            state = rng.choices(states, weights=weights)[0]
-            user = self._pick_user()
-            # About 1 job in 20 belongs to a small job array.
-            tasks = rng.randint(3, 8) if rng.random() < 0.02 else 1
-            tasks = min(tasks, self.config.jobs - created)
-            first: Job | None = None
-            for t in range(tasks):
-                job = self._new_job(now - rng.randint(60, 86400), user, state)
-                if tasks > 1:
-                    first = first or job
-                    job.array_job_id = first.job_id
-                    job.array_task_id = t
-                    job.name = first.name
-                    job.partition = first.partition
-                self._place_initial(job, now)
-                created += 1
-        self.jobs_submitted = created
-
-    def _place_initial(self, job: Job, now: int) -> None:
-        rng = self.rng
-        if job.state == "PENDING":
-            job.reason = rng.choice(["Priority", "Resources", "Priority", "Dependency"])
-            self._schedule(job, "start", rng.uniform(5, 300))
-            return
-        if job.state == "RUNNING":
-            if not self._allocate(job):
-                job.state = "PENDING"
-                job.reason = "Resources"
-                self._schedule(job, "start", rng.uniform(30, 600))
-                return
-            job.start_time = max(job.submit_time, now - rng.randint(10, 3600))
-            job.end_time = job.start_time + job.time_limit * 60
-            self._schedule(job, "end", rng.uniform(10, job.run_seconds))
-            return
-        job.start_time = job.submit_time + rng.randint(0, 600)
-        job.end_time = min(now - 1, job.start_time + rng.randint(10, job.run_seconds))
-        job.end_time = max(job.end_time, job.start_time)
-        job.exit_code = 0 if job.state == "COMPLETED" else 1
-        pool = self.partitions[job.partition].nodes
-        job.nodes = sorted(rng.sample(pool, k=min(job.node_count, len(pool))))
-        if job.state == "CANCELLED" and rng.random() < 0.5:
-            job.start_time = 0
-            job.nodes = []
-
-    def _build_reservations(self, now: int) -> None:
-        names = list(self.nodes)
-        self.reservations["maint"] = Reservation(
-            "maint",
-            names[-min(4, len(names)) :],
-            start_time=now + 86400,
-            end_time=now + 86400 + 4 * 3600,
-            users="root",
-            flags=["MAINT", "SPEC_NODES"],
-        )
-        self.reservations["training"] = Reservation(
-            "training",
-            names[: min(2, len(names))],
-            start_time=now - 3600,
-            end_time=now + 7 * 86400,
-            accounts="acct01",
-            flags=["SPEC_NODES"],
-            partition="normal",
-        )
-
     # ----------------------------------------------------------- scheduling
-    def _allocate(self, job: Job) -> bool:
+    def allocate(self, job: Job) -> bool:
+        """Place a job on free cores of its partition; False when it does not fit."""
         part = self.partitions.get(job.partition)
         if part is None:
             return False
@@ -483,10 +203,10 @@ class Cluster:
             n.version += 1
 
     def _try_start(self, job: Job) -> bool:
-        if not self._allocate(job):
+        if not self.allocate(job):
             job.reason = "Resources"
             job.version += 1
-            self._schedule(job, "start", self.rng.uniform(30, 300))
+            self.schedule(job, "start", self.rng.uniform(30, 300))
             return True
         now = self.now()
         job.state = "RUNNING"
@@ -495,7 +215,7 @@ class Cluster:
         job.end_time = now + job.time_limit * 60
         job.version += 1
         self.jobs_started += 1
-        self._schedule(job, "end", job.run_seconds)
+        self.schedule(job, "end", job.run_seconds)
         return True
 
     def _finish(self, job: Job, state: str) -> None:
@@ -521,10 +241,10 @@ class Cluster:
 
     def _replace_finished(self) -> None:
         """Keep the population steady: a new job arrives, the oldest finished is purged."""
-        job = self._new_job(self.now(), self._pick_user(), "PENDING")
+        job = self.new_job(self.now(), self.pick_user(), "PENDING")
         job.reason = "Priority"
         self.jobs_submitted += 1
-        self._schedule(job, "start", self.rng.uniform(5, 120))
+        self.schedule(job, "start", self.rng.uniform(5, 120))
         if len(self.jobs) > self.config.jobs:
             done = [j for j in self.jobs.values() if j.finished]
             if done:
@@ -623,7 +343,7 @@ class Cluster:
         if partition is not None and partition not in self.partitions:
             raise SimError(*INVALID_PARTITION)
         u = self.users.get(user) or User(user, self.uid_of(user), self.account_of(user))
-        job = self._new_job(self.now(), u, "PENDING", partition=partition or self.default_partition)
+        job = self.new_job(self.now(), u, "PENDING", partition=partition or self.default_partition)
         job.name = name or "wrap"
         job.cpus = max(1, cpus)
         job.node_count = max(1, node_count)
@@ -637,7 +357,7 @@ class Cluster:
         job.licenses = ""
         job.reason = "None"
         self.jobs_submitted += 1
-        self._schedule(job, "start", self.rng.uniform(1, 10))
+        self.schedule(job, "start", self.rng.uniform(1, 10))
         self.touch("jobs", "db")
         return job
 
@@ -766,7 +486,7 @@ class Cluster:
         for a in accounts:
             if a.name not in self.accounts:
                 self.accounts[a.name] = a
-                self._add_assoc(a.name, "", parent=a.parent or "root")
+                self.add_assoc(a.name, "", parent=a.parent or "root")
         self.touch("db")
 
     def add_users(self, actor: str, users: list[User]) -> None:
@@ -775,7 +495,7 @@ class Cluster:
             if u.name not in self.users:
                 self.users[u.name] = u
                 if u.default_account in self.accounts:
-                    self._add_assoc(u.default_account, u.name)
+                    self.add_assoc(u.default_account, u.name)
         self.touch("db")
 
     def add_associations(self, actor: str, pairs: list[tuple[str, str, str]]) -> None:
@@ -787,7 +507,7 @@ class Cluster:
                 a.account == account and a.user == user and a.partition == partition
                 for a in self.associations
             ):
-                self._add_assoc(account, user).partition = partition
+                self.add_assoc(account, user).partition = partition
         self.touch("db")
 
     def add_qos(self, actor: str, items: list[Qos]) -> None:

@@ -10,6 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 from cacheproxy.simulator import model as m
+from cacheproxy.simulator.entities import (
+    CORES_PER_SOCKET,
+    NODE_CPUS,
+    NODE_MEMORY_MB,
+    SOCKETS,
+    Account,
+    Association,
+    Job,
+    Node,
+    Partition,
+    Qos,
+    Reservation,
+    User,
+    hostlist,
+)
 from cacheproxy.simulator.templates import fresh
 
 META: dict[str, Any] = {
@@ -22,7 +37,7 @@ DB_META: dict[str, Any] = {
 }
 
 
-def _tres(job: m.Job) -> str:
+def _tres(job: Job) -> str:
     mem = job.cpus * 512
     mem_s = f"{mem // 1024}G" if mem % 1024 == 0 else f"{mem}M"
     return f"cpu={job.cpus},mem={mem_s},node={job.node_count},billing={job.cpus}"
@@ -32,15 +47,15 @@ def _cores(count: int) -> list[tuple[int, list[int]]]:
     """Spread ``count`` cores over the sockets of a node, socket 0 first."""
     out = []
     left = count
-    for s in range(m.SOCKETS):
-        take = min(left, m.CORES_PER_SOCKET)
+    for s in range(SOCKETS):
+        take = min(left, CORES_PER_SOCKET)
         if take:
             out.append((s, list(range(take))))
         left -= take
     return out
 
 
-def job(j: m.Job, c: m.Cluster) -> dict[str, Any]:
+def job(j: Job, c: m.Cluster) -> dict[str, Any]:
     d = fresh("v38_job")
     running_or_done = bool(j.nodes) and j.start_time > 0
     d["account"] = j.account
@@ -61,7 +76,7 @@ def job(j: m.Job, c: m.Cluster) -> dict[str, Any]:
     if running_or_done:
         per_node = max(1, j.cpus // max(1, j.node_count))
         d["job_resources"] = {
-            "nodes": m.hostlist(j.nodes),
+            "nodes": hostlist(j.nodes),
             "allocated_cores": per_node * len(j.nodes),
             "allocated_hosts": len(j.nodes),
             "allocated_nodes": [
@@ -84,7 +99,7 @@ def job(j: m.Job, c: m.Cluster) -> dict[str, Any]:
     d["last_sched_evaluation"] = j.start_time or j.submit_time
     d["licenses"] = j.licenses
     d["name"] = j.name
-    d["nodes"] = m.hostlist(j.nodes)
+    d["nodes"] = hostlist(j.nodes)
     d["cpus"] = j.cpus
     d["node_count"] = j.node_count
     d["tasks"] = j.cpus
@@ -105,56 +120,56 @@ def job(j: m.Job, c: m.Cluster) -> dict[str, Any]:
     return d
 
 
-def node(n: m.Node, c: m.Cluster) -> dict[str, Any]:
+def node(n: Node, c: m.Cluster) -> dict[str, Any]:
     d = fresh("v38_node")
     d["boot_time"] = n.boot_time
-    d["cores"] = m.CORES_PER_SOCKET
-    d["sockets"] = m.SOCKETS
-    d["cpus"] = m.NODE_CPUS
+    d["cores"] = CORES_PER_SOCKET
+    d["sockets"] = SOCKETS
+    d["cpus"] = NODE_CPUS
     d["cpu_load"] = n.cpu_load
-    d["free_memory"] = m.NODE_MEMORY_MB - n.alloc_memory
+    d["free_memory"] = NODE_MEMORY_MB - n.alloc_memory
     d["last_busy"] = c.start_time
     d["name"] = d["hostname"] = d["address"] = n.name
     d["state"] = n.base_state.lower()
     d["state_flags"] = ["DRAIN"] if n.admin_state == "DRAIN" else []
     d["partitions"] = list(n.partitions)
-    d["real_memory"] = m.NODE_MEMORY_MB
+    d["real_memory"] = NODE_MEMORY_MB
     d["reason"] = n.reason
     d["reason_changed_at"] = n.reason_time
     d["reason_set_by_user"] = n.reason_user or None
     d["slurmd_start_time"] = n.boot_time + 60
-    d["tres"] = f"cpu={m.NODE_CPUS},mem={m.NODE_MEMORY_MB // 1024}G,billing={m.NODE_CPUS}"
+    d["tres"] = f"cpu={NODE_CPUS},mem={NODE_MEMORY_MB // 1024}G,billing={NODE_CPUS}"
     d["alloc_memory"] = n.alloc_memory
     d["alloc_cpus"] = n.alloc_cpus
-    d["idle_cpus"] = m.NODE_CPUS - n.alloc_cpus
+    d["idle_cpus"] = NODE_CPUS - n.alloc_cpus
     d["tres_used"] = f"cpu={n.alloc_cpus}" if n.alloc_cpus else None
     return d
 
 
-def partition(p: m.Partition, c: m.Cluster) -> dict[str, Any]:
+def partition(p: Partition, c: m.Cluster) -> dict[str, Any]:
     d = fresh("v38_partition")
     d["flags"] = ["default"] if p.default else []
     d["max_time_limit"] = p.max_time
     d["name"] = p.name
-    d["nodes"] = m.hostlist(p.nodes)
+    d["nodes"] = hostlist(p.nodes)
     d["state"] = p.state
-    d["total_cpus"] = m.NODE_CPUS * len(p.nodes)
+    d["total_cpus"] = NODE_CPUS * len(p.nodes)
     d["total_nodes"] = len(p.nodes)
-    mem_g = m.NODE_MEMORY_MB // 1024 * len(p.nodes)
+    mem_g = NODE_MEMORY_MB // 1024 * len(p.nodes)
     d["tres"] = f"cpu={d['total_cpus']},mem={mem_g}G,node={len(p.nodes)},billing={d['total_cpus']}"
     return d
 
 
-def reservation(r: m.Reservation, c: m.Cluster) -> dict[str, Any]:
+def reservation(r: Reservation, c: m.Cluster) -> dict[str, Any]:
     d = fresh("v38_reservation")
     d.update(
         accounts=r.accounts,
-        core_count=m.NODE_CPUS * len(r.nodes),
+        core_count=NODE_CPUS * len(r.nodes),
         end_time=r.end_time,
         flags=list(r.flags),
         name=r.name,
         node_count=len(r.nodes),
-        node_list=m.hostlist(r.nodes),
+        node_list=hostlist(r.nodes),
         partition=r.partition,
         start_time=r.start_time,
         users=r.users,
@@ -206,7 +221,7 @@ def _exit(code: int, state: str) -> dict[str, Any]:
     }
 
 
-def db_job(j: m.Job, c: m.Cluster) -> dict[str, Any]:
+def db_job(j: Job, c: m.Cluster) -> dict[str, Any]:
     d = fresh("v38_db_job")
     d["account"] = j.account
     d["allocation_nodes"] = str(len(j.nodes))
@@ -233,7 +248,7 @@ def db_job(j: m.Job, c: m.Cluster) -> dict[str, Any]:
     d["group"] = j.user
     d["job_id"] = j.job_id
     d["name"] = j.name
-    d["nodes"] = m.hostlist(j.nodes) or "None assigned"
+    d["nodes"] = hostlist(j.nodes) or "None assigned"
     d["partition"] = j.partition
     d["priority"] = j.priority
     d["qos"] = j.qos
@@ -252,7 +267,7 @@ def db_job(j: m.Job, c: m.Cluster) -> dict[str, Any]:
         step = fresh("v38_db_job_step")
         step["time"].update(start=j.start_time, end=t["end"], elapsed=t["elapsed"])
         step["exit_code"] = _exit(j.exit_code, j.state)
-        step["nodes"] = {"count": len(j.nodes), "range": m.hostlist(j.nodes)}
+        step["nodes"] = {"count": len(j.nodes), "range": hostlist(j.nodes)}
         step["tasks"] = {"count": 1}
         step["state"] = j.state
         step["step"] = {
@@ -265,7 +280,7 @@ def db_job(j: m.Job, c: m.Cluster) -> dict[str, Any]:
     return d
 
 
-def db_user(u: m.User, c: m.Cluster) -> dict[str, Any]:
+def db_user(u: User, c: m.Cluster) -> dict[str, Any]:
     d = fresh("v38_db_user")
     d["administrator_level"] = u.admin_level
     d["associations"] = [
@@ -283,7 +298,7 @@ def db_user(u: m.User, c: m.Cluster) -> dict[str, Any]:
     return d
 
 
-def db_account(a: m.Account, c: m.Cluster) -> dict[str, Any]:
+def db_account(a: Account, c: m.Cluster) -> dict[str, Any]:
     d = fresh("v38_db_account")
     d["associations"] = [
         {
@@ -301,7 +316,7 @@ def db_account(a: m.Account, c: m.Cluster) -> dict[str, Any]:
     return d
 
 
-def db_association(a: m.Association, c: m.Cluster) -> dict[str, Any]:
+def db_association(a: Association, c: m.Cluster) -> dict[str, Any]:
     """As 22.05's dbv0.0.37 parse.c dumps one: unset strings and numbers
     ``null`` (``_dump_to_string``, ``_dump_to_uint32`` on NULL / NO_VAL), the
     QOS list by id, as strings (``_dump_qos_str_list``)."""
@@ -316,7 +331,7 @@ def db_association(a: m.Association, c: m.Cluster) -> dict[str, Any]:
     return d
 
 
-def db_qos(q: m.Qos, c: m.Cluster) -> dict[str, Any]:
+def db_qos(q: Qos, c: m.Cluster) -> dict[str, Any]:
     d = fresh("v38_db_qos")
     d["description"] = q.description
     d["id"] = q.id
@@ -340,8 +355,8 @@ TRES = [
 
 def db_tres(c: m.Cluster) -> list[dict[str, Any]]:
     counts = {
-        "cpu": m.NODE_CPUS * len(c.nodes),
-        "mem": m.NODE_MEMORY_MB * len(c.nodes),
+        "cpu": NODE_CPUS * len(c.nodes),
+        "mem": NODE_MEMORY_MB * len(c.nodes),
         "node": len(c.nodes),
     }
     return [{"type": t, "name": n, "id": i, "count": counts.get(t, 0)} for t, n, i in TRES]
@@ -352,7 +367,7 @@ def db_cluster(c: m.Cluster) -> dict[str, Any]:
     d["name"] = c.config.cluster_name
     if isinstance(d.get("controller"), dict):
         d["controller"] = {"host": "127.0.0.1", "port": 6817}
-    d["nodes"] = m.hostlist(c.nodes)
+    d["nodes"] = hostlist(c.nodes)
     d["rpc_version"] = 9728
     return d
 

@@ -10,6 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 from cacheproxy.simulator import model as m
+from cacheproxy.simulator.entities import (
+    CORES_PER_SOCKET,
+    NODE_CPUS,
+    NODE_MEMORY_MB,
+    SOCKETS,
+    Account,
+    Association,
+    Job,
+    Node,
+    Partition,
+    Qos,
+    Reservation,
+    User,
+    hostlist,
+)
 from cacheproxy.simulator.releases import Release
 from cacheproxy.simulator.templates import fresh
 
@@ -71,7 +86,7 @@ def _t(version: str, name: str) -> dict[str, Any]:
     return fresh(f"v{version[-2:]}_{name}")
 
 
-def _tres(job: m.Job) -> str:
+def _tres(job: Job) -> str:
     mem = job.cpus * 512
     mem_s = f"{mem // 1024}G" if mem % 1024 == 0 else f"{mem}M"
     return f"cpu={job.cpus},mem={mem_s},node={job.node_count},billing={job.cpus}"
@@ -91,21 +106,21 @@ def _exit(code: int, state: str) -> dict[str, Any]:
     }
 
 
-def _resources(j: m.Job) -> dict[str, Any]:
+def _resources(j: Job) -> dict[str, Any]:
     per_node = max(1, j.cpus // max(1, j.node_count))
     allocation = []
     for idx, name in enumerate(j.nodes):
         sockets = []
         left = per_node
-        for s in range(m.SOCKETS):
-            take = min(left, m.CORES_PER_SOCKET)
+        for s in range(SOCKETS):
+            take = min(left, CORES_PER_SOCKET)
             left -= take
             sockets.append(
                 {
                     "index": s,
                     "cores": [
                         {"index": c, "status": ["ALLOCATED" if c < take else "UNALLOCATED"]}
-                        for c in range(m.CORES_PER_SOCKET)
+                        for c in range(CORES_PER_SOCKET)
                     ],
                 }
             )
@@ -123,8 +138,8 @@ def _resources(j: m.Job) -> dict[str, Any]:
         "nodes": {
             "count": len(j.nodes),
             "select_type": ["ONE_ROW"],
-            "list": m.hostlist(j.nodes),
-            "whole": per_node >= m.NODE_CPUS,
+            "list": hostlist(j.nodes),
+            "whole": per_node >= NODE_CPUS,
             "allocation": allocation,
         },
         "cpus": j.cpus,
@@ -132,7 +147,7 @@ def _resources(j: m.Job) -> dict[str, Any]:
     }
 
 
-def job(j: m.Job, c: m.Cluster, version: str) -> dict[str, Any]:
+def job(j: Job, c: m.Cluster, version: str) -> dict[str, Any]:
     started = j.start_time > 0 and bool(j.nodes)
     d = _t(version, "job_running" if started else "job_pending")
     d["account"] = j.account
@@ -156,7 +171,7 @@ def job(j: m.Job, c: m.Cluster, version: str) -> dict[str, Any]:
     d["licenses"] = j.licenses
     d["mail_user"] = j.user
     d["name"] = j.name
-    d["nodes"] = m.hostlist(j.nodes)
+    d["nodes"] = hostlist(j.nodes)
     d["cpus"] = num(j.cpus)
     d["node_count"] = num(j.node_count)
     d["tasks"] = num(j.cpus)
@@ -181,20 +196,20 @@ def job(j: m.Job, c: m.Cluster, version: str) -> dict[str, Any]:
     return d
 
 
-def job_state(j: m.Job) -> dict[str, Any]:
+def job_state(j: Job) -> dict[str, Any]:
     """An item of ``/jobs/state`` (the real OPENAPI_JOB_STATE_RESP shape)."""
     jid = f"{j.array_job_id}_{j.array_task_id}" if j.array_task_id is not None else str(j.job_id)
     return {"job_id": jid, "state": [j.state]}
 
 
-def node(n: m.Node, c: m.Cluster, version: str) -> dict[str, Any]:
+def node(n: Node, c: m.Cluster, version: str) -> dict[str, Any]:
     d = _t(version, "node")
     d["boot_time"] = num(n.boot_time)
-    d["cores"] = m.CORES_PER_SOCKET
-    d["sockets"] = m.SOCKETS
-    d["cpus"] = d["effective_cpus"] = m.NODE_CPUS
+    d["cores"] = CORES_PER_SOCKET
+    d["sockets"] = SOCKETS
+    d["cpus"] = d["effective_cpus"] = NODE_CPUS
     d["cpu_load"] = n.cpu_load
-    d["free_mem"] = num(m.NODE_MEMORY_MB - n.alloc_memory)
+    d["free_mem"] = num(NODE_MEMORY_MB - n.alloc_memory)
     d["last_busy"] = num(c.start_time)
     d["name"] = d["hostname"] = d["address"] = n.name
     state = [n.base_state]
@@ -202,7 +217,7 @@ def node(n: m.Node, c: m.Cluster, version: str) -> dict[str, Any]:
         state.append("DRAIN")
     d["state"] = state
     d["partitions"] = list(n.partitions)
-    d["real_memory"] = m.NODE_MEMORY_MB
+    d["real_memory"] = NODE_MEMORY_MB
     d["reason"] = n.reason
     d["reason_changed_at"] = num(n.reason_time)
     d["reason_set_by_user"] = n.reason_user
@@ -212,23 +227,23 @@ def node(n: m.Node, c: m.Cluster, version: str) -> dict[str, Any]:
     )
     d["alloc_memory"] = n.alloc_memory
     d["alloc_cpus"] = n.alloc_cpus
-    d["alloc_idle_cpus"] = m.NODE_CPUS - n.alloc_cpus
+    d["alloc_idle_cpus"] = NODE_CPUS - n.alloc_cpus
     d["tres_used"] = f"cpu={n.alloc_cpus}" if n.alloc_cpus else ""
     d["slurmd_start_time"] = num(n.boot_time + 60)
-    d["tres"] = f"cpu={m.NODE_CPUS},mem={m.NODE_MEMORY_MB // 1024}G,billing={m.NODE_CPUS}"
+    d["tres"] = f"cpu={NODE_CPUS},mem={NODE_MEMORY_MB // 1024}G,billing={NODE_CPUS}"
     d["version"] = RELEASES[version]["release"]
     return d
 
 
-def partition(p: m.Partition, c: m.Cluster, version: str) -> dict[str, Any]:
+def partition(p: Partition, c: m.Cluster, version: str) -> dict[str, Any]:
     d = _t(version, "partition")
     d["nodes"] = {
         "allowed_allocation": "",
-        "configured": m.hostlist(p.nodes),
+        "configured": hostlist(p.nodes),
         "total": len(p.nodes),
     }
-    cpus = m.NODE_CPUS * len(p.nodes)
-    mem_g = m.NODE_MEMORY_MB // 1024 * len(p.nodes)
+    cpus = NODE_CPUS * len(p.nodes)
+    mem_g = NODE_MEMORY_MB // 1024 * len(p.nodes)
     d["tres"] = {
         "billing_weights": "",
         "configured": f"cpu={cpus},mem={mem_g}G,node={len(p.nodes)},billing={cpus}",
@@ -240,20 +255,20 @@ def partition(p: m.Partition, c: m.Cluster, version: str) -> dict[str, Any]:
     return d
 
 
-def reservation(r: m.Reservation, c: m.Cluster, version: str) -> dict[str, Any]:
+def reservation(r: Reservation, c: m.Cluster, version: str) -> dict[str, Any]:
     d = _t(version, "reservation")
     d.update(
         accounts=r.accounts,
-        core_count=m.NODE_CPUS * len(r.nodes),
+        core_count=NODE_CPUS * len(r.nodes),
         end_time=num(r.end_time),
         flags=list(r.flags),
         name=r.name,
         node_count=len(r.nodes),
-        node_list=m.hostlist(r.nodes),
+        node_list=hostlist(r.nodes),
         partition=r.partition,
         start_time=num(r.start_time),
         users=r.users,
-        tres=f"cpu={m.NODE_CPUS * len(r.nodes)}",
+        tres=f"cpu={NODE_CPUS * len(r.nodes)}",
     )
     return d
 
@@ -345,7 +360,7 @@ def shares(
 
 
 # ------------------------------------------------------------------ slurmdb
-def db_job(j: m.Job, c: m.Cluster, version: str) -> dict[str, Any]:
+def db_job(j: Job, c: m.Cluster, version: str) -> dict[str, Any]:
     started = j.start_time > 0
     d = _t(version, "db_job_completed" if started else "db_job_pending")
     d["account"] = j.account
@@ -372,7 +387,7 @@ def db_job(j: m.Job, c: m.Cluster, version: str) -> dict[str, Any]:
     d["group"] = j.user
     d["job_id"] = j.job_id
     d["name"] = j.name
-    d["nodes"] = m.hostlist(j.nodes) or "None assigned"
+    d["nodes"] = hostlist(j.nodes) or "None assigned"
     d["partition"] = j.partition
     d["priority"] = num(j.priority)
     d["qos"] = j.qos
@@ -386,13 +401,13 @@ def db_job(j: m.Job, c: m.Cluster, version: str) -> dict[str, Any]:
     for step in d.get("steps", []):
         step["nodes"]["list"] = list(j.nodes)
         step["nodes"]["count"] = len(j.nodes)
-        step["nodes"]["range"] = m.hostlist(j.nodes)
+        step["nodes"]["range"] = hostlist(j.nodes)
         step["state"] = [j.state]
         step["step"]["id"] = f"{j.job_id}.batch"
     return d
 
 
-def db_user(u: m.User, c: m.Cluster, version: str) -> dict[str, Any]:
+def db_user(u: User, c: m.Cluster, version: str) -> dict[str, Any]:
     d = _t(version, "user")
     d["administrator_level"] = [u.admin_level]
     d["associations"] = [
@@ -411,7 +426,7 @@ def db_user(u: m.User, c: m.Cluster, version: str) -> dict[str, Any]:
     return d
 
 
-def db_account(a: m.Account, c: m.Cluster, version: str) -> dict[str, Any]:
+def db_account(a: Account, c: m.Cluster, version: str) -> dict[str, Any]:
     d = _t(version, "account")
     d["associations"] = []
     d["coordinators"] = []
@@ -421,7 +436,7 @@ def db_account(a: m.Account, c: m.Cluster, version: str) -> dict[str, Any]:
     return d
 
 
-def db_association(a: m.Association, c: m.Cluster, version: str) -> dict[str, Any]:
+def db_association(a: Association, c: m.Cluster, version: str) -> dict[str, Any]:
     d = _t(version, "association")
     d["account"] = a.account
     d["cluster"] = c.config.cluster_name
@@ -436,7 +451,7 @@ def db_association(a: m.Association, c: m.Cluster, version: str) -> dict[str, An
     return d
 
 
-def db_qos(q: m.Qos, c: m.Cluster, version: str) -> dict[str, Any]:
+def db_qos(q: Qos, c: m.Cluster, version: str) -> dict[str, Any]:
     d = _t(version, "qos")
     d["description"] = q.description
     d["id"] = q.id
@@ -455,7 +470,7 @@ def db_cluster(c: m.Cluster, version: str) -> dict[str, Any]:
     d = _t(version, "cluster")
     d["controller"] = {"host": "127.0.0.1", "port": 6817}
     d["name"] = c.config.cluster_name
-    d["nodes"] = m.hostlist(c.nodes)
+    d["nodes"] = hostlist(c.nodes)
     d["rpc_version"] = 11008 if version == "v0.0.43" else 11264
     d["tres"] = db_tres(c, version)
     d["associations"]["root"]["cluster"] = c.config.cluster_name

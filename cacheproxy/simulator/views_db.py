@@ -11,26 +11,37 @@ from typing import Any
 
 import orjson
 
-from cacheproxy.simulator import model as m
 from cacheproxy.simulator import render4x
 from cacheproxy.simulator import render38 as r38
+from cacheproxy.simulator import view_errors as errors
+from cacheproxy.simulator.entities import (
+    ACCESS_DENIED,
+    Account,
+    Association,
+    Job,
+    Qos,
+    SimError,
+    User,
+)
 from cacheproxy.simulator.envelope import Body, error_entry
-from cacheproxy.simulator.views import Ctx, RenderCache, json_body, list_member, parse_job_id
+from cacheproxy.simulator.viewctx import (
+    Ctx,
+    ViewBase,
+    json_body,
+    list_member,
+    parse_job_id,
+)
 
 #: Operations a non-administrator may not call (22.05: 500, Access/permission denied).
 ADMIN_ONLY = frozenset({"db_config", "db_diag", "db_wckeys"})
 
 
-class DbViews:
+class DbViews(ViewBase):
     """``/slurmdb/{v}/...`` operations."""
-
-    def __init__(self, cluster: m.Cluster, cache: RenderCache) -> None:
-        self.c = cluster
-        self.cache = cache
 
     def denied(self, ctx: Ctx, source: str) -> Body:
         return Body(
-            errors=[error_entry(ctx.version, *m.ACCESS_DENIED, source, "Access/permission denied")],
+            errors=[error_entry(ctx.version, *ACCESS_DENIED, source, "Access/permission denied")],
             status=500,
         )
 
@@ -42,7 +53,7 @@ class DbViews:
         return modern(*args, self.c, ctx.version)
 
     # ------------------------------------------------------------------ jobs
-    def _select_jobs(self, ctx: Ctx) -> list[m.Job]:
+    def _select_jobs(self, ctx: Ctx) -> list[Job]:
         jobs = [j for j in self.c.history.values() if self.c.job_visible(ctx.viewer, j)]
         q = ctx.query
         if q.get("users"):
@@ -62,8 +73,8 @@ class DbViews:
             jobs = [j for j in jobs if j.name in names]
         return jobs
 
-    def _db_fragments(self, jobs: list[m.Job], ctx: Ctx) -> list[bytes]:
-        def build(j: m.Job) -> dict[str, Any]:
+    def _db_fragments(self, jobs: list[Job], ctx: Ctx) -> list[bytes]:
+        def build(j: Job) -> dict[str, Any]:
             return r38.db_job(j, self.c) if ctx.legacy else render4x.db_job(j, self.c, ctx.version)
 
         return [self.cache.job_fragment(j, ctx.version, "db", build) for j in jobs]
@@ -89,7 +100,7 @@ class DbViews:
 
     def db_job(self, ctx: Ctx) -> Body:
         parsed = parse_job_id(ctx.params["job_id"])
-        jobs: list[m.Job] = []
+        jobs: list[Job] = []
         if parsed is not None:
             jobs = [
                 j
@@ -113,12 +124,7 @@ class DbViews:
         )
 
     # ------------------------------------------------------------- entities
-    def _hidden(self, ctx: Ctx, word: str) -> bool:
-        """slurmdbd's PrivateData test: the word is set and the requester is
-        below AdminLevel Operator (``is_user_min_admin_level``)."""
-        return self.c.config.private(word) and not self.c.privileged(ctx.user)
-
-    def _visible_users(self, ctx: Ctx) -> list[m.User]:
+    def _visible_users(self, ctx: Ctx) -> list[User]:
         """PrivateData=users: a non-operator lists only themselves, coordinator
         or not (``as_mysql_get_users``, as_mysql_user.c, 22.05.8 to 25.11.0)."""
         users = list(self.c.users.values())
@@ -126,7 +132,7 @@ class DbViews:
             users = [u for u in users if u.name == ctx.user]
         return users
 
-    def _visible_accounts(self, ctx: Ctx) -> list[m.Account] | None:
+    def _visible_accounts(self, ctx: Ctx) -> list[Account] | None:
         """PrivateData=accounts: only the accounts a non-operator coordinates;
         ``None`` (ESLURM_ACCESS_DENIED) when they coordinate none
         (``as_mysql_get_accts``, as_mysql_acct.c, 22.05.8 to 25.11.0)."""
@@ -138,7 +144,7 @@ class DbViews:
             return None
         return [a for a in accounts if a.name in coord]
 
-    def _assoc_visible(self, ctx: Ctx) -> Callable[[m.Association], bool]:
+    def _assoc_visible(self, ctx: Ctx) -> Callable[[Association], bool]:
         """PrivateData=users: a non-operator sees the associations under their
         own (lineage prefix: their user associations) and every association of
         the accounts they coordinate (``_cluster_get_assocs``, as_mysql_assoc.c,
@@ -158,7 +164,7 @@ class DbViews:
         ]
 
     def _assocs(
-        self, ctx: Ctx, only: Callable[[m.Association], bool] | None = None
+        self, ctx: Ctx, only: Callable[[Association], bool] | None = None
     ) -> list[dict[str, Any]]:
         seen = self._assoc_visible(ctx)
         return [
@@ -202,7 +208,7 @@ class DbViews:
     def db_associations(self, ctx: Ctx) -> Body:
         q = ctx.query
 
-        def only(a: m.Association) -> bool:
+        def only(a: Association) -> bool:
             if q.get("user") and a.user not in q["user"].split(","):
                 return False
             return not (q.get("account") and a.account not in q["account"].split(","))
@@ -289,28 +295,17 @@ class DbViews:
         try:
             req = json_body(ctx)
         except orjson.JSONDecodeError:
-            return Body(
-                errors=[error_entry(ctx.version, 9001, "Unable to parse query", "parse")],
-                status=400,
-            )
+            return errors.unparsable(ctx)
         items = req.get(key) if isinstance(req, dict) else None
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-            return Body(
-                errors=[error_entry(ctx.version, 9001, f"Expected a list of {key}", "_parse")],
-                status=400,
-            )
+            return errors.malformed(ctx, 9001, f"Expected a list of {key}", "_parse")
         return items
 
     def _apply(self, ctx: Ctx, source: str, fn: Callable[[], object]) -> Body:
         try:
             fn()
-        except m.SimError as e:
-            return Body(
-                errors=[
-                    error_entry(ctx.version, e.errno, e.message, source, e.description or None)
-                ],
-                status=500,
-            )
+        except SimError as e:
+            return errors.failed(ctx, e, source)
         return Body()
 
     def db_accounts_add(self, ctx: Ctx) -> Body:
@@ -318,7 +313,7 @@ class DbViews:
         if isinstance(items, Body):
             return items
         accounts = [
-            m.Account(
+            Account(
                 str(i.get("name", "")),
                 str(i.get("description", "")),
                 str(i.get("organization", "")),
@@ -347,7 +342,7 @@ class DbViews:
             if isinstance(level, list):
                 level = level[0] if level else "None"
             users.append(
-                m.User(
+                User(
                     name,
                     self.c.uid_of(name) if name in self.c.users else 5000 + len(self.c.users),
                     str(default.get("account") or "root"),
@@ -373,7 +368,7 @@ class DbViews:
         if isinstance(items, Body):
             return items
         qos = [
-            m.Qos(0, str(i["name"]), str(i.get("description", ""))) for i in items if i.get("name")
+            Qos(0, str(i["name"]), str(i.get("description", ""))) for i in items if i.get("name")
         ]
         return self._apply(ctx, "slurmdb_qos_add", lambda: self.c.add_qos(ctx.user, qos))
 
