@@ -270,6 +270,21 @@ def _users_text(cfg: dict[str, Any], wl: dict[str, Any]) -> str:
     return f"{counts[0]} users"
 
 
+def _private_data_text(cfg: dict[str, Any]) -> str:
+    """The site's ``PrivateData`` the run had: it decides which routes the proxy shares."""
+    words = cfg.get("private_data")
+    upstream = cfg["mode"] == "upstream"
+    if words is not None:
+        who = "the proxy was told" if upstream else "the simulator and the proxy"
+        return f"PrivateData: **{words}** ({who})."
+    if upstream:
+        return "PrivateData: **unset** (the proxy was not told: every route per user)."
+    return (
+        "PrivateData: **unset** (the simulator has Slurm's default, nothing private; "
+        "the proxy was not told: every route per user)."
+    )
+
+
 def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
     cfg = report["config"]
     wl = cfg["workload"]
@@ -285,6 +300,8 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
         f"Mode: **{cfg['mode']}**; targets: {', '.join(cfg['targets'])}; "
         f"{_users_text(cfg, wl)}, {wl['duration']:g} s of arrivals per run, "
         f"API {wl['api_version']}.",
+        "",
+        _private_data_text(cfg),
         "",
         *(
             [f"**This run is not valid: {'; '.join(report['crashed'])}.**", ""]

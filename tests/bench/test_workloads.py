@@ -28,7 +28,22 @@ def test_private_data_configures_the_simulator_and_the_proxy() -> None:
     sim, proxy = cli._process_args(_args("--private-data", "jobs,nodes", "--sim-arg=--seed=3"))
     assert sim == ["--seed=3", "--private-data=jobs,nodes"]
     assert proxy == ["--private-data=jobs,nodes"]
-    assert cli._process_args(_args()) == ([], [])
+
+
+def test_private_data_defaults_to_slurms_default_for_the_simulator_only() -> None:
+    """Slurm's default PrivateData is empty: the simulated cluster and the
+    proxy have ``none`` unless told; ``unset`` runs the proxy untold; a real
+    slurmrestd's PrivateData is not known to the bench, so the proxy is not
+    told by default."""
+    none = ["--private-data=none"]
+    assert cli._process_args(_args()) == (none, none)
+    assert cli._process_args(_args("--private-data", "unset")) == ([], [])
+    real = ("--upstream", "http://slurm.test:6820", "--user", "u", "--token", "t")
+    assert cli._process_args(_args(*real)) == ([], [])
+    assert cli._process_args(_args(*real, "--private-data", "jobs"))[1] == ["--private-data=jobs"]
+    help_text = cli._parser().format_help()
+    assert "no such option" not in help_text
+    assert "unset" in help_text
 
 
 def test_controller_cost_from_sim_stats_deltas() -> None:
@@ -108,6 +123,10 @@ def test_report_compares_each_workload_with_its_own_direct_run(tmp_path: Path) -
     report.write(tmp_path, rep)
     md = (tmp_path / "report.md").read_text()
     assert "| user | proxy | 200 |" in md
+    assert "PrivateData: **unset** (the simulator has Slurm's default" in md
+    config["private_data"] = "none"
+    md = report.markdown(report.build(config=config, runs=copy.deepcopy(runs), notes=[]))
+    assert "PrivateData: **none** (the simulator and the proxy)." in md
     assert "## Controller cost per route" in md
     assert "`GET /slurm/{v}/jobs` | 2000 / 80.0 / 0.0 |" in md
     assert "busy vs" in report.text_table(rep["runs"])
