@@ -195,3 +195,22 @@ async def test_meta_client_source_is_the_requesters_and_the_rest_byte_for_byte(e
         # user and group are slurmrestd's constants, kept as stored
         client = orjson.loads(a.content)["meta"]["client"]
         assert (client["user"], client["group"]) == ("root", "root")
+
+
+JOBS = "/slurm/v0.0.43/jobs"
+
+
+async def test_a_refused_credential_never_gets_a_fresh_shared_job_list(env: Env) -> None:
+    """/jobs revalidates with ``update_time``: whichever question a refused
+    credential's request becomes upstream, it never reads the entry."""
+    async with env.client() as c:
+        assert (await c.get(JOBS, headers=auth("user001"))).status_code == 200
+        for headers in (
+            auth("user002", "sim-token-wrong"),
+            auth("user002", "sim-token-user001"),
+            {"X-SLURM-USER-TOKEN": "sim-token-wrong"},
+        ):
+            r = await c.get(JOBS, headers=headers)
+            assert r.status_code != 200
+            assert not _hit(r)
+            assert b'"jobs"' not in r.content or orjson.loads(r.content)["jobs"] == []
