@@ -455,6 +455,7 @@ async def _bench(
         "workload": spec.to_json(),
         "workloads": kinds,
         "private_data": private_data(args),
+        "jwt_verify": bool(args.jwt_verify and args.upstream is None),
         "user_counts": user_counts,
         "simulator": {"argv": _portable(sim_argv), "jobs": args.sim_jobs, "nodes": args.sim_nodes}
         if not args.upstream

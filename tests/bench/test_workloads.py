@@ -120,6 +120,16 @@ def test_report_compares_each_workload_with_its_own_direct_run(tmp_path: Path) -
     assert by["user", "proxy"]["controller"]["busy_pct_of_direct"] == 100.0
     checks = [c for c in rep["targets_met"] if c["check"].startswith("upstream")]
     assert {(c["workload"], c["pass"]) for c in checks} == {("service", True), ("user", False)}
+    # Issue 17's targets for per-user clients: upstream <= 15% without local
+    # JWT verification (each credential's first request proves it), <= 5%
+    # with it; controller busy <= 10% of direct.
+    user = _run("proxy", "user", 300, 8.0)  # 13.6% of direct, busy 9.1%
+    both = [_run("direct", "user", 2200, 88.0), user]
+    checks = {c["check"]: c["pass"] for c in report.target_checks(report_runs(both))}
+    assert checks["upstream <= 15% of direct"] is True
+    assert checks["controller busy <= 10% of direct"] is True
+    checks = {c["check"]: c["pass"] for c in report.target_checks(report_runs(both), True)}
+    assert checks["upstream <= 5% of direct"] is False
     report.write(tmp_path, rep)
     md = (tmp_path / "report.md").read_text()
     assert "| user | proxy | 200 |" in md
@@ -130,3 +140,10 @@ def test_report_compares_each_workload_with_its_own_direct_run(tmp_path: Path) -
     assert "## Controller cost per route" in md
     assert "`GET /slurm/{v}/jobs` | 2000 / 80.0 / 0.0 |" in md
     assert "busy vs" in report.text_table(rep["runs"])
+
+
+def report_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs with the comparisons a report adds (upstream and busy vs direct)."""
+    runs = copy.deepcopy(runs)
+    report.add_comparisons(runs)
+    return runs
