@@ -130,6 +130,8 @@ def test_report_compares_each_workload_with_its_own_direct_run(tmp_path: Path) -
     assert checks["controller busy <= 10% of direct"] is True
     checks = {c["check"]: c["pass"] for c in report.target_checks(report_runs(both), True)}
     assert checks["upstream <= 5% of direct"] is False
+    checks = {c["check"] for c in report.target_checks(report_runs(both), False, False)}
+    assert not any(c.startswith(("upstream", "controller")) for c in checks)  # PrivateData=jobs
     report.write(tmp_path, rep)
     md = (tmp_path / "report.md").read_text()
     assert "| user | proxy | 200 |" in md
