@@ -33,9 +33,22 @@ DEFAULT_BUDGET = 20.0
 """Upstream requests/s a site is willing to let REST clients put on slurmctld."""
 WORKLOADS = ("service", "user")
 """``service``: dashboards behind one portal service account; ``user``: per-user clients."""
-PROXY_PRIVATE_DATA_OPTION: str | None = "--private-data"
-"""The ``cacheproxy serve`` option that takes PrivateData words, once the proxy has one
-(issue 17, item 1): ``--private-data`` is then passed to the proxy too."""
+SLURM_DEFAULT_PRIVATE_DATA = "none"
+"""Slurm's default ``PrivateData`` (slurm.conf and slurmdbd.conf): empty, nothing
+private.  The simulated cluster has it unless ``--private-data`` says otherwise."""
+UNSET = "unset"
+"""``--private-data unset``: the proxy is not told (every route per user, its own
+default) and the simulator keeps Slurm's default."""
+
+
+def private_data(args: argparse.Namespace) -> str | None:
+    """The PrivateData words the simulator and the proxy are told (None: not
+    told).  Against the simulator the default is Slurm's (``none``); against a
+    real slurmrestd the bench cannot know the site's, so by default the proxy
+    is not told."""
+    if args.private_data is None:
+        return SLURM_DEFAULT_PRIVATE_DATA if args.upstream is None else None
+    return None if args.private_data == UNSET else args.private_data
 
 
 def workloads(args: argparse.Namespace) -> list[str]:
@@ -52,10 +65,10 @@ def workloads(args: argparse.Namespace) -> list[str]:
 def _process_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """Simulator and proxy arguments, with ``--private-data`` where it applies."""
     sim_args, proxy_args = list(args.sim_arg), list(args.proxy_arg)
-    if args.private_data is not None:
-        sim_args.append(f"--private-data={args.private_data}")
-        if PROXY_PRIVATE_DATA_OPTION is not None:
-            proxy_args.append(f"{PROXY_PRIVATE_DATA_OPTION}={args.private_data}")
+    words = private_data(args)
+    if words is not None:
+        sim_args.append(f"--private-data={words}")
+        proxy_args.append(f"--private-data={words}")
     return sim_args, proxy_args
 
 
@@ -149,8 +162,11 @@ def _parser() -> argparse.ArgumentParser:
         "--private-data",
         default=None,
         metavar="WORDS",
-        help="slurm.conf PrivateData of the simulated cluster (e.g. jobs; none), passed to "
-        "`cacheproxy simulate --private-data`. The proxy has no such option yet: it is not told",
+        help="the site's PrivateData words (e.g. jobs; none: nothing private), given to the "
+        "simulator and to the proxy alike (`--private-data` of `cacheproxy simulate` and "
+        f"`cacheproxy serve`); {UNSET}: the proxy is not told (every route per user) and the "
+        "simulator keeps Slurm's default. Default: none (Slurm's default) against the "
+        f"simulator; {UNSET} against a real --upstream, whose PrivateData the bench cannot know",
     )
     w.add_argument(
         "--submit-rate",
@@ -331,9 +347,20 @@ def _notes(
             "Workload user: every client polls with its own credentials (scripts, CLI wrappers, "
             "per-user portals, gateways passing the user's JWT through)."
         )
-    if args.private_data is not None and args.upstream is None:
-        told = "and the proxy" if PROXY_PRIVATE_DATA_OPTION else "only; the proxy is not told"
-        notes.append(f"PrivateData={args.private_data}: the simulator {told}.")
+    words = private_data(args)
+    if args.upstream is None:
+        notes.append(
+            f"PrivateData={words}: the simulator and the proxy."
+            if words is not None
+            else f"PrivateData unset: the simulator has Slurm's default "
+            f"({SLURM_DEFAULT_PRIVATE_DATA}); the proxy is not told (every route per user)."
+        )
+    else:
+        notes.append(
+            f"The proxy was told PrivateData={words}."
+            if words is not None
+            else "The proxy was not told the site's PrivateData (every route per user)."
+        )
     if args.sweep and len(workloads(args)) > 1:
         notes.append(f"The sweep and capacity figures are those of workload {workloads(args)[0]}.")
     return notes
@@ -427,7 +454,8 @@ async def _bench(
         "targets": targets,
         "workload": spec.to_json(),
         "workloads": kinds,
-        "private_data": args.private_data,
+        "private_data": private_data(args),
+        "jwt_verify": bool(args.jwt_verify and args.upstream is None),
         "user_counts": user_counts,
         "simulator": {"argv": _portable(sim_argv), "jobs": args.sim_jobs, "nodes": args.sim_nodes}
         if not args.upstream

@@ -45,6 +45,7 @@ from cacheproxy.http.fill import Filler
 from cacheproxy.http.forward import Forwarder
 from cacheproxy.http.jwtcheck import TokenVerifier
 from cacheproxy.http.pipeline import Answer, Continue, Exchange, Outcome
+from cacheproxy.http.prove import Prover
 from cacheproxy.http.respond import Receive, Scope, Send, send_response
 from cacheproxy.http.sitescope import SiteScopes
 from cacheproxy.http.stale import flight_failed, send_stale
@@ -162,6 +163,15 @@ class Proxy:
         )
         """The audit of shared views (a safety net for a wrong ``PrivateData``)."""
         self.fill.on_shared_fill = self.audit.filled
+        self.prover = Prover(
+            transport=transport,
+            credentials=self.credentials,
+            stats=self.stats,
+            clock=clock,
+            upstream_host=self.config.upstream_host,
+        )
+        """Proves a new credential with a cheap question when a fresh shared
+        entry waits for it (:mod:`cacheproxy.http.prove`)."""
         # Bound once: the per-request paths call these with no lookup through
         # their owner (_plan runs for every GET).
         self._plan = self.planner.plan
@@ -181,7 +191,7 @@ class Proxy:
     @clock.setter
     def clock(self, clock: Callable[[], float]) -> None:
         self._clock = self.credentials.clock = self.fill.clock = self.forwarder.clock = clock
-        self.audit.clock = clock
+        self.audit.clock = self.prover.clock = clock
 
     @property
     def rules(self) -> RuleSet:
@@ -270,7 +280,21 @@ class Proxy:
                 return self._then(self._after_proof, ex, plan, proving)
             self.stats.shared_proofs[match.name] += 1
             proof = self._proving[credential] = asyncio.Event()
+            if not decision.refresh and self.prover.applies(plan):
+                # A fresh entry waits: the cheap question proves the credential.
+                return self._then(self._prove, ex, plan, proof)
         return self._then(self._fetch, ex.scope, plan, decision, generations, proof)
+
+    async def _prove(
+        self, ex: Exchange, plan: GetPlan, proof: asyncio.Event, receive: Receive, send: Send
+    ) -> None:
+        """Prove the credential (:mod:`cacheproxy.http.prove`), then decide
+        again, as the credential's other waiting requests do."""
+        try:
+            await self.prover.prove(ex.scope, plan)
+        finally:
+            self._proved(plan.identity.credential, proof)
+        await self._after_proof(ex, plan, proof, receive, send)
 
     async def _after_proof(
         self, ex: Exchange, plan: GetPlan, proving: asyncio.Event, receive: Receive, send: Send

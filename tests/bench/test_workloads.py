@@ -28,7 +28,22 @@ def test_private_data_configures_the_simulator_and_the_proxy() -> None:
     sim, proxy = cli._process_args(_args("--private-data", "jobs,nodes", "--sim-arg=--seed=3"))
     assert sim == ["--seed=3", "--private-data=jobs,nodes"]
     assert proxy == ["--private-data=jobs,nodes"]
-    assert cli._process_args(_args()) == ([], [])
+
+
+def test_private_data_defaults_to_slurms_default_for_the_simulator_only() -> None:
+    """Slurm's default PrivateData is empty: the simulated cluster and the
+    proxy have ``none`` unless told; ``unset`` runs the proxy untold; a real
+    slurmrestd's PrivateData is not known to the bench, so the proxy is not
+    told by default."""
+    none = ["--private-data=none"]
+    assert cli._process_args(_args()) == (none, none)
+    assert cli._process_args(_args("--private-data", "unset")) == ([], [])
+    real = ("--upstream", "http://slurm.test:6820", "--user", "u", "--token", "t")
+    assert cli._process_args(_args(*real)) == ([], [])
+    assert cli._process_args(_args(*real, "--private-data", "jobs"))[1] == ["--private-data=jobs"]
+    help_text = cli._parser().format_help()
+    assert "no such option" not in help_text
+    assert "unset" in help_text
 
 
 def test_controller_cost_from_sim_stats_deltas() -> None:
@@ -105,9 +120,32 @@ def test_report_compares_each_workload_with_its_own_direct_run(tmp_path: Path) -
     assert by["user", "proxy"]["controller"]["busy_pct_of_direct"] == 100.0
     checks = [c for c in rep["targets_met"] if c["check"].startswith("upstream")]
     assert {(c["workload"], c["pass"]) for c in checks} == {("service", True), ("user", False)}
+    # Issue 17's targets for per-user clients: upstream <= 15% without local
+    # JWT verification (each credential's first request proves it), <= 5%
+    # with it; controller busy <= 10% of direct.
+    user = _run("proxy", "user", 300, 8.0)  # 13.6% of direct, busy 9.1%
+    both = [_run("direct", "user", 2200, 88.0), user]
+    checks = {c["check"]: c["pass"] for c in report.target_checks(report_runs(both))}
+    assert checks["upstream <= 15% of direct"] is True
+    assert checks["controller busy <= 10% of direct"] is True
+    checks = {c["check"]: c["pass"] for c in report.target_checks(report_runs(both), True)}
+    assert checks["upstream <= 5% of direct"] is False
+    checks = {c["check"] for c in report.target_checks(report_runs(both), False, False)}
+    assert not any(c.startswith(("upstream", "controller")) for c in checks)  # PrivateData=jobs
     report.write(tmp_path, rep)
     md = (tmp_path / "report.md").read_text()
     assert "| user | proxy | 200 |" in md
+    assert "PrivateData: **unset** (the simulator has Slurm's default" in md
+    config["private_data"] = "none"
+    md = report.markdown(report.build(config=config, runs=copy.deepcopy(runs), notes=[]))
+    assert "PrivateData: **none** (the simulator and the proxy)." in md
     assert "## Controller cost per route" in md
     assert "`GET /slurm/{v}/jobs` | 2000 / 80.0 / 0.0 |" in md
     assert "busy vs" in report.text_table(rep["runs"])
+
+
+def report_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs with the comparisons a report adds (upstream and busy vs direct)."""
+    runs = copy.deepcopy(runs)
+    report.add_comparisons(runs)
+    return runs

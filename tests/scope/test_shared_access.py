@@ -106,17 +106,30 @@ def _hit(r: httpx.Response) -> bool:
     return r.headers.get("cache-status", "").startswith("cacheproxy; hit")
 
 
-async def test_never_accepted_credential_goes_upstream_then_shares(env: Env) -> None:
+async def test_never_accepted_credential_is_proved_cheaply_then_shares(env: Env) -> None:
+    """A fresh shared entry waits: the credential's proof is the cheap
+    question (``/jobs`` with an ``update_time`` ahead: slurmctld builds no
+    list), not the whole list again; accepted, the request is a shared hit."""
     async with env.client() as c:
         assert (await c.get(NODES, headers=auth("user001"))).status_code == 200
         assert _hit(await c.get(NODES, headers=auth("user001")))
         before = env.upstream
         r = await c.get(NODES, headers=auth("user002"))  # valid, never accepted
         assert r.status_code == 200
-        assert not _hit(r)
+        assert _hit(r)
         assert env.upstream == before + 1
+        proof = env.transport.sent[-1]
+        assert proof.target.startswith("/slurm/v0.0.43/jobs?update_time=")
+        assert int(proof.target.rsplit("=", 1)[1]) > env.clock.now
+        assert proof.user == "name:user002"
         assert _hit(await c.get(NODES, headers=auth("user002")))
         assert env.upstream == before + 1
+        # No fresh entry: the request itself is the proof, as before.
+        env.clock.advance(3600)
+        r = await c.get(NODES, headers=auth("user003"))
+        assert r.status_code == 200
+        assert not _hit(r)
+        assert env.transport.sent[-1].target == NODES
 
 
 async def test_refused_credential_never_gets_the_shared_entry(env: Env) -> None:
@@ -133,7 +146,10 @@ async def test_refused_credential_never_gets_the_shared_entry(env: Env) -> None:
             assert r.status_code != 200
             assert not _hit(r)
             assert b'"nodes"' not in r.content or orjson.loads(r.content)["nodes"] == []
-            assert env.upstream == before + 1
+            # (the proof refused, the request itself goes upstream: slurmrestd's
+            # answer to it is the client's)
+            assert env.upstream <= before + 2
+            assert env.transport.sent[-1].target == NODES
             # and again: a refusal is never remembered as an acceptance
             r = await c.get(NODES, headers=headers)
             assert not _hit(r)
@@ -172,7 +188,8 @@ async def test_local_jwt_check_lets_a_verified_token_read_without_asking(jwt_env
         ):
             r = await c.get(NODES, headers=headers)
             assert not _hit(r), headers
-        assert env.upstream == before + 3
+            assert env.transport.sent[-1].target == NODES  # (its own request, after any proof)
+        assert env.upstream <= before + 6
 
 
 async def test_meta_client_source_is_the_requesters_and_the_rest_byte_for_byte(env: Env) -> None:
@@ -207,13 +224,14 @@ async def test_sharing_counters_reach_the_metrics(env: Env) -> None:
         assert _hit(await c.get(NODES, headers=auth("user001")))
         wrong = await c.get(NODES, headers=auth("user002", "sim-token-wrong"))
         assert not _hit(wrong)  # withheld: never accepted (then refused)
-        assert not _hit(await c.get(NODES, headers=auth("user002")))  # withheld, proof
+        # withheld, proved by the cheap question (prove.py), then a shared hit
+        assert _hit(await c.get(NODES, headers=auth("user002")))
         assert _hit(await c.get(NODES, headers=auth("user002")))
         metrics = (await c.get("/_cacheproxy/metrics")).text
-    assert stats.shared_hits == {"nodes": 2}
+    assert stats.shared_hits == {"nodes": 3}
     assert stats.shared_proofs == {"nodes": 3}
     assert stats.shared_withheld == {"nodes": 2}
-    assert 'cacheproxy_shared_hits_total{route="nodes"} 2.0' in metrics
+    assert 'cacheproxy_shared_hits_total{route="nodes"} 3.0' in metrics
     assert 'cacheproxy_shared_proofs_total{route="nodes"} 3.0' in metrics
     assert 'cacheproxy_shared_withheld_total{route="nodes"} 2.0' in metrics
 
@@ -243,3 +261,22 @@ async def test_a_reload_keeps_the_routes_the_audit_demoted(env: Env) -> None:
     assert why["partitions"][0] == "shared"
     assert scopes["demoted"] == ["nodes"]
     assert scopes["setting"] == "jobs"
+
+
+JOBS = "/slurm/v0.0.43/jobs"
+
+
+async def test_a_refused_credential_never_gets_a_fresh_shared_job_list(env: Env) -> None:
+    """/jobs revalidates with ``update_time``: whichever question a refused
+    credential's request becomes upstream, it never reads the entry."""
+    async with env.client() as c:
+        assert (await c.get(JOBS, headers=auth("user001"))).status_code == 200
+        for headers in (
+            auth("user002", "sim-token-wrong"),
+            auth("user002", "sim-token-user001"),
+            {"X-SLURM-USER-TOKEN": "sim-token-wrong"},
+        ):
+            r = await c.get(JOBS, headers=headers)
+            assert r.status_code != 200
+            assert not _hit(r)
+            assert b'"jobs"' not in r.content or orjson.loads(r.content)["jobs"] == []
