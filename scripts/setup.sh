@@ -66,4 +66,10 @@ fi
 # pyproject.toml (run scripts/update-deps.sh), and uv never downloads a Python
 # of its own here: the machine's is the one tested.
 export UV_PYTHON_DOWNLOADS=never
+# uv keeps what it downloads in .tools/uv-cache (empty on a fresh clone), even
+# when UV_NO_CACHE is set: the deploy test (tests/ops/deploy_path.py) installs
+# the lock again into a fresh venv, offline, from there (tests reach nothing
+# but loopback).
+export UV_CACHE_DIR="$PWD/.tools/uv-cache"
+unset UV_NO_CACHE
 .tools/bin/uv sync --locked --all-extras --python "$PY" --quiet

@@ -11,12 +11,45 @@ like any other.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import random
+from typing import Protocol
 
-from cacheproxy.simulator.entities import Account, Job, Node, Partition, Qos, Reservation, User
+from cacheproxy.simulator.config import SimConfig
+from cacheproxy.simulator.entities import (
+    Account,
+    Association,
+    Job,
+    Node,
+    Partition,
+    Qos,
+    Reservation,
+    User,
+)
 
-if TYPE_CHECKING:
-    from cacheproxy.simulator.model import Cluster
+
+class Cluster(Protocol):
+    """What seeding needs of :class:`cacheproxy.simulator.model.Cluster`
+    (a protocol, so that the model imports this module and not the reverse)."""
+
+    config: SimConfig
+    rng: random.Random
+    jobs_submitted: int
+    qos: dict[str, Qos]
+    accounts: dict[str, Account]
+    users: dict[str, User]
+    nodes: dict[str, Node]
+    partitions: dict[str, Partition]
+    reservations: dict[str, Reservation]
+
+    def add_assoc(self, account: str, user: str, parent: str = "") -> Association: ...
+
+    def pick_user(self) -> User: ...
+
+    def new_job(self, now: int, user: User, state: str, partition: str | None = None) -> Job: ...
+
+    def schedule(self, job: Job, kind: str, delay_s: float) -> None: ...
+
+    def allocate(self, job: Job) -> bool: ...
 
 
 def populate(c: Cluster, now: int) -> None:

@@ -48,9 +48,14 @@ def uv() -> str:
 
 def install(venv: Path) -> Path:
     """DEPLOY.md step "Install": exactly the locked versions, no dev tools,
-    not editable; offline (setup.sh filled uv's cache; tests use loopback only)."""
+    not editable; offline, from the cache setup.sh filled (``.tools/uv-cache``,
+    whatever ``UV_NO_CACHE`` says; tests use loopback only)."""
     env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv), "UV_OFFLINE": "1"}
     env.pop("VIRTUAL_ENV", None)
+    cache = REPO / ".tools" / "uv-cache"
+    if cache.is_dir():
+        env["UV_CACHE_DIR"] = str(cache)
+        env.pop("UV_NO_CACHE", None)
     done = subprocess.run(
         [uv(), "sync", "--locked", "--no-dev", "--no-editable"],
         cwd=REPO,
