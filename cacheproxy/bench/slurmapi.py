@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from cacheproxy.simulator.releases import LEGACY_VERSIONS, VERSIONS
+from cacheproxy.core.request import LEGACY_VERSIONS
+from cacheproxy.simulator.releases import VERSIONS
 
 #: Every version the simulator serves (``--style all``, the bench's default).
 SUPPORTED_VERSIONS = VERSIONS

@@ -45,6 +45,11 @@ from urllib.parse import unquote_to_bytes
 from cacheproxy.core.headers import RequestView
 from cacheproxy.upstream.base import Headers
 
+LEGACY_VERSIONS = frozenset({"v0.0.36", "v0.0.37", "v0.0.38"})
+"""22.05's API versions (its own plugins, not data_parser): they need the
+user name beside a token, ignore ``Authorization``, answer "no change" with a
+bare 304 and carry no ``meta.client``."""
+
 Query = tuple[tuple[bytes, tuple[bytes, ...]], ...]
 """A canonical query: (decoded key, its values in order), sorted by key.  A
 value is ``b""`` for a flag (``?key``), ``b"="`` for ``?key=`` and ``b"="``

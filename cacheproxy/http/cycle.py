@@ -80,6 +80,8 @@ def status_lines(phrases: Mapping[int, str] | None = None) -> dict[int, bytes]:
 
 
 STATUS_LINES = status_lines()
+"""Our own table, from the standard library's ``http.HTTPStatus`` (uvicorn's
+module-level table is neither read nor patched)."""
 
 
 class Connection(Protocol):

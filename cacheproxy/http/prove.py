@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from cacheproxy.core import policy
 from cacheproxy.core.plan import GetPlan
-from cacheproxy.core.request import from_scope
+from cacheproxy.core.request import LEGACY_VERSIONS, from_scope
 from cacheproxy.core.rules import COST_CLASSES
 from cacheproxy.http.credentials import Credentials
 from cacheproxy.http.forward import upstream_headers
@@ -39,8 +39,6 @@ PROOF_MAX_BYTES = 64 * 1024
 """A "no change" answer is a few hundred bytes; a longer one is not read."""
 PROOF_RULE = "proof"
 """The name the proof's upstream requests are counted under."""
-LEGACY_VERSIONS = frozenset({"v0.0.36", "v0.0.37", "v0.0.38"})
-"""22.05's paths: "no change" is a bare 304 there."""
 
 
 class Prover:

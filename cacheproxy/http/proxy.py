@@ -35,7 +35,7 @@ from cacheproxy.core.audit import DEFAULT_RATE, DEFAULT_WINDOW
 from cacheproxy.core.identity import BEARER, IdentityResolver, jwt_claims
 from cacheproxy.core.memo import ByteMemo
 from cacheproxy.core.plan import GetPlan, Planner, Route
-from cacheproxy.core.request import from_scope
+from cacheproxy.core.request import LEGACY_VERSIONS, from_scope
 from cacheproxy.core.rules import Match, RuleSet
 from cacheproxy.http.answer import hit_response, send_flight, send_upstream_error
 from cacheproxy.http.audit import Auditor
@@ -59,8 +59,6 @@ if TYPE_CHECKING:
 
 VERIFIED_MAX_BYTES = 4 * 1024 * 1024
 """Bound of the memo of credentials the local JWT check verified."""
-LEGACY_VERSIONS = frozenset({"v0.0.36", "v0.0.37", "v0.0.38"})
-"""22.05's paths: its slurmrestd requires the name header and ignores Bearer."""
 
 
 @dataclass(frozen=True, slots=True)

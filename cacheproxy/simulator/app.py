@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from cacheproxy.core.request import LEGACY_VERSIONS
 from cacheproxy.simulator import auth, envelope, render4x, rpcqueue
 from cacheproxy.simulator.auth import Authenticator, AuthError, first_headers
 from cacheproxy.simulator.config import SimConfig
@@ -29,7 +30,7 @@ from cacheproxy.simulator.envelope import Body, Requester, Response, Served, err
 from cacheproxy.simulator.model import Cluster
 from cacheproxy.simulator.query import integer, merged_openapi, request_query
 from cacheproxy.simulator.ratelimit import RateLimiter
-from cacheproxy.simulator.releases import LEGACY_VERSIONS, Release, base_version
+from cacheproxy.simulator.releases import Release, base_version
 from cacheproxy.simulator.routes import OPENAPI_PATHS, Match, match, split_path
 from cacheproxy.simulator.stats import Stats
 from cacheproxy.simulator.viewctx import Ctx, RenderCache

@@ -21,8 +21,9 @@ from typing import Any
 
 import orjson
 
+from cacheproxy.core.request import LEGACY_VERSIONS
 from cacheproxy.simulator import jsonfmt, render4x, render38
-from cacheproxy.simulator.releases import LEGACY_VERSIONS, Release, base_version
+from cacheproxy.simulator.releases import Release, base_version
 from cacheproxy.simulator.shape import Shaper
 from cacheproxy.simulator.specs import Operation
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cacheproxy.core.request import LEGACY_VERSIONS
+
 #: Every API version the simulator knows, oldest first.
 VERSIONS: tuple[str, ...] = tuple(f"v0.0.{n}" for n in range(36, 46))
-#: The 22.05-era plugins: json-c bodies, ``meta.Slurm``, plain integers.
-LEGACY_VERSIONS = frozenset({"v0.0.36", "v0.0.37", "v0.0.38"})
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from cacheproxy.simulator.releases import LEGACY_VERSIONS
+from cacheproxy.core.request import LEGACY_VERSIONS
 
 _FILES: dict[str, tuple[str, ...]] = {
     **{v: ("openapi-debian12-slurmrestd-22.05.8-served.json",) for v in LEGACY_VERSIONS},

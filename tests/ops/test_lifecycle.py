@@ -7,7 +7,6 @@ process is started here on loopback and stopped by pid."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.ops.deploy_path import json_lines
 from tests.ops.test_multiworker import USER, eventually, started
 from tests.store.servers import free_port
 
@@ -29,16 +29,6 @@ PARTITIONS = "/slurm/v0.0.43/partitions"
 def rules(name: str, cache: bool) -> str:
     body = f'[[rule]]\nname = "{name}"\nmethods = ["GET"]\npath = "/slurm/{{v}}/partitions"\n'
     return body + ("ttl = 300\n" if cache else "cache = false\n")
-
-
-def json_lines(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            obj = json.loads(line)
-            if isinstance(obj, dict):
-                out.append(obj)
-    return out
 
 
 @contextlib.contextmanager

@@ -25,8 +25,8 @@ from typing import Any
 
 import jsonschema
 
+from cacheproxy.core.request import LEGACY_VERSIONS
 from cacheproxy.simulator import specs
-from cacheproxy.simulator.releases import LEGACY_VERSIONS
 from cacheproxy.simulator.routes import ROUTES
 
 #: A value for every path parameter of the simulated cluster (tests/simulator defaults).

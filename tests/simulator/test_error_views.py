@@ -26,7 +26,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cacheproxy.simulator.releases import LEGACY_VERSIONS, RELEASES
+from cacheproxy.core.request import LEGACY_VERSIONS
+from cacheproxy.simulator.releases import RELEASES
 from tests.clients.compare import without_meta
 from tests.simulator import spec_check
 from tests.simulator.conftest import ROOT, Running, started
